@@ -1,0 +1,1100 @@
+"""Run any Python MCP server from one file, with no install step.
+
+mcprun is a standalone re-implementation of ``fastmcp run``: it serves a
+FastMCP server, an official-SDK server, a fastmcp.json or mcp.json config, or
+a proxy to a remote server over stdio, streamable HTTP or SSE, using the
+fastmcp stack it carries with it.
+
+Usage::
+
+    mcprun SPEC [options] [-- server args]
+    mcprun server.py --transport http --port 9000
+    mcprun fastmcp.json
+    mcprun https://example.org/mcp
+
+Licensed under the Apache License, Version 2.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+
+# -- constants ---------------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the server or its code failed at run time
+EXIT_USAGE = 2  # bad command line, spec or config file
+
+TRANSPORTS = ("stdio", "http", "streamable-http", "sse")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SERVER_NAMES = ("mcp", "server", "app")  # tried in this order, as fastmcp run does
+CONFIG_FILE_NAME = "fastmcp.json"
+COMMANDS = ("run",)
+
+DEFAULT_TRANSPORT = "stdio"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_HTTP_PATH = "/mcp"
+DEFAULT_SSE_PATH = "/sse"
+DEFAULT_LOG_LEVEL = "INFO"
+URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
+RELOAD_STOP_TIMEOUT = 5.0  # seconds a reloaded server gets to stop before SIGKILL
+RELOAD_EXTENSIONS = (".json", ".toml", ".yaml", ".yml", ".txt", ".md", ".html", ".env")
+
+# Environment set before the bundled stack is imported: no update check, no telemetry.
+OFFLINE_ENVIRONMENT = {"FASTMCP_CHECK_FOR_UPDATES": "off"}
+OFFLINE_DEFAULTS = {"FASTMCP_TELEMETRY_MODE": "off"}
+
+
+# -- errors ------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """A failure the user can fix; main() prints it as one line and exits with exit_code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _describe(exc: BaseException) -> str:
+    """Return 'Type: message (file:line)' for an exception raised in user code."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({_short_path(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
+
+
+def _short_path(path: str | os.PathLike) -> str:
+    """Return path relative to the current folder when it lies below it."""
+    try:
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+    except ValueError:
+        return str(path)
+
+
+def warn(message: str) -> None:
+    """Print one warning line on stderr."""
+    print(f"mcprun: warning: {message}", file=sys.stderr, flush=True)
+
+
+def info(message: str) -> None:
+    """Print one informational line on stderr (stdout may carry the protocol)."""
+    print(f"mcprun: {message}", file=sys.stderr, flush=True)
+
+
+# -- config files: fastmcp.json and mcp.json ---------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """A fastmcp.json file: where the server is and how to deploy it."""
+
+    file: Path
+    source_path: Path
+    entrypoint: str | None
+    deployment: dict
+    environment: dict
+
+
+_SOURCE_KEYS = {"type": str, "path": str, "entrypoint": str}
+_DEPLOYMENT_KEYS = {
+    "transport": str, "host": str, "port": int, "path": str, "log_level": str,
+    "cwd": str, "env": dict, "args": list,
+}
+_ENVIRONMENT_KEYS = {
+    "type": str, "python": str, "dependencies": list, "requirements": str,
+    "project": str, "editable": list,
+}
+_TOP_KEYS = {"$schema", "source", "environment", "deployment"}
+
+
+def read_json_file(path: Path) -> Any:
+    """Parse a JSON file, turning any failure into one UsageError line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+
+
+def _check_keys(where: str, data: Any, schema: dict, config: Path) -> dict:
+    """Check that data is an object whose known keys have the right JSON types."""
+    json_names = {str: "a string", int: "an integer", dict: "an object", list: "an array"}
+    if not isinstance(data, dict):
+        raise UsageError(f"{config}: '{where}' must be an object")
+    for key, value in data.items():
+        expected = schema.get(key)
+        if expected is None:
+            warn(f"{config}: unknown key '{where}.{key}' ignored")
+        elif value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise UsageError(f"{config}: '{where}.{key}' must be {json_names[expected]}")
+    return data
+
+
+def load_server_config(path: Path) -> ServerConfig:
+    """Read and check a fastmcp.json file; relative paths are anchored to its folder."""
+    data = read_json_file(path)
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object with a 'source' key")
+    for key in data:
+        if key not in _TOP_KEYS:
+            warn(f"{path}: unknown key '{key}' ignored")
+    if "source" not in data:
+        raise UsageError(
+            f"{path}: missing key 'source' (e.g. \"source\": {{\"path\": \"server.py\"}}); "
+            "an mcp.json needs 'mcpServers' instead"
+        )
+    source = _check_keys("source", data["source"], _SOURCE_KEYS, path)
+    deployment = _check_keys("deployment", data.get("deployment") or {}, _DEPLOYMENT_KEYS, path)
+    environment = _check_keys("environment", data.get("environment") or {}, _ENVIRONMENT_KEYS, path)
+    if source.get("type", "filesystem") != "filesystem":
+        raise UsageError(f"{path}: 'source.type' {source['type']!r} is not supported; use \"filesystem\"")
+    if not source.get("path"):
+        raise UsageError(f"{path}: missing key 'source.path' (the server file)")
+    if environment.get("type", "uv") != "uv":
+        raise UsageError(f"{path}: 'environment.type' {environment['type']!r} is not supported; use \"uv\"")
+    source_path, entrypoint = source["path"], source.get("entrypoint")
+    file_part, colon, object_part = source_path.rpartition(":")
+    if colon and file_part:
+        source_path, entrypoint = file_part, entrypoint or object_part
+    for key, allowed in (("transport", TRANSPORTS), ("log_level", LOG_LEVELS)):
+        value = deployment.get(key)
+        if value is not None and value not in allowed:
+            raise UsageError(f"{path}: 'deployment.{key}' must be one of {', '.join(allowed)}, not {value!r}")
+    if deployment.get("port") is not None and not 0 <= deployment["port"] <= 65535:
+        raise UsageError(f"{path}: 'deployment.port' must be 0-65535, not {deployment['port']}")
+    if not all(isinstance(a, str) for a in deployment.get("args") or []):
+        raise UsageError(f"{path}: 'deployment.args' must be an array of strings")
+    if not all(isinstance(v, str) for v in (deployment.get("env") or {}).values()):
+        raise UsageError(f"{path}: 'deployment.env' values must be strings")
+    folder = path.resolve().parent
+    return ServerConfig(
+        file=path,
+        source_path=folder / Path(source_path).expanduser(),
+        entrypoint=entrypoint,
+        deployment=deployment,
+        environment={k: v for k, v in environment.items() if k != "type" and v},
+    )
+
+
+def load_mcp_config(path: Path) -> dict:
+    """Read and check an mcp.json file (top-level 'mcpServers')."""
+    data = read_json_file(path)
+    servers = data.get("mcpServers") if isinstance(data, dict) else None
+    if not isinstance(servers, dict) or not servers:
+        raise UsageError(f"{path}: 'mcpServers' must be an object with at least one server")
+    for name, entry in servers.items():
+        where = f"{path}: 'mcpServers.{name}'"
+        if not isinstance(entry, dict):
+            raise UsageError(f"{where} must be an object with 'command' or 'url'")
+        if "command" not in entry and "url" not in entry:
+            raise UsageError(f"{where} needs 'command' (a local server) or 'url' (a remote one)")
+        for key, kind, label in (
+            ("command", str, "a string"), ("url", str, "a string"), ("args", list, "an array"),
+            ("env", dict, "an object"), ("cwd", str, "a string"), ("headers", dict, "an object"),
+        ):
+            if key in entry and not isinstance(entry[key], kind):
+                raise UsageError(f"{where}.{key}' must be {label}".replace("'.", "."))
+        if "url" in entry and not _is_url(entry["url"]):
+            raise UsageError(f"{where}.url' must be an http:// or https:// URL".replace("'.", "."))
+    return data
+
+
+# -- settings: CLI > fastmcp.json > MCPRUN_* environment > defaults ----------
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the user asked for, merged from all sources; read nothing else."""
+
+    spec: str | None
+    module: bool = False
+    server_args: tuple = ()
+    transport: str = DEFAULT_TRANSPORT
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    path: str | None = None
+    log_level: str = DEFAULT_LOG_LEVEL
+    show_banner: bool = True
+    stateless: bool = False
+    reload: bool = False
+    reload_dirs: tuple = ()
+    skip_source: bool = False
+    print_config: bool = False
+    argv: tuple = ()  # the options as given, to start a reloaded child with
+    config: ServerConfig | None = None
+    sources: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def http_path(self) -> str:
+        """Return the route of the HTTP endpoint."""
+        if self.path:
+            return self.path if self.path.startswith("/") else "/" + self.path
+        return DEFAULT_SSE_PATH if self.transport == "sse" else DEFAULT_HTTP_PATH
+
+    @property
+    def debug(self) -> bool:
+        return self.log_level == "DEBUG"
+
+
+# option name -> (type, MCPRUN_* variable, fastmcp.json deployment key)
+_MERGED_OPTIONS = {
+    "transport": (str, "MCPRUN_TRANSPORT", "transport"),
+    "host": (str, "MCPRUN_HOST", "host"),
+    "port": (int, "MCPRUN_PORT", "port"),
+    "path": (str, "MCPRUN_PATH", "path"),
+    "log_level": (str, "MCPRUN_LOG_LEVEL", "log_level"),
+    "show_banner": (bool, "MCPRUN_NO_BANNER", None),
+    "stateless": (bool, "MCPRUN_STATELESS", None),
+    "reload": (bool, "MCPRUN_RELOAD", None),
+    "reload_dirs": (list, "MCPRUN_RELOAD_DIR", None),
+    "skip_source": (bool, "MCPRUN_SKIP_SOURCE", None),
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _from_environment(name: str, kind: type, variable: str, environ: dict) -> Any:
+    """Read one option from its MCPRUN_* variable, or None when unset."""
+    raw = environ.get(variable)
+    if raw is None:
+        return None
+    if kind is bool:
+        if raw.strip().lower() not in _TRUE + _FALSE:
+            raise UsageError(f"{variable}={raw!r}: expected 1/0, true/false, yes/no or on/off")
+        value = raw.strip().lower() in _TRUE
+        return not value if name == "show_banner" else value
+    if kind is int:
+        try:
+            return parse_port(raw)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"{variable}={raw!r}: {exc}") from None
+    if kind is list:
+        return [part for part in raw.split(os.pathsep) if part]
+    if name == "transport" and raw not in TRANSPORTS:
+        raise UsageError(f"{variable}={raw!r}: choose one of {', '.join(TRANSPORTS)}")
+    if name == "log_level":
+        raw = raw.upper()
+        if raw not in LOG_LEVELS:
+            raise UsageError(f"{variable}={raw!r}: choose one of {', '.join(LOG_LEVELS)}")
+    return raw
+
+
+def find_default_config() -> Path:
+    """Return ./fastmcp.json, used when no SPEC is given."""
+    path = Path(CONFIG_FILE_NAME)
+    if not path.is_file():
+        raise UsageError(
+            f"no SPEC given and no {CONFIG_FILE_NAME} in {Path.cwd()}; "
+            "give a server, e.g. 'mcprun server.py' (see mcprun --help)"
+        )
+    return path
+
+
+def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
+    """Merge the command line, fastmcp.json, MCPRUN_* variables and defaults."""
+    spec = args.spec
+    config = None
+    if not args.module:
+        if spec is None:
+            spec = str(find_default_config())
+        if spec.endswith(".json") and not _is_url(spec) and not _is_mcp_config(Path(spec)):
+            config = load_server_config(Path(spec))
+    deployment = config.deployment if config else {}
+    defaults = Settings(spec=None)
+    merged, sources = {}, {}
+    for name, (kind, variable, deployment_key) in _MERGED_OPTIONS.items():
+        candidates = (
+            (getattr(args, name), "command line"),
+            (deployment.get(deployment_key) if deployment_key else None, f"{config.file if config else ''}"),
+            (_from_environment(name, kind, variable, environ), variable),
+            (getattr(defaults, name), "default"),
+        )
+        value, source = next(((v, s) for v, s in candidates if v is not None), candidates[-1])
+        merged[name], sources[name] = value, source
+    merged["log_level"] = merged["log_level"].upper()
+    merged["reload_dirs"] = tuple(merged["reload_dirs"])
+    server_args = tuple(args.server_args)
+    if not server_args and deployment.get("args"):
+        server_args = tuple(deployment["args"])
+    settings = Settings(
+        spec=spec, module=args.module, server_args=server_args, print_config=args.print_config,
+        argv=tuple(args.argv), config=config, sources=sources, **merged,
+    )
+    if settings.stateless and settings.transport == "sse":
+        raise UsageError("--stateless needs --transport http: SSE has no stateless mode")
+    return settings
+
+
+def format_settings(settings: Settings) -> str:
+    """Render the effective settings, one 'name = value  (source)' line each; secrets masked."""
+    rows = [("spec", settings.spec if not settings.module else f"-m {settings.spec}", "command line")]
+    for name in _MERGED_OPTIONS:
+        value = getattr(settings, name)
+        if name == "path":
+            value = settings.http_path
+        if name == "reload_dirs":
+            value = ", ".join(value) or "(server folder)"
+        rows.append((name, value, settings.sources.get(name, "")))
+    rows.append(("server_args", " ".join(settings.server_args) or "(none)", ""))
+    if settings.config:
+        for key, value in sorted((settings.config.deployment.get("env") or {}).items()):
+            rows.append((f"env.{key}", "***" if value else "", str(settings.config.file)))
+        if settings.config.deployment.get("cwd"):
+            rows.append(("cwd", settings.config.deployment["cwd"], str(settings.config.file)))
+    width = max(len(name) for name, _, _ in rows)
+    return "\n".join(f"{name:<{width}} = {value}" + (f"  ({src})" if src else "") for name, value, src in rows)
+
+
+# -- spec resolution ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What to serve and how it was found; user code is not imported yet.
+
+    kind is one of: file, import (pkg.module:obj), module (-m), url, mcp_config.
+    """
+
+    kind: str
+    spec: str
+    path: Path | None = None
+    module_name: str | None = None
+    object_name: str | None = None
+    url: str | None = None
+
+
+def _is_url(spec: str) -> bool:
+    return spec.lower().startswith(("http://", "https://"))
+
+
+def _is_dotted_name(name: str) -> bool:
+    return bool(name) and all(part.isidentifier() for part in name.split("."))
+
+
+def _is_mcp_config(path: Path) -> bool:
+    """Tell an mcp.json (has 'mcpServers') from a fastmcp.json without failing."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "mcpServers" in data
+
+
+def resolve_target(settings: Settings) -> Target:
+    """Turn the spec into a Target, validating its form; raise UsageError if malformed."""
+    spec = settings.spec
+    if settings.module:
+        if not spec or not _is_dotted_name(spec):
+            raise UsageError(f"-m needs a module name such as 'my_package.server', not {spec!r}")
+        return Target("module", spec, module_name=spec)
+    if settings.config:
+        config = settings.config
+        return _file_target(str(config.source_path), config.entrypoint, origin=config.file)
+    assert spec is not None
+    if _is_url(spec):
+        parsed = urllib.parse.urlsplit(spec)
+        if not parsed.hostname:
+            raise UsageError(f"{spec!r} is not a valid URL: it has no host")
+        return Target("url", spec, url=spec)
+    if "://" in spec:
+        scheme = spec.split("://", 1)[0]
+        raise UsageError(f"unsupported URL scheme {scheme!r} in {spec!r}; mcprun proxies http:// and https:// servers")
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise UsageError(f"{spec}: no such file")
+        return Target("mcp_config", spec, path=path)  # a fastmcp.json was loaded as settings.config
+    file_part, colon, object_part = spec.rpartition(":")
+    if not colon:
+        file_part, object_part = spec, None
+    looks_like_file = file_part.endswith(".py") or os.sep in file_part or "/" in file_part
+    if not looks_like_file and _is_dotted_name(file_part) and not Path(file_part).exists():
+        if object_part is not None and not _is_dotted_name(object_part):
+            raise UsageError(f"{object_part!r} in {spec!r} is not a Python name; use module:object")
+        return Target("import", spec, module_name=file_part, object_name=object_part)
+    return _file_target(file_part, object_part, origin=None)
+
+
+def _file_target(file_part: str, object_part: str | None, origin: Path | None) -> Target:
+    """Build a Target for a server file, after checking the file and object name."""
+    path = Path(file_part).expanduser()
+    where = f" (source.path in {origin})" if origin else ""
+    if object_part is not None and not _is_dotted_name(object_part):
+        raise UsageError(f"{object_part!r} is not a Python name; use file.py:object{where}")
+    if path.is_dir():
+        if (path / CONFIG_FILE_NAME).is_file():
+            raise UsageError(f"{file_part} is a folder; run its config with 'mcprun {path / CONFIG_FILE_NAME}'")
+        raise UsageError(f"{file_part} is a folder; give the server file inside it, e.g. {path / 'server.py'}")
+    if not path.is_file():
+        hint = "" if file_part.endswith(".py") else (
+            "; give a .py file, module:object, -m module, fastmcp.json, mcp.json or an http(s):// URL"
+        )
+        raise UsageError(f"{file_part}: no such file{where}{hint}")
+    if path.suffix not in (".py", ".pyw", ""):
+        raise UsageError(
+            f"{file_part}: unsupported spec; give a .py file, module:object, -m module, "
+            "fastmcp.json, mcp.json or an http(s):// URL"
+        )
+    return Target("file", f"{file_part}:{object_part}" if object_part else file_part,
+                  path=path.resolve(), object_name=object_part)
+
+
+# -- prepared process: environment, stdout guard, import, server object ------
+
+
+def prepare_process(settings: Settings) -> None:
+    """Set up this process before user code runs: offline defaults, config env and cwd, logging."""
+    os.environ.update(OFFLINE_ENVIRONMENT)
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if settings.config:
+        deployment = settings.config.deployment
+        for key, value in (deployment.get("env") or {}).items():
+            os.environ[key] = re.sub(r"\$\{([^}]+)\}", lambda m: os.environ.get(m.group(1), m.group(0)), value)
+        if deployment.get("cwd"):
+            cwd = settings.config.file.resolve().parent / deployment["cwd"]
+            try:
+                os.chdir(cwd)
+            except OSError as exc:
+                raise UsageError(f"{settings.config.file}: 'deployment.cwd' {str(cwd)!r}: {exc.strerror}") from None
+    configure_logging(settings.log_level)
+    # Import the bundled stack first, so a user's mcp.py or fastmcp.py can't shadow it.
+    import fastmcp  # noqa: F401
+    import mcp.server.mcpserver  # noqa: F401
+
+    if settings.config and settings.config.environment:
+        described = "; ".join(f"{k}: {v}" for k, v in settings.config.environment.items())
+        warn(f"{settings.config.file}: 'environment' ({described}) is not installed; "
+             f"mcprun runs the server with its bundled packages (fastmcp {_version_of('fastmcp')})")
+
+
+def configure_logging(level: str) -> None:
+    """Send every log record to stderr at the chosen level."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("fastmcp").setLevel(level)
+
+
+def divert_stdout() -> int | None:
+    """Point fd 1 at stderr so stray prints miss the protocol; return the saved wire fd."""
+    try:
+        sys.stdout.flush()
+        wire = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return wire
+
+
+def restore_stdout(wire: int | None) -> None:
+    """Give fd 1 back to the protocol stream, flushing what was printed meanwhile to stderr."""
+    if wire is None:
+        return
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    os.dup2(wire, 1)
+    os.close(wire)
+
+
+def server_kind(obj: Any) -> str | None:
+    """Return 'fastmcp' or 'sdk' for a server object this mcprun can serve, else None."""
+    from fastmcp import FastMCP
+    from mcp.server.mcpserver import MCPServer
+
+    if isinstance(obj, FastMCP):
+        return "fastmcp"
+    if isinstance(obj, MCPServer):
+        return "sdk"
+    return None
+
+
+def _package_root(path: Path) -> tuple[Path, str]:
+    """Return (folder to put on sys.path, dotted module name) for a file, package-aware."""
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return folder, ".".join(parts)
+
+
+def import_server_module(target: Target) -> Any:
+    """Import the target's module as Python would, turning failures into UsageError."""
+    if target.kind == "file":
+        path = target.path
+        root, module_name = _package_root(path)
+        for folder in dict.fromkeys((str(path.parent), str(root))):
+            if folder in sys.path:
+                sys.path.remove(folder)
+        sys.path[:0] = list(dict.fromkeys((str(path.parent), str(root))))
+        if "." not in module_name and (not module_name.isidentifier() or module_name in sys.modules):
+            module_name = "server_module"  # a file named like a loaded module: keep both
+        label = _short_path(path)
+    else:
+        module_name = target.module_name
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        label = f"module '{module_name}'"
+    try:
+        if target.kind == "file" and "." not in module_name:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(module_name, None)
+                raise
+            return module
+        return importlib.import_module(module_name)
+    except SyntaxError as exc:
+        where = f"{_short_path(exc.filename)}:{exc.lineno}" if exc.filename else label
+        raise UsageError(f"syntax error in {where}: {exc.msg}", EXIT_FAILURE) from exc
+    except ModuleNotFoundError as exc:
+        requested = module_name.split(".")
+        prefixes = {".".join(requested[: i + 1]) for i in range(len(requested))}
+        if target.kind == "import" and exc.name in prefixes:
+            raise UsageError(
+                f"module {module_name!r} not found (looked in {os.getcwd()} and the bundle); "
+                "check the name, or run mcprun from the folder that holds it"
+            ) from exc
+        raise UsageError(
+            f"{label} imports {exc.name!r}, which is not installed: mcprun bundles fastmcp, mcp, httpx "
+            "and their dependencies only; make the package importable (e.g. PYTHONPATH=DIR with the source or pyz)",
+            EXIT_FAILURE,
+        ) from exc
+    except Exception as exc:
+        raise UsageError(f"importing {label} failed: {_describe(exc)}", EXIT_FAILURE) from exc
+
+
+def find_server_object(module: Any, target: Target) -> tuple[str, Any]:
+    """Return (name, object) for the target's server object or factory."""
+    label = _short_path(target.path) if target.path else f"module {target.module_name!r}"
+    if target.object_name:
+        obj = module
+        for attribute in target.object_name.split("."):
+            if not hasattr(obj, attribute):
+                raise UsageError(
+                    f"{label} has no attribute {target.object_name!r}; "
+                    f"it defines: {', '.join(_public_names(module)) or 'nothing public'}"
+                )
+            obj = getattr(obj, attribute)
+        if server_kind(obj) is None and not _is_factory(obj):
+            raise UsageError(
+                f"{target.object_name!r} in {label} is a {type(obj).__name__}, not an MCP server "
+                "(FastMCP or MCPServer) or a function that returns one"
+            )
+        return target.object_name, obj
+    for name in SERVER_NAMES:
+        obj = getattr(module, name, None)
+        if server_kind(obj) is not None:
+            return name, obj
+    found = [f"{name} ({type(obj).__name__})" for name, obj in vars(module).items()
+             if not name.startswith("_") and server_kind(obj) is not None]
+    hint = f"; server objects found: {', '.join(found)}; use {target.spec}:NAME" if found else (
+        f"; none found either — create one (mcp = FastMCP(...)) or name a factory with {target.spec}:NAME"
+    )
+    raise UsageError(f"no server object in {label}: tried {', '.join(SERVER_NAMES)}{hint}")
+
+
+def _public_names(module: Any) -> list[str]:
+    return [name for name, value in vars(module).items()
+            if not name.startswith("_") and not inspect.ismodule(value)][:12]
+
+
+def _is_factory(obj: Any) -> bool:
+    return inspect.isfunction(obj) or inspect.iscoroutinefunction(obj) or inspect.ismethod(obj)
+
+
+def _check_factory_signature(name: str, factory: Any) -> None:
+    """Refuse a factory that needs arguments, before calling it."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return
+    required = [p.name for p in parameters if p.default is p.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if required:
+        raise UsageError(f"factory {name!r} needs arguments ({', '.join(required)}); "
+                         "mcprun calls factories with none: give them defaults")
+
+
+def _checked_server(name: str, obj: Any) -> Any:
+    if server_kind(obj) is None:
+        raise UsageError(f"factory {name!r} returned a {type(obj).__name__}, not an MCP server (FastMCP or MCPServer)")
+    return obj
+
+
+def load_server(settings: Settings, target: Target) -> Any:
+    """Import user code and return a server, or an async factory to await in the event loop."""
+    if target.kind == "url":
+        check_url_reachable(target.url)
+        from fastmcp.server import create_proxy
+
+        return create_proxy(target.url)
+    if target.kind == "mcp_config":
+        from fastmcp.server import create_proxy
+
+        try:
+            return create_proxy(load_mcp_config(target.path))
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{target.path}: {_first_line(exc)}") from exc
+    module = import_server_module(target)
+    name, obj = find_server_object(module, target)
+    if server_kind(obj) is not None:
+        return obj
+    _check_factory_signature(name, obj)
+    if inspect.iscoroutinefunction(obj):
+        return obj
+    try:
+        result = obj()
+    except Exception as exc:
+        raise UsageError(f"factory {name!r} raised {_describe(exc)}", EXIT_FAILURE) from exc
+    return _checked_server(name, result)
+
+
+async def await_factory(factory: Any) -> Any:
+    """Await an async factory inside the serving event loop, so its resources live there."""
+    try:
+        result = await factory()
+    except Exception as exc:
+        raise UsageError(f"factory {factory.__name__!r} raised {_describe(exc)}", EXIT_FAILURE) from exc
+    return _checked_server(factory.__name__, result)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def check_url_reachable(url: str) -> None:
+    """Open and close a TCP connection to the URL's host, bounded in time."""
+    parsed = urllib.parse.urlsplit(url)
+    port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=URL_CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise UsageError(f"cannot reach {url}: {reason}; check the URL and that the server is up",
+                         EXIT_FAILURE) from None
+
+
+# -- transports --------------------------------------------------------------
+
+
+def describe_server(server: Any, target: Target) -> str:
+    return f"{getattr(server, 'name', None) or 'server'!r} from {target.spec}"
+
+
+async def serve_stdio(server: Any, settings: Settings) -> None:
+    """Serve over stdin/stdout; the SDK's stdio transport keeps stray output off the wire."""
+    if server_kind(server) == "fastmcp":
+        await server.run_stdio_async(show_banner=False, log_level=settings.log_level, stateless=settings.stateless)
+    else:
+        await server.run_stdio_async()
+
+
+def build_http_app(server: Any, settings: Settings) -> Any:
+    """Return the ASGI app serving the server over streamable HTTP or SSE."""
+    sse = settings.transport == "sse"
+    if server_kind(server) == "fastmcp":
+        return server.http_app(path=settings.http_path, transport="sse" if sse else "http",
+                               stateless_http=settings.stateless or None)
+    if sse:
+        return server.sse_app(sse_path=settings.http_path, host=settings.host)
+    return server.streamable_http_app(streamable_http_path=settings.http_path,
+                                      stateless_http=settings.stateless, host=settings.host)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen on host:port (port 0 picks a free one); UsageError if that fails."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot bind to host {host!r}: {exc.strerror}; use an address such as 127.0.0.1") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == 98 or "in use" in str(exc):
+            raise UsageError(f"port {port} on {host} is in use; choose another with --port, "
+                             "or --port 0 for a free one", EXIT_FAILURE) from None
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_FAILURE) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def public_url(sock: socket.socket, settings: Settings) -> str:
+    """Return a URL a client on this machine can use, IPv6 in brackets."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{settings.http_path}"
+
+
+def announce_when_started(app: Any, line: str) -> Any:
+    """Wrap an ASGI app so the ready line is printed once its lifespan has started."""
+
+    async def wrapper(scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)
+
+        async def send_and_announce(message):
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                info(line)
+
+        return await app(scope, receive, send_and_announce)
+
+    return wrapper
+
+
+async def serve_http(server: Any, settings: Settings, target: Target) -> None:
+    """Serve over streamable HTTP or SSE with uvicorn on a socket bound here."""
+    import uvicorn
+
+    sock = bind_socket(settings.host, settings.port)
+    url = public_url(sock, settings)
+    kind = "SSE" if settings.transport == "sse" else "streamable HTTP"
+    everywhere = " (all interfaces)" if settings.host in ("0.0.0.0", "::") else ""
+    app = announce_when_started(build_http_app(server, settings),
+                                f"ready: serving {describe_server(server, target)} over {kind} at {url}{everywhere}")
+    config = uvicorn.Config(app, log_config=None, log_level=settings.log_level.lower(), lifespan="on",
+                            timeout_graceful_shutdown=2, server_header=False)
+    try:
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        sock.close()
+
+
+async def serve(loaded: Any, settings: Settings, target: Target) -> None:
+    """Run the loaded server on the chosen transport until it stops."""
+    server = await await_factory(loaded) if inspect.iscoroutinefunction(loaded) else loaded
+    if settings.transport == "stdio":
+        if settings.show_banner and settings.log_level in ("DEBUG", "INFO"):
+            info(f"serving {describe_server(server, target)} over stdio")
+        await serve_stdio(server, settings)
+    else:
+        await serve_http(server, settings, target)
+
+
+def run_module(settings: Settings) -> None:
+    """Run a module in-process as 'python -m NAME' would, with the server args."""
+    import runpy
+
+    import fastmcp
+
+    ignored = [f"--{n}" for n in ("transport", "host", "port", "path") if settings.sources.get(n) != "default"]
+    if ignored:
+        warn(f"with -m the module starts its own server: {', '.join(ignored)} apply only "
+             "where it calls FastMCP.run() without them")
+    fastmcp.settings.transport = settings.transport
+    fastmcp.settings.host, fastmcp.settings.port = settings.host, settings.port
+    fastmcp.settings.show_server_banner = settings.show_banner
+    if settings.path:
+        fastmcp.settings.streamable_http_path = fastmcp.settings.sse_path = settings.http_path
+    sys.argv = [settings.spec, *settings.server_args]
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        runpy.run_module(settings.spec, run_name="__main__", alter_sys=True)
+    except ImportError as exc:
+        if exc.name and settings.spec.startswith(exc.name):
+            raise UsageError(f"no module named {settings.spec!r}; check the name, or run mcprun "
+                             "from the folder that holds it") from None
+        raise UsageError(f"module {settings.spec!r} imports {exc.name!r}, which is not installed",
+                         EXIT_FAILURE) from exc
+
+
+def run(settings: Settings) -> int:
+    """Resolve, prepare, load and serve; return the exit code."""
+    target = resolve_target(settings)
+    if settings.reload:
+        if settings.transport == "sse":
+            warn("--reload does not work with SSE (sessions are lost on restart); running without it")
+        else:
+            return run_with_reload(settings, target)
+    prepare_process(settings)
+    if target.kind == "module":
+        run_module(settings)
+        return EXIT_OK
+    import anyio
+
+    sys.argv = [str(target.path or target.spec), *settings.server_args]
+    wire = divert_stdout() if settings.transport == "stdio" else None
+    try:
+        loaded = load_server(settings, target)
+    finally:
+        restore_stdout(wire)
+    anyio.run(serve, loaded, settings, target)
+    return EXIT_OK
+
+
+# -- lifecycle: reload -------------------------------------------------------
+
+
+def program_command() -> list[str]:
+    """Return the command that starts this mcprun again: the binary, the zipapp or the source."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    archive = os.environ.get("SHIV_ENTRY_POINT") and sys.argv[0]
+    if archive and os.path.isfile(archive):
+        return [sys.executable, os.path.abspath(archive)]
+    return [sys.executable, os.path.abspath(__file__)]
+
+
+def run_with_reload(settings: Settings, target: Target) -> int:
+    """Run mcprun in a child process and restart it whenever a watched file changes."""
+    import threading
+
+    import watchfiles
+
+    folders = settings.reload_dirs or (str(target.path.parent) if target.path else os.getcwd(),)
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise UsageError(f"--reload-dir {folder!r} is not a folder")
+    command = [*program_command(), *settings.argv, "--no-reload", "--stateless"]
+    if settings.server_args:
+        command += ["--", *settings.server_args]
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
+    info(f"reload: watching {', '.join(folders)}")
+    child = subprocess.Popen(command, start_new_session=True)
+    exited_reported = False
+    changes = watchfiles.watch(*folders, watch_filter=watchfiles.PythonFilter(extra_extensions=RELOAD_EXTENSIONS),
+                               stop_event=stop, yield_on_timeout=True, rust_timeout=300, raise_interrupt=False)
+    for changed in changes:
+        if stop.is_set():
+            break
+        if changed:
+            info(f"reload: {_short_path(sorted(changed)[0][1])} changed; restarting")
+            _stop_process(child)
+            child = subprocess.Popen(command, start_new_session=True)
+            exited_reported = False
+        elif child.poll() is not None and not exited_reported:
+            if child.returncode == 0 and settings.transport == "stdio":
+                return EXIT_OK  # the client closed stdin: nothing left to serve
+            info(f"reload: server exited with code {child.returncode}; waiting for a change")
+            exited_reported = True
+    _stop_process(child)
+    return EXIT_OK
+
+
+def _options_end(argv: list[str]) -> int:
+    return argv.index("--") if "--" in argv else len(argv)
+
+
+def _stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM a child's process group, then SIGKILL it after RELOAD_STOP_TIMEOUT."""
+    if process.poll() is not None:
+        return
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            process.wait(RELOAD_STOP_TIMEOUT)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# -- CLI parser --------------------------------------------------------------
+
+
+def parse_port(text: str) -> int:
+    """argparse type: a TCP port number, 0 meaning any free port."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
+
+
+def parse_log_level(text: str) -> str:
+    """argparse type: a log level name, any case."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(LOG_LEVELS)})")
+    return text.upper()
+
+
+EPILOG = f"""\
+examples:
+  mcprun server.py                          serve server.py's mcp/server/app over stdio
+  mcprun server.py:create_server -t http    call a factory, serve on http://127.0.0.1:8000/mcp
+  mcprun my_package.server:mcp -t sse -p 0  import string, SSE on a free port
+  mcprun fastmcp.json                       run a fastmcp.json (also found in . with no SPEC)
+  mcprun https://example.org/mcp            stdio proxy to a remote server
+  mcprun server.py -- --config dev.toml     pass arguments to the server (sys.argv)
+
+environment:
+  MCPRUN_<OPTION> sets an option (MCPRUN_PORT=9000, MCPRUN_NO_BANNER=1, ...);
+  precedence: command line > fastmcp.json deployment > MCPRUN_* > defaults.
+
+exit codes:
+  {EXIT_OK}  the server stopped cleanly
+  {EXIT_FAILURE}  the server or its code failed at run time (import error, port in use, ...)
+  {EXIT_USAGE}  bad command line, spec or config file
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser; it only describes, so tests and man pages can use it."""
+    parser = argparse.ArgumentParser(
+        prog="mcprun",
+        usage="mcprun [run] [SPEC] [options] [-- server args]",
+        description="Run a Python MCP server (FastMCP, official SDK, fastmcp.json, mcp.json) "
+                    "or proxy a remote one, with no install step.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "spec", nargs="?", metavar="SPEC",
+        help="server.py[:obj], pkg.module:obj, fastmcp.json, mcp.json or an http(s):// URL "
+             f"(default: ./{CONFIG_FILE_NAME})",
+    )
+    parser.add_argument("server_args", nargs="*", metavar="ARG", help="arguments for the server (also after --)")
+    parser.add_argument("-m", "--module", action="store_true",
+                        help="SPEC is a module to run as 'python -m SPEC' would, in this process")
+    parser.add_argument("--version", action="store_true",
+                        help="print mcprun, fastmcp, mcp and Python versions and exit")
+
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("-t", "--transport", choices=TRANSPORTS, metavar="{stdio,http,streamable-http,sse}",
+                         help=f"protocol to serve (default: {DEFAULT_TRANSPORT})")
+    serving.add_argument("--host", metavar="HOST", help=f"address to bind for http/sse (default: {DEFAULT_HOST})")
+    serving.add_argument("-p", "--port", type=parse_port, metavar="PORT",
+                         help=f"port for http/sse, 0 for a free one (default: {DEFAULT_PORT})")
+    serving.add_argument("--path", metavar="PATH",
+                         help=f"route of the endpoint (default: {DEFAULT_HTTP_PATH} for http, {DEFAULT_SSE_PATH} for sse)")
+    serving.add_argument("--stateless", action="store_true", default=None,
+                         help="serve streamable HTTP without sessions (each request stands alone)")
+
+    behaviour = parser.add_argument_group("behaviour")
+    behaviour.add_argument("-l", "--log-level", type=parse_log_level, metavar="LEVEL",
+                           help=f"{', '.join(LOG_LEVELS)}; DEBUG also shows tracebacks (default: {DEFAULT_LOG_LEVEL})")
+    behaviour.add_argument("--no-banner", dest="show_banner", action="store_false", default=None,
+                           help="don't print the start-up line (the http ready line stays)")
+    behaviour.add_argument("--reload", action="store_true", default=None,
+                           help="restart the server when a file changes (development)")
+    behaviour.add_argument("--no-reload", dest="reload", action="store_false", help="turn --reload off")
+    behaviour.add_argument("--reload-dir", dest="reload_dirs", action="append", metavar="DIR",
+                           help="folder to watch with --reload, repeatable (default: the server's folder)")
+    behaviour.add_argument("--skip-source", action="store_true", default=None,
+                           help="skip source preparation (accepted for fastmcp run compatibility; "
+                                "local files need none)")
+    behaviour.add_argument("--print-config", action="store_true",
+                           help="print the effective settings and where each came from, then exit")
+    return parser
+
+
+def version_line() -> str:
+    """Return mcprun's version with those of the bundled stack, on one line."""
+    parts = [f"fastmcp {_version_of('fastmcp')}", f"mcp {_version_of('mcp')}",
+             f"Python {platform.python_version()}", f"{platform.system()}-{platform.machine()}"]
+    return f"mcprun {__version__} ({', '.join(parts)})"
+
+
+def _version_of(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """Parse argv, honouring 'run' and everything after '--' as server arguments."""
+    if argv and argv[0] in COMMANDS:
+        argv = argv[1:]
+    end = _options_end(argv)
+    args = build_parser().parse_args(argv[:end])
+    args.server_args = [*args.server_args, *argv[end + 1:]]
+    args.argv = argv[:end]
+    return args
+
+
+# -- main --------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the mcprun command line; return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_command_line(argv)
+    if args.version:
+        print(version_line())
+        return EXIT_OK
+    debug = (args.log_level or os.environ.get("MCPRUN_LOG_LEVEL", "")).upper() == "DEBUG"
+    try:
+        settings = load_settings(args, os.environ)
+        if settings.print_config:
+            print(format_settings(settings))
+            return EXIT_OK
+        return run(settings)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as raised:
+        exc = _unwrap(raised)
+        if isinstance(exc, UsageError):
+            if debug and exc.__cause__ is not None:
+                traceback.print_exception(exc.__cause__)
+            print(f"mcprun: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        if debug:  # a failure in the server while it runs
+            traceback.print_exception(raised)
+        hint = "" if debug else "; rerun with --log-level DEBUG for the traceback"
+        print(f"mcprun: error: the server failed: {_describe(exc)}{hint}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Return the single exception inside nested exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

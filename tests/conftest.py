@@ -1,0 +1,248 @@
+"""Shared harness: run the real mcprun as a subprocess and talk to it with real MCP clients.
+
+MCPRUN_UNDER_TEST chooses the program (default: this checkout's mcprun.py under
+the running Python), e.g. MCPRUN_UNDER_TEST=dist/mcprun or "python3 dist/mcprun.pyz".
+Every process a test starts carries a per-test token in its environment and is
+killed by that token when the test ends, however it was started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = ROOT / "tests" / "servers"
+EXAMPLES = ROOT / "examples"
+TOKEN_VARIABLE = "MCPRUN_TEST_TOKEN"
+START_TIMEOUT = 60.0  # seconds for a server to print its ready line (artifacts extract on first run)
+CALL_TIMEOUT = 60.0  # seconds for one client session, start to finish
+READY = re.compile(r"^mcprun: ready: .* at (?P<url>http://\S+)")
+
+
+def mcprun_command() -> list[str]:
+    """Return the command that runs the mcprun under test."""
+    under_test = os.environ.get("MCPRUN_UNDER_TEST")
+    if under_test:
+        return shlex.split(under_test)
+    return [sys.executable, str(ROOT / "mcprun.py")]
+
+
+# -- process bookkeeping ------------------------------------------------------
+
+
+def pids_with_token(token: str) -> list[int]:
+    """Return the PIDs of live processes whose environment carries token."""
+    needle = f"{TOKEN_VARIABLE}={token}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_token(token: str) -> None:
+    """SIGKILL every process carrying token, until none is left (bounded)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = pids_with_token(token)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def token() -> str:
+    """A per-test token; every process started with child_env() dies with the test."""
+    value = uuid.uuid4().hex
+    yield value
+    kill_token(value)
+
+
+def child_env(token: str, **extra: str) -> dict:
+    """Return os.environ plus the test token and extra variables."""
+    env = {**os.environ, TOKEN_VARIABLE: token, **extra}
+    env.pop("MCPRUN_LOG_LEVEL", None)
+    return env
+
+
+# -- running mcprun -----------------------------------------------------------
+
+
+def run_cli(token: str, *args: str, cwd=None, env=None, timeout=60, input=None) -> subprocess.CompletedProcess:
+    """Run mcprun to completion and return the result (text)."""
+    return subprocess.run(
+        [*mcprun_command(), *args], cwd=cwd, env=env or child_env(token), input=input,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+class RunningServer:
+    """An mcprun process serving HTTP or SSE, with its stderr collected in the background."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self.url: str | None = None
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line)
+            match = READY.match(line)
+            if match and not self._ready.is_set():
+                self.url = match["url"]
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> str:
+        if not self._ready.wait(timeout) or self.url is None:
+            raise AssertionError(f"mcprun did not become ready in {timeout}s; stderr:\n{self.stderr}")
+        return self.url
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM, wait, then SIGKILL; return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        self._reader.join(timeout)
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def serving(token: str, *args: str, transport: str = "http", cwd=None, env=None):
+    """Start mcprun on a free loopback port; yield the RunningServer once it is ready."""
+    process = subprocess.Popen(
+        [*mcprun_command(), *args, "--transport", transport, "--port", "0"],
+        cwd=cwd, env=env or child_env(token), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )
+    server = RunningServer(process)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        kill_token(token)
+
+
+# -- clients ------------------------------------------------------------------
+
+
+def run_async(coroutine, timeout: float = CALL_TIMEOUT):
+    """Run a client coroutine to completion, bounded in time."""
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
+def stdio_transport(token: str, *args: str, cwd=None, env=None):
+    """Return a fastmcp StdioTransport that starts mcprun with args."""
+    from fastmcp.client.transports import StdioTransport
+
+    command = mcprun_command()
+    return StdioTransport(command[0], [*command[1:], *args], env=env or child_env(token), cwd=cwd,
+                          keep_alive=False)
+
+
+async def exercise_fastmcp(target) -> dict:
+    """Run the demo checks through fastmcp's Client; return what came back."""
+    from fastmcp import Client
+
+    async with Client(target) as client:
+        tools = sorted(tool.name for tool in await client.list_tools())
+        echoed = await client.call_tool("echo", {"text": "hi"})
+        argv = await client.call_tool("argv", {})
+        resource = await client.read_resource("demo://greeting")
+        prompt = await client.get_prompt("summarize", {"topic": "tides"})
+    return {
+        "tools": tools,
+        "echo": echoed.content[0].text,
+        "argv": argv.content[0].text if argv.content else "",
+        "resource": resource[0].text,
+        "prompt": prompt.messages[0].content.text,
+    }
+
+
+@contextlib.asynccontextmanager
+async def sdk_session(kind: str, target, token: str | None = None):
+    """Yield an initialized official-SDK ClientSession over stdio, http or sse.
+
+    target is an mcprun argument list for stdio, a URL otherwise.
+    """
+    from mcp import ClientSession
+
+    if kind == "stdio":
+        from mcp.client.stdio import StdioServerParameters, stdio_client
+
+        command = mcprun_command()
+        params = StdioServerParameters(command=command[0], args=[*command[1:], *target],
+                                       env={TOKEN_VARIABLE: token, "PATH": os.environ["PATH"]})
+        streams = stdio_client(params, errlog=open(os.devnull, "w"))
+    elif kind == "http":
+        from mcp.client.streamable_http import streamable_http_client
+
+        streams = streamable_http_client(target)
+    else:
+        from mcp.client.sse import sse_client
+
+        streams = sse_client(target)
+    async with streams as (read_stream, write_stream, *_):
+        async with ClientSession(read_stream, write_stream) as session:
+            await session.initialize()
+            yield session
+
+
+async def exercise_sdk(kind: str, target, token: str | None = None) -> dict:
+    """Run the demo checks through the official SDK client; return what came back."""
+    async with sdk_session(kind, target, token) as session:
+        tools = sorted(tool.name for tool in (await session.list_tools()).tools)
+        echoed = await session.call_tool("echo", {"text": "hi"})
+        argv = await session.call_tool("argv", {})
+        resource = await session.read_resource("demo://greeting")
+        prompt = await session.get_prompt("summarize", {"topic": "tides"})
+    return {
+        "tools": tools,
+        "echo": echoed.content[0].text,
+        "argv": argv.content[0].text if argv.content else "",
+        "resource": resource.contents[0].text,
+        "prompt": prompt.messages[0].content.text,
+    }
+
+
+DEMO_RESULT = {
+    "tools": ["argv", "echo"],
+    "echo": "hi",
+    "argv": "",
+    "resource": "Hello from demo",
+    "prompt": "Summarize tides briefly.",
+}

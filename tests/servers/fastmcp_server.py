@@ -1,0 +1,4 @@
+from demo import register
+from fastmcp import FastMCP
+
+mcp = register(FastMCP("Demo"))
