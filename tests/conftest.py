@@ -246,3 +246,97 @@ DEMO_RESULT = {
     "resource": "Hello from demo",
     "prompt": "Summarize tides briefly.",
 }
+
+
+# -- raw protocol over stdio --------------------------------------------------
+
+INITIALIZE = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "mcprun-tests", "version": "1"}},
+}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def tools_call(request_id: int, name: str, arguments: dict) -> dict:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments}}
+
+
+def stdio_exchange(command: list[str], messages: list[dict], token: str, cwd=None, env=None,
+                   timeout: float = CALL_TIMEOUT) -> subprocess.CompletedProcess:
+    """Talk JSON-RPC to a stdio server as a client would, then close its stdin.
+
+    Each request waits for its response before the next message is sent. The server
+    must exit on end of input; its stdout is returned unparsed, so tests can check
+    that nothing but protocol reached it.
+    """
+    import json
+    import queue
+
+    deadline = time.monotonic() + timeout
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=cwd, env=env or child_env(token))
+    lines: queue.Queue = queue.Queue()
+    stdout: list[str] = []
+    stderr: list[str] = []
+    readers = [threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
+                                daemon=True),
+               threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)]
+    for reader in readers:
+        reader.start()
+    try:
+        for message in messages:
+            process.stdin.write(json.dumps(message) + "\n")
+            process.stdin.flush()
+            while "id" in message:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                if line is None:
+                    break
+                stdout.append(line)
+                with contextlib.suppress(ValueError):
+                    if json.loads(line).get("id") == message["id"]:
+                        break
+        process.stdin.close()
+        process.wait(max(0.1, deadline - time.monotonic()))
+    except (queue.Empty, subprocess.TimeoutExpired, BrokenPipeError):
+        process.kill()
+        process.wait()
+    for reader in readers:
+        reader.join(5)
+    while not lines.empty():
+        line = lines.get()
+        if line is not None:
+            stdout.append(line)
+    return subprocess.CompletedProcess(command, process.returncode, "".join(stdout), "".join(stderr))
+
+
+# -- added for test_spec.py and test_config.py --------------------------------
+
+
+def free_port() -> int:
+    """Return a TCP port that was free on 127.0.0.1 a moment ago (for servers that can't bind 0)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def started(token: str, *args: str, cwd=None, env=None):
+    """Start mcprun with exactly args (no --transport/--port added); yield the RunningServer once ready.
+
+    For settings that come from fastmcp.json or MCPRUN_* variables, which serving()'s flags would override.
+    """
+    process = subprocess.Popen(
+        [*mcprun_command(), *args], cwd=cwd, env=env or child_env(token), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    server = RunningServer(process)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        kill_token(token)

@@ -1,0 +1,45 @@
+"""An mcp 1.x client (run with .venv-mcp1's Python): exercise the demo server, print JSON.
+
+    python mcp1_client.py stdio COMMAND [ARGS...]
+    python mcp1_client.py http|sse URL
+"""
+
+import asyncio
+import json
+import os
+import sys
+
+from mcp import ClientSession
+
+
+async def exercise(kind, target):
+    if kind == "stdio":
+        from mcp.client.stdio import StdioServerParameters, stdio_client
+
+        params = StdioServerParameters(command=target[0], args=target[1:], env=dict(os.environ))
+        streams = stdio_client(params, errlog=open(os.devnull, "w"))
+    elif kind == "http":
+        from mcp.client.streamable_http import streamablehttp_client
+
+        streams = streamablehttp_client(target[0])
+    else:
+        from mcp.client.sse import sse_client
+
+        streams = sse_client(target[0])
+    async with streams as (read_stream, write_stream, *_):
+        async with ClientSession(read_stream, write_stream) as session:
+            await session.initialize()
+            tools = sorted(tool.name for tool in (await session.list_tools()).tools)
+            echoed = await session.call_tool("echo", {"text": "hi"})
+            resource = await session.read_resource("demo://greeting")
+            prompt = await session.get_prompt("summarize", {"topic": "tides"})
+    return {
+        "tools": tools,
+        "echo": echoed.content[0].text,
+        "resource": resource.contents[0].text,
+        "prompt": prompt.messages[0].content.text,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(asyncio.wait_for(exercise(sys.argv[1], sys.argv[2:]), 60))))
