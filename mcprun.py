@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import traceback
 import urllib.parse
 from pathlib import Path
@@ -62,7 +63,8 @@ RELOAD_EXTENSIONS = (".json", ".toml", ".yaml", ".yml", ".txt", ".md", ".html", 
 
 # Environment set before the bundled stack is imported: no update check, no telemetry.
 OFFLINE_ENVIRONMENT = {"FASTMCP_CHECK_FOR_UPDATES": "off"}
-OFFLINE_DEFAULTS = {"FASTMCP_TELEMETRY_MODE": "off"}
+OFFLINE_DEFAULTS = {"FASTMCP_TELEMETRY_MODE": "off", "FASTMCP_ENABLE_RICH_LOGGING": "false"}
+BUNDLED_PACKAGES = ("fastmcp", "mcp", "mcp_types", "pydantic", "starlette", "uvicorn", "anyio", "httpx")
 
 
 # -- errors ------------------------------------------------------------------
@@ -78,7 +80,9 @@ class UsageError(Exception):
 
 def _describe(exc: BaseException) -> str:
     """Return 'Type: message (file:line)' for an exception raised in user code."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    # A SyntaxError names its own file and line; importlib's frozen frames tell the user nothing.
+    frames = [] if isinstance(exc, SyntaxError) else [
+        frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith("<")]
     where = f" ({_short_path(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
     text = str(exc)
     return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
@@ -192,10 +196,10 @@ def load_server_config(path: Path) -> ServerConfig:
         raise UsageError(f"{path}: 'deployment.args' must be an array of strings")
     if not all(isinstance(v, str) for v in (deployment.get("env") or {}).values()):
         raise UsageError(f"{path}: 'deployment.env' values must be strings")
-    folder = path.resolve().parent
+    folder = Path(os.path.abspath(path.parent))  # not resolve(): a symlinked config's paths are beside the link
     return ServerConfig(
         file=path,
-        source_path=folder / Path(source_path).expanduser(),
+        source_path=Path(os.path.abspath(folder / Path(source_path).expanduser())),
         entrypoint=entrypoint,
         deployment=deployment,
         environment={k: v for k, v in environment.items() if k != "type" and v},
@@ -298,9 +302,9 @@ def _from_environment(name: str, kind: type, variable: str, environ: dict) -> An
     if name == "transport" and raw not in TRANSPORTS:
         raise UsageError(f"{variable}={raw!r}: choose one of {', '.join(TRANSPORTS)}")
     if name == "log_level":
-        raw = raw.upper()
-        if raw not in LOG_LEVELS:
+        if raw.upper() not in LOG_LEVELS:
             raise UsageError(f"{variable}={raw!r}: choose one of {', '.join(LOG_LEVELS)}")
+        raw = raw.upper()
     return raw
 
 
@@ -402,6 +406,8 @@ def _is_mcp_config(path: Path) -> bool:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    if path.name == "mcp.json":  # so a broken one is reported against the mcp.json schema
+        return not (isinstance(data, dict) and "source" in data)
     return isinstance(data, dict) and "mcpServers" in data
 
 
@@ -409,7 +415,9 @@ def resolve_target(settings: Settings) -> Target:
     """Turn the spec into a Target, validating its form; raise UsageError if malformed."""
     spec = settings.spec
     if settings.module:
-        if not spec or not _is_dotted_name(spec):
+        if not spec:
+            raise UsageError("-m needs a module name, e.g. 'mcprun -m my_package.server'")
+        if not _is_dotted_name(spec):
             raise UsageError(f"-m needs a module name such as 'my_package.server', not {spec!r}")
         return Target("module", spec, module_name=spec)
     if settings.config:
@@ -460,7 +468,8 @@ def _file_target(file_part: str, object_part: str | None, origin: Path | None) -
             f"{file_part}: unsupported spec; give a .py file, module:object, -m module, "
             "fastmcp.json, mcp.json or an http(s):// URL"
         )
-    return Target("file", f"{file_part}:{object_part}" if object_part else file_part,
+    label = _short_path(path)
+    return Target("file", f"{label}:{object_part}" if object_part else label,
                   path=path.resolve(), object_name=object_part)
 
 
@@ -472,20 +481,31 @@ def prepare_process(settings: Settings) -> None:
     os.environ.update(OFFLINE_ENVIRONMENT)
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if os.path.expanduser("~") == "~" and not os.environ.get("XDG_DATA_HOME"):
+        # No HOME and no passwd entry (a bare chroot, a container): fastmcp needs a data folder to import.
+        os.environ["XDG_DATA_HOME"] = os.path.join(tempfile.gettempdir(), f"mcprun-{os.getuid()}")
     if settings.config:
         deployment = settings.config.deployment
         for key, value in (deployment.get("env") or {}).items():
             os.environ[key] = re.sub(r"\$\{([^}]+)\}", lambda m: os.environ.get(m.group(1), m.group(0)), value)
         if deployment.get("cwd"):
-            cwd = settings.config.file.resolve().parent / deployment["cwd"]
+            cwd = Path(os.path.abspath(settings.config.file.parent / deployment["cwd"]))  # beside a symlink too
             try:
                 os.chdir(cwd)
             except OSError as exc:
                 raise UsageError(f"{settings.config.file}: 'deployment.cwd' {str(cwd)!r}: {exc.strerror}") from None
-    configure_logging(settings.log_level)
+    if settings.config:  # a PYTHONPATH in deployment.env comes too late for the interpreter to read
+        extra = (settings.config.deployment.get("env") or {}).get("PYTHONPATH")
+        sys.path.extend(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if extra and p)
     # Import the bundled stack first, so a user's mcp.py or fastmcp.py can't shadow it.
-    import fastmcp  # noqa: F401
-    import mcp.server.mcpserver  # noqa: F401
+    try:
+        import fastmcp  # noqa: F401
+        import mcp.server.mcpserver  # noqa: F401
+    except ImportError as exc:
+        origin = getattr(sys.modules.get((exc.name or "mcp").split(".")[0]), "__file__", None) or "?"
+        raise UsageError(f"the bundled fastmcp stack failed to import ({_first_line(exc)}): {origin} shadows it; "
+                         "remove fastmcp/mcp and their dependencies from PYTHONPATH", EXIT_FAILURE) from exc
+    configure_logging(settings.log_level)
 
     if settings.config and settings.config.environment:
         described = "; ".join(f"{k}: {v}" for k, v in settings.config.environment.items())
@@ -494,13 +514,23 @@ def prepare_process(settings: Settings) -> None:
 
 
 def configure_logging(level: str) -> None:
-    """Send every log record to stderr at the chosen level."""
+    """Send every log record, fastmcp's and uvicorn's too, to stderr in one format at one level."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(_rename_uvicorn_logger)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("fastmcp").setLevel(level)
+    fastmcp_logger = logging.getLogger("fastmcp")
+    fastmcp_logger.handlers.clear()  # fastmcp installs its own at import
+    fastmcp_logger.propagate = True
+    fastmcp_logger.setLevel(level)
+
+
+def _rename_uvicorn_logger(record: logging.LogRecord) -> bool:
+    if record.name == "uvicorn.error":  # uvicorn logs everything but access lines there
+        record.name = "uvicorn"
+    return True
 
 
 def divert_stdout() -> int | None:
@@ -583,11 +613,21 @@ def import_server_module(target: Target) -> Any:
     except ModuleNotFoundError as exc:
         requested = module_name.split(".")
         prefixes = {".".join(requested[: i + 1]) for i in range(len(requested))}
+        if target.kind == "import" and exc.name in prefixes and target.object_name is None:
+            raise UsageError(
+                f"{target.spec!r} is neither a file nor a module (looked in {os.getcwd()} and the bundle); "
+                "give a .py file, module:object, -m module, fastmcp.json, mcp.json or an http(s):// URL"
+            ) from exc
         if target.kind == "import" and exc.name in prefixes:
             raise UsageError(
                 f"module {module_name!r} not found (looked in {os.getcwd()} and the bundle); "
                 "check the name, or run mcprun from the folder that holds it"
             ) from exc
+        bundled = (exc.name or "").split(".")[0]
+        if bundled in BUNDLED_PACKAGES:  # e.g. mcp.server.fastmcp, gone in mcp 2.x
+            raise UsageError(f"{label} imports {exc.name!r}, which the bundled {bundled} "
+                             f"{_version_of(bundled.replace('_', '-'))} does not have: {_first_line(exc)}",
+                             EXIT_FAILURE) from exc
         raise UsageError(
             f"{label} imports {exc.name!r}, which is not installed: mcprun bundles fastmcp, mcp, httpx "
             "and their dependencies only; make the package importable (e.g. PYTHONPATH=DIR with the source or pyz)",
@@ -595,6 +635,22 @@ def import_server_module(target: Target) -> Any:
         ) from exc
     except Exception as exc:
         raise UsageError(f"importing {label} failed: {_describe(exc)}", EXIT_FAILURE) from exc
+
+
+def _a_type(obj: Any) -> str:
+    """Return 'None', 'an int' or 'a dict': what obj is, for a message."""
+    name = type(obj).__name__
+    return "None" if obj is None else f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _public_names(module: Any) -> list[str]:
+    """Return the public names a module defines itself (not the modules, classes, functions it imports)."""
+    def defined_here(value: Any) -> bool:
+        if inspect.isclass(value) or inspect.isroutine(value):
+            return getattr(value, "__module__", None) == module.__name__
+        return not inspect.ismodule(value)
+
+    return [name for name, value in vars(module).items() if not name.startswith("_") and defined_here(value)][:12]
 
 
 def find_server_object(module: Any, target: Target) -> tuple[str, Any]:
@@ -611,7 +667,7 @@ def find_server_object(module: Any, target: Target) -> tuple[str, Any]:
             obj = getattr(obj, attribute)
         if server_kind(obj) is None and not _is_factory(obj):
             raise UsageError(
-                f"{target.object_name!r} in {label} is a {type(obj).__name__}, not an MCP server "
+                f"{target.object_name!r} in {label} is {_a_type(obj)}, not an MCP server "
                 "(FastMCP or MCPServer) or a function that returns one"
             )
         return target.object_name, obj
@@ -621,15 +677,12 @@ def find_server_object(module: Any, target: Target) -> tuple[str, Any]:
             return name, obj
     found = [f"{name} ({type(obj).__name__})" for name, obj in vars(module).items()
              if not name.startswith("_") and server_kind(obj) is not None]
+    unsupported = [f"{name} is {_a_type(getattr(module, name))}" for name in SERVER_NAMES if hasattr(module, name)]
     hint = f"; server objects found: {', '.join(found)}; use {target.spec}:NAME" if found else (
         f"; none found either — create one (mcp = FastMCP(...)) or name a factory with {target.spec}:NAME"
     )
-    raise UsageError(f"no server object in {label}: tried {', '.join(SERVER_NAMES)}{hint}")
-
-
-def _public_names(module: Any) -> list[str]:
-    return [name for name, value in vars(module).items()
-            if not name.startswith("_") and not inspect.ismodule(value)][:12]
+    tried = ", ".join(SERVER_NAMES) + (f" ({'; '.join(unsupported)})" if unsupported else "")
+    raise UsageError(f"no server object in {label}: tried {tried}{hint}")
 
 
 def _is_factory(obj: Any) -> bool:
@@ -651,7 +704,8 @@ def _check_factory_signature(name: str, factory: Any) -> None:
 
 def _checked_server(name: str, obj: Any) -> Any:
     if server_kind(obj) is None:
-        raise UsageError(f"factory {name!r} returned a {type(obj).__name__}, not an MCP server (FastMCP or MCPServer)")
+        raise UsageError(f"factory {name!r} returned {_a_type(obj)}, not an MCP server (FastMCP or MCPServer); "
+                         "make it return one")
     return obj
 
 
@@ -718,7 +772,8 @@ def describe_server(server: Any, target: Target) -> str:
 async def serve_stdio(server: Any, settings: Settings) -> None:
     """Serve over stdin/stdout; the SDK's stdio transport keeps stray output off the wire."""
     if server_kind(server) == "fastmcp":
-        await server.run_stdio_async(show_banner=False, log_level=settings.log_level, stateless=settings.stateless)
+        # no log_level: fastmcp would reinstall its own handler; configure_logging() set the level
+        await server.run_stdio_async(show_banner=False, stateless=settings.stateless)
     else:
         await server.run_stdio_async()
 
@@ -795,6 +850,9 @@ async def serve_http(server: Any, settings: Settings, target: Target) -> None:
                                 f"ready: serving {describe_server(server, target)} over {kind} at {url}{everywhere}")
     config = uvicorn.Config(app, log_config=None, log_level=settings.log_level.lower(), lifespan="on",
                             timeout_graceful_shutdown=2, server_header=False)
+    # uvicorn drains on SIGTERM, then re-raises it to the previous handler: make that one
+    # a no-op so a clean shutdown exits 0 instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         await uvicorn.Server(config).serve(sockets=[sock])
     finally:
@@ -833,11 +891,14 @@ def run_module(settings: Settings) -> None:
     try:
         runpy.run_module(settings.spec, run_name="__main__", alter_sys=True)
     except ImportError as exc:
-        if exc.name and settings.spec.startswith(exc.name):
-            raise UsageError(f"no module named {settings.spec!r}; check the name, or run mcprun "
-                             "from the folder that holds it") from None
-        raise UsageError(f"module {settings.spec!r} imports {exc.name!r}, which is not installed",
-                         EXIT_FAILURE) from exc
+        # runpy's own errors carry no name: the module (or its __main__) was not found
+        if exc.name is None or f"{settings.spec}.".startswith(f"{exc.name}."):
+            raise UsageError(f"cannot run module {settings.spec!r}: {_first_line(exc)}; check the name, "
+                             "or run mcprun from the folder that holds it") from None
+        if not isinstance(exc, ModuleNotFoundError):
+            raise
+        raise UsageError(f"module {settings.spec!r} imports {exc.name!r}, which is not installed; make the "
+                         "package importable (e.g. PYTHONPATH=DIR with the source or pyz)", EXIT_FAILURE) from exc
 
 
 def run(settings: Settings) -> int:
@@ -871,9 +932,8 @@ def program_command() -> list[str]:
     """Return the command that starts this mcprun again: the binary, the zipapp or the source."""
     if getattr(sys, "frozen", False):
         return [sys.executable]
-    archive = os.environ.get("SHIV_ENTRY_POINT") and sys.argv[0]
-    if archive and os.path.isfile(archive):
-        return [sys.executable, os.path.abspath(archive)]
+    if "_bootstrap" in sys.modules and os.path.isfile(sys.argv[0]):  # shiv's bootstrap: argv[0] is the .pyz
+        return [sys.executable, os.path.abspath(sys.argv[0])]
     return [sys.executable, os.path.abspath(__file__)]
 
 
@@ -1080,7 +1140,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, UsageError):
             if debug and exc.__cause__ is not None:
                 traceback.print_exception(exc.__cause__)
-            print(f"mcprun: error: {exc}", file=sys.stderr)
+            user_code = exc.exit_code == EXIT_FAILURE and exc.__cause__ is not None  # a traceback to offer
+            hint = "; rerun with --log-level DEBUG for the traceback" if user_code and not debug else ""
+            print(f"mcprun: error: {exc}{hint}", file=sys.stderr)
             return exc.exit_code
         if debug:  # a failure in the server while it runs
             traceback.print_exception(raised)

@@ -1,0 +1,3 @@
+"""A module that defines no server at all."""
+
+VALUE = 1
