@@ -1,0 +1,147 @@
+# -*- coding: utf-8 -*-
+"""mcprun.pyz's __main__: check the Python, choose where to unpack, then hand over to shiv.
+
+This runs before anything is unpacked, under whatever python3 the user has, so it
+keeps to plain Python 3.6 syntax and the stdlib. What it adds to shiv's bootstrap:
+
+- a one-line error on a Python (or machine) whose wheels the archive does not carry;
+- an unpack folder that works without a usable HOME: $SHIV_ROOT, then ~/.shiv, then
+  $XDG_CACHE_HOME/mcprun, then $TMPDIR/mcprun-UID; a read-only folder is fine when
+  this build is already unpacked there (a shared, pre-extracted cache);
+- one folder per build (mcprun_<build id>), whatever the archive is called, and the
+  folders of other builds removed once no running mcprun uses them;
+- PYTHONPATH entries moved after the bundle, so they add packages but never shadow it.
+"""
+
+import fcntl
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import zipfile
+
+EXIT_FAILURE = 1
+PREFIX = "mcprun_"
+
+
+def fail(message):
+    sys.stderr.write("mcprun: error: %s\n" % message)
+    sys.exit(EXIT_FAILURE)
+
+
+def carried_pythons(names):
+    """Return the CPython versions ('3.11', ...) whose compiled wheels the archive holds."""
+    versions = set()
+    for name in names:
+        if name.startswith("site-packages/pydantic_core/_pydantic_core.cpython-"):
+            tag = name.split(".cpython-", 1)[1].split("-", 1)[0]
+            versions.add((int(tag[0]), int(tag[1:])))
+    return ["%d.%d" % v for v in sorted(versions)]
+
+
+def check_python(names):
+    carried = carried_pythons(names)
+    running = "%d.%d" % sys.version_info[:2]
+    if platform.python_implementation() != "CPython" or running not in carried or platform.machine() != "x86_64":
+        fail("mcprun.pyz runs on CPython %s for Linux x86_64, not %s %s on %s; run it with one of those "
+             "(e.g. python%s mcprun.pyz), or use the mcprun binary, which needs no Python"
+             % (", ".join(carried), platform.python_implementation(), platform.python_version(),
+                platform.machine(), carried[-1]))
+
+
+def writable(folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def choose_root(build_id):
+    """Return the folder to unpack into, setting SHIV_ROOT so shiv (and reloaded children) agree."""
+    unpacked = PREFIX + build_id
+    if os.environ.get("SHIV_ROOT"):
+        root = os.path.expanduser(os.environ["SHIV_ROOT"])
+        if not os.path.isdir(os.path.join(root, unpacked, "site-packages")) and not writable(root):
+            fail("SHIV_ROOT=%s is not writable and holds no unpacked copy of this build; "
+                 "point SHIV_ROOT at a writable folder" % root)
+        return root
+    candidates = []
+    home = os.path.expanduser("~")
+    if home != "~" and home != "/":
+        candidates.append(os.path.join(home, ".shiv"))
+    if os.environ.get("XDG_CACHE_HOME"):
+        candidates.append(os.path.join(os.environ["XDG_CACHE_HOME"], "mcprun"))
+    candidates.append(os.path.join(tempfile.gettempdir(), "mcprun-%d" % os.getuid()))
+    for root in candidates:
+        if os.path.isdir(os.path.join(root, unpacked, "site-packages")) or writable(root):
+            os.environ["SHIV_ROOT"] = root
+            return root
+    fail("no writable folder to unpack mcprun.pyz into (tried %s); set SHIV_ROOT to one"
+         % ", ".join(candidates))
+
+
+def hold_and_clean(root, build_id):
+    """Mark this build's folder in use, and remove other builds' folders nobody uses."""
+    try:
+        in_use = os.open(os.path.join(root, ".%s%s.in-use" % (PREFIX, build_id)), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(in_use, fcntl.LOCK_SH)
+    except OSError:
+        return None  # a read-only shared cache: nothing to mark, nothing to clean
+    for name in os.listdir(root):
+        if not name.startswith(PREFIX) or name.startswith(PREFIX + build_id):
+            continue
+        other = name[len(PREFIX):].split(".", 1)[0]
+        marker = os.path.join(root, ".%s%s.in-use" % (PREFIX, other))
+        try:
+            fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # another mcprun runs that build: leave it
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        for leftover in (marker, os.path.join(root, ".%s%s_lock" % (PREFIX, other))):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
+        os.close(fd)
+    return in_use
+
+
+def main():
+    archive_path = sys.argv[0]
+    with zipfile.ZipFile(archive_path) as archive:
+        names = archive.namelist()
+        build_id = json.loads(archive.read("environment.json").decode())["build_id"]
+    check_python(names)
+    root = choose_root(build_id)
+    in_use = hold_and_clean(root, build_id)  # noqa: F841 - the lock lives as long as this process
+
+    import pathlib
+
+    import _bootstrap
+
+    def cache_path(archive, root_dir, build_id):
+        return pathlib.Path(root_dir or root).expanduser() / (PREFIX + build_id)
+
+    user_paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    user_paths += [os.path.abspath(p) for p in user_paths]
+    start = _bootstrap.run
+
+    def run(entry_point):
+        moved = [p for p in sys.path if p in user_paths]
+        sys.path[:] = [p for p in sys.path if p not in moved] + moved
+        start(entry_point)
+
+    _bootstrap.cache_path = cache_path
+    _bootstrap.run = run
+    _bootstrap.bootstrap()
+
+
+main()

@@ -1,0 +1,257 @@
+"""The built artifacts in the places users put them: dist/mcprun.pyz, dist/mcprun, dist/mcprun.1.
+
+Built by ./build; these tests skip (saying so) when dist/ has not been built.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, stdio_exchange, tools_call
+
+DIST = ROOT / "dist"
+PYZ = DIST / "mcprun.pyz"
+BINARY = DIST / "mcprun"
+MANPAGE = DIST / "mcprun.1"
+PYENV = Path.home() / ".pyenv" / "versions"
+EXCHANGE = [INITIALIZE, INITIALIZED, tools_call(2, "echo", {"text": "packed"})]
+needs_pyz = pytest.mark.skipif(not PYZ.exists(), reason="run ./build first")
+needs_binary = pytest.mark.skipif(not BINARY.exists(), reason="run ./build first")
+
+
+def pyenv_python(version: str) -> str | None:
+    """Return pyenv's python for a minor version, or the system one if it matches, else None."""
+    for folder in sorted(PYENV.glob(f"{version}.*"), reverse=True):
+        if (folder / "bin" / "python3").exists():
+            return str(folder / "bin" / "python3")
+    found = shutil.which(f"python{version}")
+    return found
+
+
+def assert_served(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr
+    replies = [json.loads(line) for line in result.stdout.splitlines()]
+    assert replies[-1]["result"]["content"][0]["text"] == "packed"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def public_tmp():
+    """A folder another user can reach (pytest's own tmp_path is private to root)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="mcprun-test-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    subprocess.run(["chmod", "-R", "u+w", str(folder)], check=False)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_nobody(*command: str) -> list[str]:
+    """Run command as user nobody, with the system Python (pyenv's lives under /root)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop to another user")
+    if command[0] == sys.executable:
+        system_python = "/usr/bin/python3"
+        version = subprocess.run([system_python, "-c", "import sys; print(sys.version_info >= (3, 11))"],
+                                 capture_output=True, text=True).stdout.strip() if os.path.exists(system_python) else ""
+        if version != "True":
+            pytest.skip("no system python3 >= 3.11 that user nobody can run")
+        command = (system_python, *command[1:])
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- the build ----------------------------------------------------------------
+
+
+@needs_pyz
+def test_sha256sums_match():
+    result = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=DIST, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(line.split()[1] for line in (DIST / "SHA256SUMS").read_text().splitlines()) == [
+        "mcprun", "mcprun.1", "mcprun.pyz"]
+
+
+def test_pyz_and_manpage_rebuild_byte_identical(tmp_path):
+    """Build the zipapp and man page twice, into two folders; compare SHA-256."""
+    epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True).stdout
+    for name in ("first", "second"):
+        env = {**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", epoch.strip()),
+               "DIST": str(tmp_path / name), "BUILD_ONLY": "pyz manpage"}
+        result = subprocess.run(["./build"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+    for artifact in ("mcprun.pyz", "mcprun.1"):
+        assert sha256(tmp_path / "first" / artifact) == sha256(tmp_path / "second" / artifact)
+
+
+@needs_pyz
+def test_manpage_has_every_long_option_and_the_sections():
+    text = MANPAGE.read_text()
+    sys.path.insert(0, str(ROOT))
+    import mcprun
+
+    for action in mcprun.build_parser()._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                assert option.replace("-", r"\-") in text or option in text, option
+    for section in ("EXAMPLES", "ENVIRONMENT", "EXIT STATUS"):
+        assert f".SH {section}" in text
+
+
+# -- the zipapp ---------------------------------------------------------------
+
+
+@needs_pyz
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_pyz_serves_on_each_python(token, tmp_path, version):
+    python = pyenv_python(version)
+    if python is None:
+        pytest.skip(f"no Python {version} on this machine")
+    env = child_env(token, SHIV_ROOT=str(tmp_path / "cache"))
+    assert_served(stdio_exchange([python, str(PYZ), "fastmcp_server.py"], EXCHANGE, token, cwd=SERVERS, env=env))
+
+
+@needs_pyz
+@pytest.mark.parametrize("version", ["3.9", "3.10"])
+def test_pyz_on_an_unsupported_python_says_so_in_one_line(token, tmp_path, version):
+    python = pyenv_python(version)
+    if python is None:
+        pytest.skip(f"no Python {version} on this machine")
+    result = subprocess.run([python, str(PYZ), "--version"], capture_output=True, text=True, timeout=60,
+                            env=child_env(token, SHIV_ROOT=str(tmp_path)))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("mcprun: error: mcprun.pyz runs on CPython 3.11, 3.12, 3.13")
+    assert "mcprun binary" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing unpacked
+
+
+@needs_pyz
+@pytest.mark.parametrize("home", ["unset", "read-only", "missing"])
+def test_pyz_without_a_usable_home(token, public_tmp, home):
+    tmp_path = public_tmp
+    env = child_env(token, TMPDIR=str(tmp_path))
+    env.pop("SHIV_ROOT", None)
+    env.pop("XDG_CACHE_HOME", None)
+    if home == "unset":
+        env.pop("HOME")
+    elif home == "read-only":
+        (tmp_path / "home").mkdir(mode=0o555)
+        env["HOME"] = str(tmp_path / "home")
+    else:
+        env["HOME"] = str(tmp_path / "no" / "such" / "home")
+    command = [sys.executable, str(PYZ), "fastmcp_server.py"]
+    if home == "read-only":
+        command = as_nobody(*command)
+        os.chmod(tmp_path, 0o777)
+    result = stdio_exchange(command, EXCHANGE, token, cwd=SERVERS, env=env)
+    assert_served(result)
+    if home == "read-only":
+        assert list(tmp_path.glob("mcprun-*/mcprun_*/site-packages"))  # fell back to $TMPDIR/mcprun-UID
+
+
+@needs_pyz
+def test_pyz_with_a_read_only_shiv_root_and_no_copy_says_what_to_set(token, public_tmp):
+    root = public_tmp / "cache"
+    root.mkdir(mode=0o555)
+    result = subprocess.run(as_nobody(sys.executable, str(PYZ), "--version"), capture_output=True, text=True,
+                            timeout=120,
+                            env=child_env(token, SHIV_ROOT=str(root)))
+    assert result.returncode == 1
+    assert result.stderr == (f"mcprun: error: SHIV_ROOT={root} is not writable and holds no unpacked copy of "
+                             "this build; point SHIV_ROOT at a writable folder\n")
+
+
+@needs_pyz
+def test_pyz_shared_read_only_cache_serves_another_user_from_another_cwd(token, public_tmp):
+    tmp_path = public_tmp
+    command = as_nobody(sys.executable, str(PYZ))
+    cache = tmp_path / "cache"
+    warmed = subprocess.run([command[-2], str(PYZ), "--version"], capture_output=True, text=True, timeout=300,
+                            env=child_env(token, SHIV_ROOT=str(cache)))
+    assert warmed.returncode == 0, warmed.stderr
+    subprocess.run(["chmod", "-R", "a-w", str(cache)], check=True)
+    workdir = tmp_path / "readonly-cwd"
+    workdir.mkdir()
+    shutil.copy(SERVERS / "demo.py", workdir)
+    shutil.copy(SERVERS / "fastmcp_server.py", workdir)
+    subprocess.run(["chmod", "-R", "a-w", str(workdir)], check=True)
+    command = [*command, str(workdir / "fastmcp_server.py")]
+    assert_served(stdio_exchange(command, EXCHANGE, token, cwd="/", env=child_env(token, SHIV_ROOT=str(cache))))
+
+
+@needs_pyz
+def test_pyz_cleans_other_builds_unless_in_use(token, tmp_path):
+    import fcntl
+
+    root = tmp_path / "cache"
+    stale, busy = root / ("mcprun_" + "a" * 64), root / ("mcprun_" + "b" * 64)
+    for folder in (stale, busy):
+        (folder / "site-packages").mkdir(parents=True)
+    marker = os.open(root / (".mcprun_" + "b" * 64 + ".in-use"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(marker, fcntl.LOCK_SH)  # another mcprun still runs that build
+    try:
+        result = subprocess.run([sys.executable, str(PYZ), "--version"], capture_output=True, text=True,
+                                timeout=300, env=child_env(token, SHIV_ROOT=str(root)))
+    finally:
+        os.close(marker)
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()
+    assert busy.exists()
+    assert len(list(root.glob("mcprun_*"))) == 2  # this build's and the busy one
+
+
+@needs_pyz
+def test_pyz_pythonpath_cannot_shadow_the_bundle(token, tmp_path):
+    impostor = tmp_path / "extra" / "fastmcp"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("raise ImportError('impostor fastmcp from PYTHONPATH')\n")
+    env = child_env(token, PYTHONPATH=str(tmp_path / "extra"), SHIV_ROOT=str(tmp_path / "cache"))
+    assert_served(stdio_exchange([sys.executable, str(PYZ), "fastmcp_server.py"], EXCHANGE, token,
+                                 cwd=SERVERS, env=env))
+
+
+# -- the binary ---------------------------------------------------------------
+
+
+@needs_binary
+def test_binary_serves_in_an_empty_chroot(token, tmp_path):
+    """Nothing but the binary, the server file and /proc: no libc, no Python, no /tmp.
+
+    TMPDIR names the jail's root, the one folder there, for the binary to unpack into.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    jail = tmp_path / "jail"
+    (jail / "proc").mkdir(parents=True)
+    shutil.copy2(BINARY, jail / "mcprun")
+    (jail / "server.py").write_text("from fastmcp import FastMCP\n\nmcp = FastMCP('Jailed')\n\n\n"
+                                    "@mcp.tool\ndef echo(text: str) -> str:\n    return text\n")
+    subprocess.run(["mount", "-t", "proc", "proc", str(jail / "proc")], check=True)
+    try:
+        result = stdio_exchange([shutil.which("chroot"), str(jail), "/mcprun", "/server.py"], EXCHANGE, token,
+                                env={"PATH": "/", "TMPDIR": "/", "MCPRUN_TEST_TOKEN": token})
+    finally:
+        subprocess.run(["umount", "-l", str(jail / "proc")], check=False)
+    assert_served(result)
+    assert sorted(p.name for p in jail.iterdir()) == ["mcprun", "proc", "server.py"]
+
+
+@needs_binary
+def test_binary_carries_the_stdlib_and_httpx(token, tmp_path):
+    server = tmp_path / "uses_stdlib.py"
+    server.write_text(
+        "import sqlite3, email.mime.text, xml.etree.ElementTree, csv, decimal, zoneinfo, httpx\n"
+        "from fastmcp import FastMCP\n\nmcp = FastMCP('Stdlib')\n\n\n"
+        "@mcp.tool\ndef echo(text: str) -> str:\n"
+        "    return sqlite3.connect(':memory:').execute('select ?', (text,)).fetchone()[0]\n")
+    assert_served(stdio_exchange([str(BINARY), str(server)], EXCHANGE, token, cwd=tmp_path))
