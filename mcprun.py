@@ -332,13 +332,17 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     defaults = Settings(spec=None)
     merged, sources = {}, {}
     for name, (kind, variable, deployment_key) in _MERGED_OPTIONS.items():
+        # Lazily, in precedence order: an MCPRUN_* variable is read (and checked) only when it would count.
         candidates = (
-            (getattr(args, name), "command line"),
-            (deployment.get(deployment_key) if deployment_key else None, f"{config.file if config else ''}"),
-            (_from_environment(name, kind, variable, environ), variable),
-            (getattr(defaults, name), "default"),
+            (lambda: getattr(args, name), "command line"),
+            (lambda: deployment.get(deployment_key) if deployment_key else None, str(config.file if config else "")),
+            (lambda: _from_environment(name, kind, variable, environ), variable),
         )
-        value, source = next(((v, s) for v, s in candidates if v is not None), candidates[-1])
+        value, source = getattr(defaults, name), "default"
+        for read, origin in candidates:
+            if (found := read()) is not None:
+                value, source = found, origin
+                break
         merged[name], sources[name] = value, source
     merged["log_level"] = merged["log_level"].upper()
     merged["reload_dirs"] = tuple(merged["reload_dirs"])
@@ -367,7 +371,7 @@ def format_settings(settings: Settings) -> str:
     rows.append(("server_args", " ".join(settings.server_args) or "(none)", ""))
     if settings.config:
         for key, value in sorted((settings.config.deployment.get("env") or {}).items()):
-            rows.append((f"env.{key}", "***" if value else "", str(settings.config.file)))
+            rows.append((f"env.{key}", "***" if value else "(empty)", str(settings.config.file)))
         if settings.config.deployment.get("cwd"):
             rows.append(("cwd", settings.config.deployment["cwd"], str(settings.config.file)))
     width = max(len(name) for name, _, _ in rows)

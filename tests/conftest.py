@@ -35,8 +35,9 @@ READY = re.compile(r"^mcprun: ready: .* at (?P<url>http://\S+)")
 def mcprun_command() -> list[str]:
     """Return the command that runs the mcprun under test."""
     under_test = os.environ.get("MCPRUN_UNDER_TEST")
-    if under_test:
-        return shlex.split(under_test)
+    if under_test:  # relative paths made absolute: tests run servers from other folders
+        return [os.path.abspath(part) if "/" in part and os.path.exists(part) else part
+                for part in shlex.split(under_test)]
     return [sys.executable, str(ROOT / "mcprun.py")]
 
 
