@@ -88,6 +88,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _short_path(path: str | os.PathLike) -> str:
     """Return path relative to the current folder when it lies below it."""
     try:
@@ -280,6 +284,17 @@ _MERGED_OPTIONS = {
     "skip_source": (bool, "MCPRUN_SKIP_SOURCE", None),
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def parse_port(text: str) -> int:
+    """argparse type: a TCP port number, 0 meaning any free port."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
 
 
 def _from_environment(name: str, kind: type, variable: str, environ: dict) -> Any:
@@ -478,6 +493,15 @@ def _file_target(file_part: str, object_part: str | None, origin: Path | None) -
 
 
 # -- prepared process: environment, stdout guard, import, server object ------
+
+
+def _version_of(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def prepare_process(settings: Settings) -> None:
@@ -750,10 +774,6 @@ async def await_factory(factory: Any) -> Any:
     return _checked_server(factory.__name__, result)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def check_url_reachable(url: str) -> None:
     """Open and close a TCP connection to the URL's host, bounded in time."""
     parsed = urllib.parse.urlsplit(url)
@@ -905,31 +925,7 @@ def run_module(settings: Settings) -> None:
                          "package importable (e.g. PYTHONPATH=DIR with the source or pyz)", EXIT_FAILURE) from exc
 
 
-def run(settings: Settings) -> int:
-    """Resolve, prepare, load and serve; return the exit code."""
-    target = resolve_target(settings)
-    if settings.reload:
-        if settings.transport == "sse":
-            warn("--reload does not work with SSE (sessions are lost on restart); running without it")
-        else:
-            return run_with_reload(settings, target)
-    prepare_process(settings)
-    if target.kind == "module":
-        run_module(settings)
-        return EXIT_OK
-    import anyio
-
-    sys.argv = [str(target.path or target.spec), *settings.server_args]
-    wire = divert_stdout() if settings.transport == "stdio" else None
-    try:
-        loaded = load_server(settings, target)
-    finally:
-        restore_stdout(wire)
-    anyio.run(serve, loaded, settings, target)
-    return EXIT_OK
-
-
-# -- lifecycle: reload -------------------------------------------------------
+# -- lifecycle: reload, run -------------------------------------------------
 
 
 def program_command() -> list[str]:
@@ -979,10 +975,6 @@ def run_with_reload(settings: Settings, target: Target) -> int:
     return EXIT_OK
 
 
-def _options_end(argv: list[str]) -> int:
-    return argv.index("--") if "--" in argv else len(argv)
-
-
 def _stop_process(process: subprocess.Popen) -> None:
     """SIGTERM a child's process group, then SIGKILL it after RELOAD_STOP_TIMEOUT."""
     if process.poll() is not None:
@@ -999,18 +991,31 @@ def _stop_process(process: subprocess.Popen) -> None:
             continue
 
 
-# -- CLI parser --------------------------------------------------------------
+def run(settings: Settings) -> int:
+    """Resolve, prepare, load and serve; return the exit code."""
+    target = resolve_target(settings)
+    if settings.reload:
+        if settings.transport == "sse":
+            warn("--reload does not work with SSE (sessions are lost on restart); running without it")
+        else:
+            return run_with_reload(settings, target)
+    prepare_process(settings)
+    if target.kind == "module":
+        run_module(settings)
+        return EXIT_OK
+    import anyio
 
-
-def parse_port(text: str) -> int:
-    """argparse type: a TCP port number, 0 meaning any free port."""
+    sys.argv = [str(target.path or target.spec), *settings.server_args]
+    wire = divert_stdout() if settings.transport == "stdio" else None
     try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
-    return port
+        loaded = load_server(settings, target)
+    finally:
+        restore_stdout(wire)
+    anyio.run(serve, loaded, settings, target)
+    return EXIT_OK
+
+
+# -- CLI parser --------------------------------------------------------------
 
 
 def parse_log_level(text: str) -> str:
@@ -1097,13 +1102,8 @@ def version_line() -> str:
     return f"mcprun {__version__} ({', '.join(parts)})"
 
 
-def _version_of(distribution: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return "not installed"
+def _options_end(argv: list[str]) -> int:
+    return argv.index("--") if "--" in argv else len(argv)
 
 
 def parse_command_line(argv: list[str]) -> argparse.Namespace:
@@ -1118,6 +1118,13 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
 
 
 # -- main --------------------------------------------------------------------
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Return the single exception inside nested exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1153,13 +1160,6 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if debug else "; rerun with --log-level DEBUG for the traceback"
         print(f"mcprun: error: the server failed: {_describe(exc)}{hint}", file=sys.stderr)
         return EXIT_FAILURE
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """Return the single exception inside nested exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 if __name__ == "__main__":
