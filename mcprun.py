@@ -253,6 +253,7 @@ class Settings:
     reload: bool = False
     reload_dirs: tuple = ()
     skip_source: bool = False
+    pythonpath: tuple = ()  # folders of extra packages, searched after the bundle
     print_config: bool = False
     argv: tuple = ()  # the options as given, to start a reloaded child with
     config: ServerConfig | None = None
@@ -282,6 +283,7 @@ _MERGED_OPTIONS = {
     "reload": (bool, "MCPRUN_RELOAD", None),
     "reload_dirs": (list, "MCPRUN_RELOAD_DIR", None),
     "skip_source": (bool, "MCPRUN_SKIP_SOURCE", None),
+    "pythonpath": (list, "MCPRUN_PYTHONPATH", None),
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -361,6 +363,7 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
         merged[name], sources[name] = value, source
     merged["log_level"] = merged["log_level"].upper()
     merged["reload_dirs"] = tuple(merged["reload_dirs"])
+    merged["pythonpath"] = tuple(os.path.abspath(folder) for folder in merged["pythonpath"])
     server_args = tuple(args.server_args)
     if not server_args and deployment.get("args"):
         server_args = tuple(deployment["args"])
@@ -380,8 +383,8 @@ def format_settings(settings: Settings) -> str:
         value = getattr(settings, name)
         if name == "path":
             value = settings.http_path
-        if name == "reload_dirs":
-            value = ", ".join(value) or "(server folder)"
+        if name in ("reload_dirs", "pythonpath"):
+            value = ", ".join(value) or ("(server folder)" if name == "reload_dirs" else "(none)")
         rows.append((name, value, settings.sources.get(name, "")))
     rows.append(("server_args", " ".join(settings.server_args) or "(none)", ""))
     if settings.config:
@@ -534,11 +537,37 @@ def prepare_process(settings: Settings) -> None:
         raise UsageError(f"the bundled fastmcp stack failed to import ({_first_line(exc)}): {origin} shadows it; "
                          "remove fastmcp/mcp and their dependencies from PYTHONPATH", EXIT_FAILURE) from exc
     configure_logging(settings.log_level)
+    add_pythonpath(settings.pythonpath)
 
     if settings.config and settings.config.environment:
         described = "; ".join(f"{k}: {v}" for k, v in settings.config.environment.items())
         warn(f"{settings.config.file}: 'environment' ({described}) is not installed; "
              f"mcprun runs the server with its bundled packages (fastmcp {_version_of('fastmcp')})")
+
+
+def add_pythonpath(folders: tuple) -> None:
+    """Search these folders after the bundle, warning when their compiled modules are for another Python."""
+    running = "cpython-%d%d-" % sys.version_info[:2]
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise UsageError(f"--pythonpath {folder}: no such folder")
+        foreign = sorted({name for _, _, names in _walk_two_levels(folder) for name in names
+                          if ".cpython-" in name and name.endswith(".so") and running not in name})
+        if foreign:
+            tag = foreign[0].split(".cpython-")[1].split("-")[0]
+            warn(f"--pythonpath {folder} holds modules compiled for CPython {tag[0]}.{tag[1:]} (e.g. {foreign[0]}), "
+                 f"but mcprun runs {platform.python_version()}: rebuild the folder with 'pip install --target DIR "
+                 f"--python-version {sys.version_info[0]}.{sys.version_info[1]} --only-binary=:all: ...'")
+        if folder not in sys.path:
+            sys.path.append(folder)
+
+
+def _walk_two_levels(folder: str):
+    """Yield os.walk entries for folder, its packages and their subpackages (not deeper)."""
+    for entry in os.walk(folder):
+        if entry[0].count(os.sep) - folder.rstrip(os.sep).count(os.sep) >= 2:
+            entry[1].clear()  # prune: compiled modules sit near a package's top
+        yield entry
 
 
 def configure_logging(level: str) -> None:
@@ -656,13 +685,17 @@ def import_server_module(target: Target) -> Any:
             raise UsageError(f"{label} imports {exc.name!r}, which the bundled {bundled} "
                              f"{_version_of(bundled.replace('_', '-'))} does not have: {_first_line(exc)}",
                              EXIT_FAILURE) from exc
-        raise UsageError(
-            f"{label} imports {exc.name!r}, which is not installed: mcprun bundles fastmcp, mcp, httpx "
-            "and their dependencies only; make the package importable (e.g. PYTHONPATH=DIR with the source or pyz)",
-            EXIT_FAILURE,
-        ) from exc
+        raise UsageError(not_installed(label, exc.name), EXIT_FAILURE) from exc
     except Exception as exc:
         raise UsageError(f"importing {label} failed: {_describe(exc)}", EXIT_FAILURE) from exc
+
+
+def not_installed(label: str, module: str) -> str:
+    """Say that label imports a module mcprun lacks, and how to vendor it for this Python."""
+    python = "%d.%d" % sys.version_info[:2]
+    return (f"{label} imports {module!r}, which is not installed: mcprun bundles fastmcp, mcp, httpx and their "
+            f"dependencies only; on a connected machine run 'pip install --target DIR --python-version {python} "
+            f"--only-binary=:all: PACKAGE' (the package that provides {module!r}), then add --pythonpath DIR")
 
 
 def _a_type(obj: Any) -> str:
@@ -921,8 +954,7 @@ def run_module(settings: Settings) -> None:
                              "or run mcprun from the folder that holds it") from None
         if not isinstance(exc, ModuleNotFoundError):
             raise
-        raise UsageError(f"module {settings.spec!r} imports {exc.name!r}, which is not installed; make the "
-                         "package importable (e.g. PYTHONPATH=DIR with the source or pyz)", EXIT_FAILURE) from exc
+        raise UsageError(not_installed(f"module {settings.spec!r}", exc.name), EXIT_FAILURE) from exc
 
 
 # -- lifecycle: reload, run -------------------------------------------------
@@ -1035,7 +1067,7 @@ examples:
   mcprun server.py -- --config dev.toml     pass arguments to the server (sys.argv)
 
 environment:
-  MCPRUN_<OPTION> sets an option (MCPRUN_PORT=9000, MCPRUN_NO_BANNER=1, ...);
+  MCPRUN_<OPTION> sets an option (MCPRUN_PORT=9000, MCPRUN_NO_BANNER=1, MCPRUN_PYTHONPATH=DIR, ...);
   precedence: command line > fastmcp.json deployment > MCPRUN_* > defaults.
 
 exit codes:
@@ -1087,6 +1119,9 @@ def build_parser() -> argparse.ArgumentParser:
     behaviour.add_argument("--no-reload", dest="reload", action="store_false", help="turn --reload off")
     behaviour.add_argument("--reload-dir", dest="reload_dirs", action="append", metavar="DIR",
                            help="folder to watch with --reload, repeatable (default: the server's folder)")
+    behaviour.add_argument("--pythonpath", action="append", metavar="DIR",
+                           help="folder of extra packages the server imports, searched after the bundle, "
+                                "repeatable (make one with pip install --target DIR)")
     behaviour.add_argument("--skip-source", action="store_true", default=None,
                            help="skip source preparation (accepted for fastmcp run compatibility; "
                                 "local files need none)")

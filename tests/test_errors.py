@@ -141,7 +141,7 @@ def test_user_code_error_debug_traceback(token, args, pattern):
 def test_missing_dependency(token):
     error_line(run_cli(token, "broken/import_missing_dependency.py", cwd=SERVERS), EXIT_FAILURE,
                "broken/import_missing_dependency.py imports 'not_installed_pkg_xyz', which is not installed",
-               "make the package importable (e.g. PYTHONPATH=DIR")
+               "on a connected machine run 'pip install --target DIR --python-version", "then add --pythonpath DIR")
 
 
 # -- -m module ---------------------------------------------------------------
@@ -153,7 +153,7 @@ MODULE_ERRORS = {
                          ["cannot run module 'nosuchmod_xyz': No module named nosuchmod_xyz", "check the name"]),
     "module imports missing package": (["-m", "broken.import_missing_dependency"], EXIT_FAILURE, [
         "module 'broken.import_missing_dependency' imports 'not_installed_pkg_xyz', which is not installed",
-        "PYTHONPATH=DIR"]),
+        "then add --pythonpath DIR"]),
 }
 
 
