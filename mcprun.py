@@ -27,11 +27,13 @@ import logging
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 import urllib.parse
 from pathlib import Path
@@ -58,6 +60,9 @@ DEFAULT_HTTP_PATH = "/mcp"
 DEFAULT_SSE_PATH = "/sse"
 DEFAULT_LOG_LEVEL = "INFO"
 URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
+STALE_UNPACK_AGE = 60.0  # seconds before another run's unpacked binary counts as left behind
+LAUNCHER_POLL_INTERVAL = 1.0  # seconds between checks that the binary's launcher still runs
+BINARY_MARKER = "mcprun-bundle"  # a folder packaging/mcprun.spec puts in the binary, to know its unpacked copies
 RELOAD_STOP_TIMEOUT = 5.0  # seconds a reloaded server gets to stop before SIGKILL
 RELOAD_EXTENSIONS = (".json", ".toml", ".yaml", ".yml", ".txt", ".md", ".html", ".env")
 
@@ -538,6 +543,7 @@ def prepare_process(settings: Settings) -> None:
                          "remove fastmcp/mcp and their dependencies from PYTHONPATH", EXIT_FAILURE) from exc
     configure_logging(settings.log_level)
     add_pythonpath(settings.pythonpath)
+    restore_child_environment()
 
     if settings.config and settings.config.environment:
         described = "; ".join(f"{k}: {v}" for k, v in settings.config.environment.items())
@@ -957,7 +963,7 @@ def run_module(settings: Settings) -> None:
         raise UsageError(not_installed(f"module {settings.spec!r}", exc.name), EXIT_FAILURE) from exc
 
 
-# -- lifecycle: reload, run -------------------------------------------------
+# -- the running program: source, zipapp or binary ---------------------------
 
 
 def program_command() -> list[str]:
@@ -967,6 +973,115 @@ def program_command() -> list[str]:
     if "_bootstrap" in sys.modules and os.path.isfile(sys.argv[0]):  # shiv's bootstrap: argv[0] is the .pyz
         return [sys.executable, os.path.abspath(sys.argv[0])]
     return [sys.executable, os.path.abspath(__file__)]
+
+
+def look_after_binary() -> None:
+    """In the binary: remove unpacked copies left by killed runs, and stop when our launcher is killed.
+
+    The binary is a staticx launcher that unpacks a PyInstaller program into $TMPDIR, which
+    unpacks Python into $TMPDIR again; each removes its folder when its child ends. A SIGKILL
+    of the launcher skips that and would leave this process running. So this process holds
+    its folders (a shared flock), removes other runs' folders that nobody holds, and watches
+    the launcher: when it is gone, it removes the launcher's folder and stops itself.
+    """
+    if not getattr(sys, "frozen", False):
+        return
+    import fcntl
+    import threading
+
+    ours = [folder for folder in (os.environ.get("STATICX_BUNDLE_DIR"), getattr(sys, "_MEIPASS", None)) if folder]
+    for folder in ours:
+        try:  # the descriptor stays open, so the lock lasts as long as this process
+            fcntl.flock(os.open(folder, os.O_RDONLY | os.O_DIRECTORY), fcntl.LOCK_SH)
+        except OSError:
+            pass
+    temp, now = tempfile.gettempdir(), time.time()
+    for name in os.listdir(temp):
+        path = os.path.join(temp, name)
+        marker = os.path.join(path, "mcprun" if name.startswith("staticx-") else BINARY_MARKER)
+        if not name.startswith(("staticx-", "_MEI")) or path in ours or not os.path.exists(marker):
+            continue  # not an unpacked mcprun binary (other programs unpack there too)
+        try:
+            status = os.stat(path)
+            if status.st_uid != os.getuid() or now - status.st_mtime < STALE_UNPACK_AGE:
+                continue  # someone else's, or a run still unpacking
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # a running mcprun holds it
+        finally:
+            os.close(fd)
+    launcher = _launcher_process()
+    if launcher:
+        bundle = os.environ.get("STATICX_BUNDLE_DIR")
+        threading.Thread(target=_stop_without_launcher, args=(launcher, bundle), daemon=True).start()
+
+
+def _launcher_process() -> tuple[int, str] | None:
+    """Return (pid, start time) of the staticx launcher this process descends from."""
+    program = os.environ.get("STATICX_PROG_PATH")
+    pid = os.getppid()
+    for _ in range(8):
+        try:
+            if program and os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(program):
+                return pid, _start_time(pid)
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def _start_time(pid: int) -> str:
+    """Return a process's start time, which tells it from a later one with its PID; '' once it is a zombie."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return "" if fields[0] == "Z" else fields[19]
+
+
+def _stop_without_launcher(launcher: tuple[int, str], bundle: str | None) -> None:
+    """Wait for the launcher to go, then remove its folder and stop this process as SIGTERM does."""
+    pid, started = launcher
+    while True:
+        time.sleep(LAUNCHER_POLL_INTERVAL)
+        try:
+            if _start_time(pid) == started:
+                continue
+        except (OSError, IndexError):
+            pass
+        if bundle:
+            shutil.rmtree(bundle, ignore_errors=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+
+def run_python_code(args: list[str]) -> int:
+    """Do what 'python -c CODE ARGS' does: servers start sys.executable so, and in the binary that is mcprun."""
+    if not args:
+        raise UsageError("-c needs the code to run, as python's -c does")
+    sys.argv = ["-c", *args[1:]]
+    exec(compile(args[0], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    return EXIT_OK
+
+
+def restore_child_environment() -> None:
+    """Give the server's subprocesses the environment the binary was started with."""
+    if not getattr(sys, "frozen", False):
+        return
+    original = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is None:
+        os.environ.pop("LD_LIBRARY_PATH", None)
+    else:
+        os.environ["LD_LIBRARY_PATH"] = original
+    for name in [name for name in os.environ if name.startswith(("_PYI_", "STATICX_"))]:
+        del os.environ[name]
+
+
+# -- lifecycle: reload, run -------------------------------------------------
 
 
 def run_with_reload(settings: Settings, target: Target) -> int:
@@ -1165,6 +1280,13 @@ def _unwrap(exc: BaseException) -> BaseException:
 def main(argv: list[str] | None = None) -> int:
     """Run the mcprun command line; return the exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    look_after_binary()
+    if getattr(sys, "frozen", False):  # the binary is the Python of the servers it runs
+        import multiprocessing
+
+        multiprocessing.freeze_support()  # a worker a server started with multiprocessing: runs, then exits
+        if argv[:1] == ["-c"]:
+            return run_python_code(argv[1:])
     args = parse_command_line(argv)
     if args.version:
         print(version_line())

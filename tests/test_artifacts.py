@@ -258,3 +258,57 @@ def test_binary_carries_the_stdlib_and_httpx(token, tmp_path):
         "@mcp.tool\ndef echo(text: str) -> str:\n"
         "    return sqlite3.connect(':memory:').execute('select ?', (text,)).fetchone()[0]\n")
     assert_served(stdio_exchange([str(BINARY), str(server)], EXCHANGE, token, cwd=tmp_path))
+
+
+@needs_binary
+def test_binary_killed_leaves_no_process_and_its_leftovers_are_cleaned(token, tmp_path):
+    """SIGKILL the launcher: the server stops by itself; a later start removes what was left in TMPDIR."""
+    import signal
+    import time
+
+    from conftest import RunningServer, pids_with_token
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = child_env(token, TMPDIR=str(temp))
+    process = subprocess.Popen([str(BINARY), "fastmcp_server.py", "-t", "http", "-p", "0"], cwd=SERVERS, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = RunningServer(process)
+    server.wait_ready()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)
+    deadline = time.monotonic() + 20
+    while pids_with_token(token) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pids_with_token(token) == [], "the server outlived its launcher"
+    assert [p.name for p in temp.iterdir() if p.name.startswith("staticx-")] == []
+    # Leftovers of runs killed outright (every process at once): the next start removes them.
+    stale, held, foreign = temp / "_MEIstale", temp / "staticx-held", temp / "_MEIother"
+    (stale / "mcprun-bundle").mkdir(parents=True)
+    (held / "mcprun").mkdir(parents=True)
+    foreign.mkdir()  # another PyInstaller program's: not mcprun's to remove
+    for folder in (stale, held, foreign):
+        os.utime(folder, (time.time() - 3600, time.time() - 3600))
+    import fcntl
+
+    holder = os.open(held, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(holder, fcntl.LOCK_SH)
+    try:
+        result = subprocess.run([str(BINARY), "--version"], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(holder)
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()
+    assert held.exists()
+    assert foreign.exists()
+
+
+@needs_binary
+def test_binary_gives_subprocesses_the_original_environment(token, tmp_path):
+    server = tmp_path / "env_probe.py"
+    server.write_text(
+        "import os\nfrom fastmcp import FastMCP\n\nmcp = FastMCP('Probe')\n\n\n@mcp.tool\ndef echo(text: str) -> str:\n"
+        "    leaked = sorted(k for k in os.environ if k.startswith(('_PYI_', 'STATICX_', 'LD_LIBRARY_PATH')))\n"
+        "    return text if not leaked else ' '.join(leaked)\n")
+    assert_served(stdio_exchange([str(BINARY), str(server)], EXCHANGE, token, cwd=tmp_path,
+                                 env=child_env(token)))
