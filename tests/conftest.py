@@ -142,12 +142,14 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def serving(token: str, *args: str, transport: str = "http", cwd=None, env=None):
-    """Start mcprun on a free loopback port; yield the RunningServer once it is ready."""
+def started(token: str, *args: str, cwd=None, env=None):
+    """Start mcprun with exactly args (no --transport/--port added); yield the RunningServer once ready.
+
+    For settings that come from fastmcp.json or MCPRUN_* variables, which serving()'s flags would override.
+    """
     process = subprocess.Popen(
-        [*mcprun_command(), *args, "--transport", transport, "--port", "0"],
-        cwd=cwd, env=env or child_env(token), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
+        [*mcprun_command(), *args], cwd=cwd, env=env or child_env(token), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     server = RunningServer(process)
     try:
@@ -156,6 +158,13 @@ def serving(token: str, *args: str, transport: str = "http", cwd=None, env=None)
     finally:
         server.stop()
         kill_token(token)
+
+
+@contextlib.contextmanager
+def serving(token: str, *args: str, transport: str = "http", cwd=None, env=None):
+    """Start mcprun on a free loopback port; yield the RunningServer once it is ready."""
+    with started(token, *args, "--transport", transport, "--port", "0", cwd=cwd, env=env) as server:
+        yield server
 
 
 # -- clients ------------------------------------------------------------------
@@ -322,22 +331,3 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def started(token: str, *args: str, cwd=None, env=None):
-    """Start mcprun with exactly args (no --transport/--port added); yield the RunningServer once ready.
-
-    For settings that come from fastmcp.json or MCPRUN_* variables, which serving()'s flags would override.
-    """
-    process = subprocess.Popen(
-        [*mcprun_command(), *args], cwd=cwd, env=env or child_env(token), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    server = RunningServer(process)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-        kill_token(token)

@@ -183,6 +183,7 @@ def test_print_config_precedence(token, tmp_path):
         "reload      = False  (default)\n"
         "reload_dirs = (server folder)  (default)\n"
         "skip_source = False  (default)\n"
+        "pythonpath  = (none)  (default)\n"
         "server_args = a\n"
         f"env.API_KEY = ***  ({config})\n"
     )
