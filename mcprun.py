@@ -524,15 +524,14 @@ def prepare_process(settings: Settings) -> None:
         deployment = settings.config.deployment
         for key, value in (deployment.get("env") or {}).items():
             os.environ[key] = re.sub(r"\$\{([^}]+)\}", lambda m: os.environ.get(m.group(1), m.group(0)), value)
+        if "PYTHONPATH" in (deployment.get("env") or {}):  # set too late for the interpreter to read it
+            sys.path.extend(folder for folder in os.environ["PYTHONPATH"].split(os.pathsep) if folder)
         if deployment.get("cwd"):
             cwd = Path(os.path.abspath(settings.config.file.parent / deployment["cwd"]))  # beside a symlink too
             try:
                 os.chdir(cwd)
             except OSError as exc:
                 raise UsageError(f"{settings.config.file}: 'deployment.cwd' {str(cwd)!r}: {exc.strerror}") from None
-    if settings.config:  # a PYTHONPATH in deployment.env comes too late for the interpreter to read
-        extra = (settings.config.deployment.get("env") or {}).get("PYTHONPATH")
-        sys.path.extend(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if extra and p)
     # Import the bundled stack first, so a user's mcp.py or fastmcp.py can't shadow it.
     try:
         import fastmcp  # noqa: F401
