@@ -84,15 +84,15 @@ def test_sha256sums_match():
         "mcprun", "mcprun.1", "mcprun.pyz"]
 
 
-def test_pyz_and_manpage_rebuild_byte_identical(tmp_path):
-    """Build the zipapp and man page twice, into two folders; compare SHA-256."""
+def test_artifacts_rebuild_byte_identical(tmp_path):
+    """Build the zipapp, the binary and the man page twice, into two folders; compare SHA-256."""
     epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True).stdout
     for name in ("first", "second"):
         env = {**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", epoch.strip()),
-               "DIST": str(tmp_path / name), "BUILD_ONLY": "pyz manpage"}
+               "DIST": str(tmp_path / name), "BUILD_ONLY": "pyz binary manpage"}
         result = subprocess.run(["./build"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
-    for artifact in ("mcprun.pyz", "mcprun.1"):
+    for artifact in ("mcprun.pyz", "mcprun", "mcprun.1"):
         assert sha256(tmp_path / "first" / artifact) == sha256(tmp_path / "second" / artifact)
 
 
