@@ -139,6 +139,7 @@ _ENVIRONMENT_KEYS = {
     "project": str, "editable": list,
 }
 _TOP_KEYS = {"$schema", "source", "environment", "deployment"}
+_MCP_SERVER_KEYS = {"command": str, "url": str, "args": list, "env": dict, "cwd": str, "headers": dict}
 
 
 def read_json_file(path: Path) -> Any:
@@ -155,7 +156,7 @@ def read_json_file(path: Path) -> Any:
         raise UsageError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
 
 
-def _check_keys(where: str, data: Any, schema: dict, config: Path) -> dict:
+def _check_keys(where: str, data: Any, schema: dict, config: Path, warn_unknown: bool = True) -> dict:
     """Check that data is an object whose known keys have the right JSON types."""
     json_names = {str: "a string", int: "an integer", dict: "an object", list: "an array"}
     if not isinstance(data, dict):
@@ -163,7 +164,8 @@ def _check_keys(where: str, data: Any, schema: dict, config: Path) -> dict:
     for key, value in data.items():
         expected = schema.get(key)
         if expected is None:
-            warn(f"{config}: unknown key '{where}.{key}' ignored")
+            if warn_unknown:
+                warn(f"{config}: unknown key '{where}.{key}' ignored")
         elif value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
             raise UsageError(f"{config}: '{where}.{key}' must be {json_names[expected]}")
     return data
@@ -227,14 +229,10 @@ def load_mcp_config(path: Path) -> dict:
             raise UsageError(f"{where} must be an object with 'command' or 'url'")
         if "command" not in entry and "url" not in entry:
             raise UsageError(f"{where} needs 'command' (a local server) or 'url' (a remote one)")
-        for key, kind, label in (
-            ("command", str, "a string"), ("url", str, "a string"), ("args", list, "an array"),
-            ("env", dict, "an object"), ("cwd", str, "a string"), ("headers", dict, "an object"),
-        ):
-            if key in entry and not isinstance(entry[key], kind):
-                raise UsageError(f"{where}.{key}' must be {label}".replace("'.", "."))
+        # fastmcp takes more keys (transport, auth, timeout, ...): only these are checked here
+        _check_keys(f"mcpServers.{name}", entry, _MCP_SERVER_KEYS, path, warn_unknown=False)
         if "url" in entry and not _is_url(entry["url"]):
-            raise UsageError(f"{where}.url' must be an http:// or https:// URL".replace("'.", "."))
+            raise UsageError(f"{path}: 'mcpServers.{name}.url' must be an http:// or https:// URL")
     return data
 
 
@@ -260,7 +258,7 @@ class Settings:
     skip_source: bool = False
     pythonpath: tuple = ()  # folders of extra packages, searched after the bundle
     print_config: bool = False
-    argv: tuple = ()  # the options as given, to start a reloaded child with
+    argv: tuple = ()  # the command line as given (after 'run'), to start a reloaded child with
     config: ServerConfig | None = None
     sources: dict = dataclasses.field(default_factory=dict, compare=False)
 
@@ -328,6 +326,10 @@ def _from_environment(name: str, kind: type, variable: str, environ: dict) -> An
             raise UsageError(f"{variable}={raw!r}: choose one of {', '.join(LOG_LEVELS)}")
         raw = raw.upper()
     return raw
+
+
+def _options_end(argv: list[str]) -> int:
+    return argv.index("--") if "--" in argv else len(argv)
 
 
 def find_default_config() -> Path:
@@ -645,10 +647,8 @@ def import_server_module(target: Target) -> Any:
     if target.kind == "file":
         path = target.path
         root, module_name = _package_root(path)
-        for folder in dict.fromkeys((str(path.parent), str(root))):
-            if folder in sys.path:
-                sys.path.remove(folder)
-        sys.path[:0] = list(dict.fromkeys((str(path.parent), str(root))))
+        folders = list(dict.fromkeys((str(path.parent), str(root))))
+        sys.path[:] = folders + [entry for entry in sys.path if entry not in folders]
         if "." not in module_name and (not module_name.isidentifier() or module_name in sys.modules):
             module_name = "server_module"  # a file named like a loaded module: keep both
         label = _short_path(path)
@@ -1093,9 +1093,8 @@ def run_with_reload(settings: Settings, target: Target) -> int:
     for folder in folders:
         if not os.path.isdir(folder):
             raise UsageError(f"--reload-dir {folder!r} is not a folder")
-    command = [*program_command(), *settings.argv, "--no-reload", "--stateless"]
-    if settings.server_args:
-        command += ["--", *settings.server_args]
+    end = _options_end(list(settings.argv))  # the flags go before any '--', which starts the server's args
+    command = [*program_command(), *settings.argv[:end], "--no-reload", "--stateless", *settings.argv[end:]]
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
@@ -1251,10 +1250,6 @@ def version_line() -> str:
     return f"mcprun {__version__} ({', '.join(parts)})"
 
 
-def _options_end(argv: list[str]) -> int:
-    return argv.index("--") if "--" in argv else len(argv)
-
-
 def parse_command_line(argv: list[str]) -> argparse.Namespace:
     """Parse argv, honouring 'run' and everything after '--' as server arguments."""
     if argv and argv[0] in COMMANDS:
@@ -1262,7 +1257,7 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
     end = _options_end(argv)
     args = build_parser().parse_args(argv[:end])
     args.server_args = [*args.server_args, *argv[end + 1:]]
-    args.argv = argv[:end]
+    args.argv = argv
     return args
 
 

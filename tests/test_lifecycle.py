@@ -66,3 +66,14 @@ def test_reload_restarts_on_change(token, tmp_path):
         assert "reload: server.py changed; restarting" in server.stderr or "changed; restarting" in server.stderr
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(15) == 0
+
+
+def test_reload_passes_server_args_once(token):
+    """Positional and after-'--' server args reach the reloaded server exactly once."""
+    from conftest import exercise_fastmcp, started
+
+    with started(token, "fastmcp_server.py", "first", "--reload", "-t", "http", "-p", "0", "--", "--second",
+                 cwd=SERVERS) as server:
+        assert run_async(exercise_fastmcp(server.url))["argv"] == "first --second"
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0
