@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hmac
 import importlib
 import importlib.util
 import inspect
@@ -49,6 +50,7 @@ EXIT_USAGE = 2  # bad command line, spec or config file
 
 TRANSPORTS = ("stdio", "http", "streamable-http", "sse")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 SERVER_NAMES = ("mcp", "server", "app")  # tried in this order, as fastmcp run does
 CONFIG_FILE_NAME = "fastmcp.json"
 COMMANDS = ("run",)
@@ -59,6 +61,13 @@ DEFAULT_PORT = 8000
 DEFAULT_HTTP_PATH = "/mcp"
 DEFAULT_SSE_PATH = "/sse"
 DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_LOG_FORMAT = "text"
+DEFAULT_HEALTH_PATH = "/healthz"
+DEFAULT_READY_PATH = "/readyz"
+DEFAULT_GRACEFUL_TIMEOUT = 10.0  # seconds in-flight requests get to finish after SIGTERM
+DEFAULT_MAX_BODY = 16 * 1024 * 1024  # bytes in one HTTP request body
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+SHUTDOWN_ERROR = {"code": -32000, "message": "server shutting down (mcprun); retry on another server"}
 URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
 STALE_UNPACK_AGE = 60.0  # seconds before another run's unpacked binary counts as left behind
 LAUNCHER_POLL_INTERVAL = 1.0  # seconds between checks that the binary's launcher still runs
@@ -106,13 +115,18 @@ def _short_path(path: str | os.PathLike) -> str:
 
 
 def warn(message: str) -> None:
-    """Print one warning line on stderr."""
-    print(f"mcprun: warning: {message}", file=sys.stderr, flush=True)
+    """Log one warning line on stderr: 'mcprun: warning: ...'."""
+    logging.getLogger("mcprun").warning(message)
 
 
 def info(message: str) -> None:
-    """Print one informational line on stderr (stdout may carry the protocol)."""
-    print(f"mcprun: {message}", file=sys.stderr, flush=True)
+    """Log one line on stderr, shown at every log level (stdout may carry the protocol)."""
+    logging.getLogger("mcprun").info(message)
+
+
+def error(message: str) -> None:
+    """Log the one 'mcprun: error: ...' line of a failed run."""
+    logging.getLogger("mcprun").error(message)
 
 
 # -- config files: fastmcp.json and mcp.json ---------------------------------
@@ -257,6 +271,18 @@ class Settings:
     reload_dirs: tuple = ()
     skip_source: bool = False
     pythonpath: tuple = ()  # folders of extra packages, searched after the bundle
+    auth_token: str | None = None
+    auth_token_file: str | None = None
+    require_auth: bool = False
+    allowed_hosts: tuple = ()
+    allowed_origins: tuple = ()
+    cors_origins: tuple = ()
+    health_path: str = DEFAULT_HEALTH_PATH
+    ready_path: str = DEFAULT_READY_PATH
+    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
+    max_body: int = DEFAULT_MAX_BODY
+    log_format: str = DEFAULT_LOG_FORMAT
+    access_log: bool = True
     print_config: bool = False
     argv: tuple = ()  # the command line as given (after 'run'), to start a reloaded child with
     config: ServerConfig | None = None
@@ -274,23 +300,6 @@ class Settings:
         return self.log_level == "DEBUG"
 
 
-# option name -> (type, MCPRUN_* variable, fastmcp.json deployment key)
-_MERGED_OPTIONS = {
-    "transport": (str, "MCPRUN_TRANSPORT", "transport"),
-    "host": (str, "MCPRUN_HOST", "host"),
-    "port": (int, "MCPRUN_PORT", "port"),
-    "path": (str, "MCPRUN_PATH", "path"),
-    "log_level": (str, "MCPRUN_LOG_LEVEL", "log_level"),
-    "show_banner": (bool, "MCPRUN_NO_BANNER", None),
-    "stateless": (bool, "MCPRUN_STATELESS", None),
-    "reload": (bool, "MCPRUN_RELOAD", None),
-    "reload_dirs": (list, "MCPRUN_RELOAD_DIR", None),
-    "skip_source": (bool, "MCPRUN_SKIP_SOURCE", None),
-    "pythonpath": (list, "MCPRUN_PYTHONPATH", None),
-}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
-
-
 def parse_port(text: str) -> int:
     """argparse type: a TCP port number, 0 meaning any free port."""
     try:
@@ -302,7 +311,89 @@ def parse_port(text: str) -> int:
     return port
 
 
-def _from_environment(name: str, kind: type, variable: str, environ: dict) -> Any:
+def parse_log_level(text: str) -> str:
+    """argparse type: a log level name, any case."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose one of {', '.join(LOG_LEVELS)})")
+    return text.upper()
+
+
+def parse_transport(text: str) -> str:
+    if text not in TRANSPORTS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose one of {', '.join(TRANSPORTS)})")
+    return text
+
+
+def parse_log_format(text: str) -> str:
+    if text.lower() not in LOG_FORMATS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose one of {', '.join(LOG_FORMATS)})")
+    return text.lower()
+
+
+def parse_seconds(text: str) -> float:
+    """argparse type: a duration in seconds, e.g. 10 or 2.5."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (e.g. 10 or 2.5)")
+    return seconds
+
+
+_SIZE_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """argparse type: a size in bytes, with an optional unit: 16MiB, 500k, 1048576."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match[2].lower() not in _SIZE_UNITS or float(match[1]) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 16MiB, 500kB or 1048576)")
+    return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+
+
+def parse_route(text: str) -> str:
+    """argparse type: an HTTP route such as /healthz."""
+    route = text if text.startswith("/") else "/" + text
+    if not re.fullmatch(r"/[\w.~/-]*", route):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a route (e.g. /healthz)")
+    return route
+
+
+# option name -> (how to read it, MCPRUN_* variable, fastmcp.json deployment key);
+# "how to read it" is bool, "paths" (os.pathsep-separated), "list" (comma-separated) or an argparse type.
+_MERGED_OPTIONS = {
+    "transport": (parse_transport, "MCPRUN_TRANSPORT", "transport"),
+    "host": (str, "MCPRUN_HOST", "host"),
+    "port": (parse_port, "MCPRUN_PORT", "port"),
+    "path": (str, "MCPRUN_PATH", "path"),
+    "log_level": (parse_log_level, "MCPRUN_LOG_LEVEL", "log_level"),
+    "show_banner": (bool, "MCPRUN_NO_BANNER", None),
+    "stateless": (bool, "MCPRUN_STATELESS", None),
+    "reload": (bool, "MCPRUN_RELOAD", None),
+    "reload_dirs": ("paths", "MCPRUN_RELOAD_DIR", None),
+    "skip_source": (bool, "MCPRUN_SKIP_SOURCE", None),
+    "pythonpath": ("paths", "MCPRUN_PYTHONPATH", None),
+    "auth_token": (str, "MCPRUN_AUTH_TOKEN", None),
+    "auth_token_file": (str, "MCPRUN_AUTH_TOKEN_FILE", None),
+    "require_auth": (bool, "MCPRUN_REQUIRE_AUTH", None),
+    "allowed_hosts": ("list", "MCPRUN_ALLOWED_HOST", None),
+    "allowed_origins": ("list", "MCPRUN_ALLOWED_ORIGIN", None),
+    "cors_origins": ("list", "MCPRUN_CORS_ORIGIN", None),
+    "health_path": (parse_route, "MCPRUN_HEALTH_PATH", None),
+    "ready_path": (parse_route, "MCPRUN_READY_PATH", None),
+    "graceful_timeout": (parse_seconds, "MCPRUN_GRACEFUL_TIMEOUT", None),
+    "max_body": (parse_size, "MCPRUN_MAX_BODY", None),
+    "log_format": (parse_log_format, "MCPRUN_LOG_FORMAT", None),
+    "access_log": (bool, "MCPRUN_NO_ACCESS_LOG", None),
+}
+_NEGATED = ("show_banner", "access_log")  # set by MCPRUN_NO_* variables
+_SECRETS = ("auth_token",)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _from_environment(name: str, kind: Any, variable: str, environ: dict) -> Any:
     """Read one option from its MCPRUN_* variable, or None when unset."""
     raw = environ.get(variable)
     if raw is None:
@@ -311,21 +402,18 @@ def _from_environment(name: str, kind: type, variable: str, environ: dict) -> An
         if raw.strip().lower() not in _TRUE + _FALSE:
             raise UsageError(f"{variable}={raw!r}: expected 1/0, true/false, yes/no or on/off")
         value = raw.strip().lower() in _TRUE
-        return not value if name == "show_banner" else value
-    if kind is int:
-        try:
-            return parse_port(raw)
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(f"{variable}={raw!r}: {exc}") from None
-    if kind is list:
+        return not value if name in _NEGATED else value
+    if kind == "paths":
         return [part for part in raw.split(os.pathsep) if part]
-    if name == "transport" and raw not in TRANSPORTS:
-        raise UsageError(f"{variable}={raw!r}: choose one of {', '.join(TRANSPORTS)}")
-    if name == "log_level":
-        if raw.upper() not in LOG_LEVELS:
-            raise UsageError(f"{variable}={raw!r}: choose one of {', '.join(LOG_LEVELS)}")
-        raw = raw.upper()
-    return raw
+    if kind == "list":
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    try:
+        return kind(raw)
+    except argparse.ArgumentTypeError as exc:
+        message = str(exc)
+        if message.startswith("invalid choice: "):  # 'invalid choice: 'x' (choose one of ...)'
+            message = message.split(" (", 1)[1][:-1]
+        raise UsageError(f"{variable}={raw!r}: {message}") from None
 
 
 def _options_end(argv: list[str]) -> int:
@@ -369,7 +457,8 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
                 break
         merged[name], sources[name] = value, source
     merged["log_level"] = merged["log_level"].upper()
-    merged["reload_dirs"] = tuple(merged["reload_dirs"])
+    for name in ("reload_dirs", "allowed_hosts", "allowed_origins", "cors_origins"):
+        merged[name] = tuple(merged[name])
     merged["pythonpath"] = tuple(os.path.abspath(folder) for folder in merged["pythonpath"])
     server_args = tuple(args.server_args)
     if not server_args and deployment.get("args"):
@@ -380,6 +469,9 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     )
     if settings.stateless and settings.transport == "sse":
         raise UsageError("--stateless needs --transport http: SSE has no stateless mode")
+    if settings.auth_token is not None and settings.auth_token_file is not None:
+        raise UsageError(f"both an auth token ({sources['auth_token']}) and a token file "
+                         f"({sources['auth_token_file']}) are set: keep one")
     return settings
 
 
@@ -390,8 +482,10 @@ def format_settings(settings: Settings) -> str:
         value = getattr(settings, name)
         if name == "path":
             value = settings.http_path
-        if name in ("reload_dirs", "pythonpath"):
+        if isinstance(value, tuple):
             value = ", ".join(value) or ("(server folder)" if name == "reload_dirs" else "(none)")
+        if name in _SECRETS and value is not None:
+            value = "***"
         rows.append((name, value, settings.sources.get(name, "")))
     rows.append(("server_args", " ".join(settings.server_args) or "(none)", ""))
     if settings.config:
@@ -542,7 +636,7 @@ def prepare_process(settings: Settings) -> None:
         origin = getattr(sys.modules.get((exc.name or "mcp").split(".")[0]), "__file__", None) or "?"
         raise UsageError(f"the bundled fastmcp stack failed to import ({_first_line(exc)}): {origin} shadows it; "
                          "remove fastmcp/mcp and their dependencies from PYTHONPATH", EXIT_FAILURE) from exc
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     add_pythonpath(settings.pythonpath)
     restore_child_environment()
 
@@ -577,11 +671,37 @@ def _walk_two_levels(folder: str):
         yield entry
 
 
-def configure_logging(level: str) -> None:
+class LogFormatter(logging.Formatter):
+    """One line per record: 'mcprun: ...' for mcprun's own lines, 'HH:MM:SS LEVEL logger: ...' for the
+    rest; or, for --log-format json, one JSON object per line. Never colour."""
+
+    def __init__(self, log_format: str) -> None:
+        super().__init__()
+        self.json = log_format == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == "uvicorn.error":  # uvicorn logs everything but access lines there
+            record.name = "uvicorn"
+        if self.json:
+            entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+                     "level": record.levelname, "logger": record.name, "message": message,
+                     **getattr(record, "fields", {})}
+            if record.exc_info:
+                entry["exception"] = self.formatException(record.exc_info)
+            return json.dumps(entry, default=str)
+        if record.name == "mcprun":
+            prefix = {"WARNING": "warning: ", "ERROR": "error: ", "CRITICAL": "error: "}.get(record.levelname, "")
+            line = f"mcprun: {prefix}{message}"
+        else:
+            line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname} {record.name}: {message}"
+        return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
+def configure_logging(level: str, log_format: str = DEFAULT_LOG_FORMAT) -> None:
     """Send every log record, fastmcp's and uvicorn's too, to stderr in one format at one level."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    handler.addFilter(_rename_uvicorn_logger)
+    handler.setFormatter(LogFormatter(log_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -589,12 +709,8 @@ def configure_logging(level: str) -> None:
     fastmcp_logger.handlers.clear()  # fastmcp installs its own at import
     fastmcp_logger.propagate = True
     fastmcp_logger.setLevel(level)
-
-
-def _rename_uvicorn_logger(record: logging.LogRecord) -> bool:
-    if record.name == "uvicorn.error":  # uvicorn logs everything but access lines there
-        record.name = "uvicorn"
-    return True
+    logging.getLogger("mcprun").setLevel(min(logging.INFO, logging.getLevelName(level)))  # ready lines always
+    logging.getLogger("mcprun.access").setLevel(level)
 
 
 def divert_stdout() -> int | None:
@@ -840,18 +956,6 @@ async def serve_stdio(server: Any, settings: Settings) -> None:
         await server.run_stdio_async()
 
 
-def build_http_app(server: Any, settings: Settings) -> Any:
-    """Return the ASGI app serving the server over streamable HTTP or SSE."""
-    sse = settings.transport == "sse"
-    if server_kind(server) == "fastmcp":
-        return server.http_app(path=settings.http_path, transport="sse" if sse else "http",
-                               stateless_http=settings.stateless or None)
-    if sse:
-        return server.sse_app(sse_path=settings.http_path, host=settings.host)
-    return server.streamable_http_app(streamable_http_path=settings.http_path,
-                                      stateless_http=settings.stateless, host=settings.host)
-
-
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind and listen on host:port (port 0 picks a free one); UsageError if that fails."""
     try:
@@ -883,40 +987,409 @@ def public_url(sock: socket.socket, settings: Settings) -> str:
     return f"http://{shown}:{port}{settings.http_path}"
 
 
-def announce_when_started(app: Any, line: str) -> Any:
-    """Wrap an ASGI app so the ready line is printed once its lifespan has started."""
+def server_has_own_auth(server: Any) -> bool:
+    """Return True when the server configures authentication itself (fastmcp auth=, SDK auth settings)."""
+    if server_kind(server) == "fastmcp":
+        return getattr(server, "auth", None) is not None
+    return getattr(getattr(server, "settings", None), "auth", None) is not None
 
-    async def wrapper(scope, receive, send):
-        if scope["type"] != "lifespan":
-            return await app(scope, receive, send)
 
-        async def send_and_announce(message):
+def build_http_app(server: Any, settings: Settings) -> Any:
+    """Return the server's own ASGI app for streamable HTTP or SSE, its Host/Origin guard off (mcprun's is on)."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    sse = settings.transport == "sse"
+    if server_kind(server) == "fastmcp":
+        return server.http_app(path=settings.http_path, transport="sse" if sse else "http",
+                               stateless_http=settings.stateless or None, host_origin_protection=False)
+    unguarded = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    if sse:
+        return server.sse_app(sse_path=settings.http_path, transport_security=unguarded,
+                              max_request_body_size=settings.max_body)
+    return server.streamable_http_app(streamable_http_path=settings.http_path, stateless_http=settings.stateless,
+                                      transport_security=unguarded, max_request_body_size=settings.max_body)
+
+
+def raise_inner_body_limits(app: Any, max_body: int) -> None:
+    """Give the SDK's own body limit (4 MiB inside fastmcp's apps) the --max-body value.
+
+    The SDK's RequestBodyLimitMiddleware reads its limit per request; fastmcp creates it
+    without a way to pass one. Found through the app's routes once its lifespan has started.
+    """
+    for route in getattr(app, "routes", ()):
+        for part in (getattr(route, "app", None), getattr(route, "endpoint", None)):
+            owner = getattr(part, "__self__", part)  # SSE: a bound method of SseServerTransport
+            for holder in (getattr(owner, "session_manager", None), owner):
+                for name in ("asgi_app", "_post_message_app"):
+                    limiter = getattr(holder, name, None)
+                    if hasattr(limiter, "max_body_size"):
+                        limiter.max_body_size = max_body
+
+
+def read_auth_tokens(settings: Settings) -> tuple:
+    """Return the bearer tokens clients must present, from --auth-token(-file) / MCPRUN_AUTH_TOKEN(_FILE)."""
+    if settings.auth_token is not None:
+        tokens, where = [settings.auth_token.strip()], f"the auth token ({settings.sources['auth_token']})"
+    elif settings.auth_token_file is not None:
+        where = f"--auth-token-file {settings.auth_token_file}"
+        try:
+            text = Path(settings.auth_token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{where}: {getattr(exc, 'strerror', None) or _first_line(exc)}") from None
+        tokens = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    else:
+        return ()
+    if not tokens or not all(tokens):
+        raise UsageError(f"{where} is empty; give a long random token (e.g. from 'openssl rand -hex 32')")
+    if not all(re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", token) for token in tokens):
+        raise UsageError(f"{where}: a token may hold only letters, digits and -._~+/= (RFC 6750), no spaces")
+    return tuple(tokens)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def send_json(send: Any, status: int, payload: Any, headers: tuple = ()) -> None:
+    """Send a whole JSON response through an ASGI send callable."""
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BearerAuth:
+    """ASGI middleware: let a request through only with 'Authorization: Bearer <one of the tokens>'."""
+
+    def __init__(self, app: Any, tokens: tuple) -> None:
+        self.app = app
+        self.tokens = tuple(token.encode() for token in tokens)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        query = urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+        if any(name == "access_token" or value.encode() in self.tokens for name, value in query):
+            return await self.refuse(send, 400, "invalid_request",
+                                     "send the token in the Authorization header, never in the URL")
+        presented = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                presented = value
+        scheme, _, credentials = presented.partition(b" ")
+        matched = False
+        for token in self.tokens:  # every token compared, in constant time
+            matched |= hmac.compare_digest(credentials.strip(), token)
+        if scheme.lower() != b"bearer" or not matched:
+            error = "invalid_token" if presented else None
+            return await self.refuse(send, 401, error, "a valid bearer token is required")
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def refuse(send: Any, status: int, error: str | None, description: str) -> None:
+        challenge = 'Bearer realm="mcp"' + (f', error="{error}"' if error else "")
+        await send_json(send, status, {"error": error or "unauthorized", "error_description": description},
+                        headers=((b"www-authenticate", challenge.encode()),))
+
+
+class JsonOnly:
+    """ASGI middleware: answer a POST of anything but JSON to the MCP endpoint with 415, on every transport
+    (the SDK says 400 or 415 depending on the transport)."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self.paths = {"/messages/", "/messages"} if settings.transport == "sse" else {settings.http_path}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            media_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+            if media_type != b"application/json":
+                return await send_json(send, 415, {"jsonrpc": "2.0", "id": None, "error": {
+                    "code": -32600, "message": "Unsupported Media Type: Content-Type must be application/json"}})
+        await self.app(scope, receive, send)
+
+
+@dataclasses.dataclass(eq=False)
+class Flight:
+    """One HTTP request in progress, as the gateway sees it."""
+
+    stream: bool  # a long-lived GET event stream
+    session: str | None
+    cancel: Any  # the anyio.CancelScope the request runs in
+    request_ids: tuple = ()  # JSON-RPC ids in the body, as JSON text
+    rpc: str = ""  # JSON-RPC method(s), for the access log
+    tool: str = ""
+    status: int = 0
+    event_stream: bool = False  # the response is text/event-stream
+    finished: bool = False  # the response body is complete
+    disconnected: bool = False  # the client went away
+
+
+_SSE_RESPONSE = re.compile(rb'^data: \{"jsonrpc":"2\.0","id":("(?:[^"\\]|\\.)*"|-?\d+),"(?:result|error)"', re.M)
+_SSE_SESSION = re.compile(rb"^data: \S*[?&]session_id=([0-9a-fA-F-]+)", re.M)
+INSPECTED_BODY = 1024 * 1024  # bytes of a request body the access log and drain look into
+
+
+class Gateway:
+    """mcprun's ASGI front for every server over HTTP.
+
+    In order: health and readiness routes, the access log and the bookkeeping of requests in
+    flight (for a graceful drain), the Host/Origin guard, CORS, bearer auth, the body limit,
+    the JSON content-type check; then the server's own app.
+    """
+
+    def __init__(self, app: Any, settings: Settings, tokens: tuple, ready_line: str) -> None:
+        from fastmcp.server.http import HostOriginGuardMiddleware
+        from mcp.server.transport_security import RequestBodyLimitMiddleware
+
+        self.server_app = app
+        self.settings = settings
+        self.sse = settings.transport == "sse"
+        self.ready_line = ready_line
+        guarded = RequestBodyLimitMiddleware(JsonOnly(app, settings), settings.max_body)
+        if tokens:
+            guarded = BearerAuth(guarded, tokens)
+        if settings.cors_origins:
+            from starlette.middleware.cors import CORSMiddleware
+
+            guarded = CORSMiddleware(
+                guarded, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["authorization", "content-type", "accept", "last-event-id", "mcp-session-id",
+                               "mcp-protocol-version"],
+                expose_headers=["mcp-session-id", "mcp-protocol-version"], max_age=600)
+        origins = settings.allowed_origins + settings.cors_origins
+        self.app = HostOriginGuardMiddleware(guarded, allowed_hosts=list(settings.allowed_hosts) or None,
+                                             allowed_origins=list(origins) or None)
+        self.access = logging.getLogger("mcprun.access") if settings.access_log else None
+        self.ready = False
+        self.stopping = False
+        self.flights: set[Flight] = set()
+        self.pending: dict[str, set] = {}  # SSE: session -> ids whose response its stream still owes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self.lifespan(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] == self.settings.health_path:
+            return await send_json(send, 200, {"status": "ok"})
+        if scope["path"] == self.settings.ready_path:
+            state = "stopping" if self.stopping else "ready" if self.ready else "starting"
+            return await send_json(send, 200 if state == "ready" else 503, {"status": state})
+        await self.handle(scope, receive, send)
+
+    async def lifespan(self, scope, receive, send):
+        async def send_and_note(message):
             await send(message)
             if message["type"] == "lifespan.startup.complete":
-                info(line)
+                raise_inner_body_limits(self.server_app, self.settings.max_body)
+                self.ready = True
+                info(self.ready_line)
 
-        return await app(scope, receive, send_and_announce)
+        await self.server_app(scope, receive, send_and_note)
 
-    return wrapper
+    async def handle(self, scope, receive, send):
+        import anyio
+
+        began = time.perf_counter()
+        headers = dict(scope["headers"])
+        session = headers.get(b"mcp-session-id", b"").decode("latin-1") or None
+        if self.sse and scope["method"] == "POST":
+            session = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"))).get("session_id")
+        flight = Flight(stream=scope["method"] == "GET", session=session, cancel=anyio.CancelScope())
+        if self.stopping and flight.stream:
+            return await send_json(send, 503, {"error": "server shutting down"})
+        body = bytearray()
+
+        async def receive_and_inspect():
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                flight.disconnected = True
+            elif message["type"] == "http.request" and len(body) <= INSPECTED_BODY:
+                body.extend(message.get("body", b""))
+                if not message.get("more_body") and body:
+                    self.inspect_body(flight, bytes(body))
+            return message
+
+        async def send_and_watch(message):
+            if message["type"] == "http.response.start":
+                flight.status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"content-type":
+                        flight.event_stream = value.startswith(b"text/event-stream")
+                    elif name == b"mcp-session-id":
+                        flight.session = value.decode("latin-1")
+            elif message["type"] == "http.response.body":
+                if flight.stream and self.sse:
+                    self.note_sse_output(flight, message.get("body", b""))
+                flight.finished = not message.get("more_body", False)
+            await send(message)
+
+        self.flights.add(flight)
+        try:
+            with flight.cancel:
+                await self.app(scope, receive_and_inspect, send_and_watch)
+            if flight.cancel.cancelled_caught:
+                await self.end_stopped(flight, send_and_watch)
+            elif flight.disconnected and not flight.finished and flight.request_ids and flight.session:
+                await self.cancel_abandoned(scope, flight)
+        finally:
+            self.flights.discard(flight)
+            if flight.stream and self.sse and flight.session:
+                self.pending.pop(flight.session, None)
+            if self.access:
+                self.log_access(scope, flight, began)
+
+    def inspect_body(self, flight: Flight, body: bytes) -> None:
+        """Note the JSON-RPC methods, tool and request ids of a request body."""
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return
+        messages = [m for m in (parsed if isinstance(parsed, list) else [parsed]) if isinstance(m, dict)]
+        requests = [m for m in messages if "method" in m and m.get("id") is not None]
+        flight.rpc = ",".join(str(m["method"]) for m in messages if "method" in m)
+        flight.tool = ",".join(str(m["params"].get("name")) for m in messages if m.get("method") == "tools/call"
+                               and isinstance(m.get("params"), dict))
+        flight.request_ids = tuple(json.dumps(m["id"]) for m in requests)
+        if self.sse and flight.session and requests:
+            self.pending.setdefault(flight.session, set()).update(flight.request_ids)
+
+    def note_sse_output(self, flight: Flight, chunk: bytes) -> None:
+        """Follow an SSE stream: its session (from the endpoint event) and the responses it delivers."""
+        if flight.session is None and (found := _SSE_SESSION.search(chunk)):
+            flight.session = found[1].decode()
+        owed = self.pending.get(flight.session or "")
+        if owed:
+            for found in _SSE_RESPONSE.finditer(chunk):
+                owed.discard(json.dumps(json.loads(found[1])))
+
+    async def cancel_abandoned(self, scope: dict, flight: Flight) -> None:
+        """The client went away mid-call: cancel its requests in its session, as a polite client would,
+        so the tools stop and free what they hold instead of running until the session expires."""
+        kept = (b"host", b"mcp-session-id", b"mcp-protocol-version")
+        for request_id in flight.request_ids:
+            body = json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                               "params": {"requestId": json.loads(request_id), "reason": "client disconnected"}})
+            headers = [(name, value) for name, value in scope["headers"] if name in kept]
+            headers += [(b"content-type", b"application/json"), (b"accept", b"application/json, text/event-stream"),
+                        (b"content-length", str(len(body)).encode())]
+            messages = [{"type": "http.disconnect"}, {"type": "http.request", "body": body.encode()}]
+
+            async def receive():
+                return messages.pop() if len(messages) > 1 else messages[0]
+
+            async def discard(message):
+                pass
+
+            try:
+                await self.server_app({**scope, "headers": headers}, receive, discard)
+            except Exception as exc:  # the session may be gone already
+                logging.getLogger("mcprun").debug("cancelling %s after a disconnect: %s", request_id, exc)
+
+    async def end_stopped(self, flight: Flight, send: Any) -> None:
+        """Finish a request the drain stopped: tell the client each unanswered call failed."""
+        owed = self.pending.pop(flight.session, set()) if (self.sse and flight.stream) else (
+            set() if flight.stream else set(flight.request_ids))
+        errors = [{"jsonrpc": "2.0", "id": json.loads(request_id), "error": SHUTDOWN_ERROR} for request_id in owed]
+        try:
+            if not flight.status:
+                await send_json(send, 503, errors[0] if len(errors) == 1 else errors or
+                                {"error": "server shutting down"})
+            elif not flight.finished:
+                if flight.event_stream:
+                    for error in errors:
+                        await send({"type": "http.response.body", "more_body": True,
+                                    "body": b"event: message\r\ndata: " + json.dumps(error).encode() + b"\r\n\r\n"})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client has gone
+
+    def log_access(self, scope: dict, flight: Flight, began: float) -> None:
+        if scope["path"] in (self.settings.health_path, self.settings.ready_path):
+            return
+        client = scope.get("client")
+        fields = {
+            "client": f"{client[0]}:{client[1]}" if client else "-", "method": scope["method"],
+            "path": scope["path"], "status": flight.status or 499, "duration_ms": round((time.perf_counter() - began) * 1000, 1),
+            "session": flight.session, "rpc": flight.rpc or None, "tool": flight.tool or None,
+        }
+        extra = "".join(f" {key}={fields[key]}" for key in ("session", "rpc", "tool") if fields[key])
+        self.access.info('%s "%s %s" %d %.1fms%s', fields["client"], fields["method"], fields["path"],
+                         fields["status"], fields["duration_ms"], extra, extra={"fields": fields})
+
+    def busy(self) -> bool:
+        """Return True while a call is in flight: a POST, or an SSE response still owed."""
+        return any(not flight.stream for flight in self.flights) or any(self.pending.values())
+
+    async def drain(self, timeout: float, forced: Any) -> None:
+        """Stop taking streams, let calls finish for up to timeout seconds, then end what is left."""
+        import anyio
+
+        self.stopping = True
+        deadline = anyio.current_time() + timeout
+        for flight in list(self.flights):
+            if flight.stream and not self.sse:  # streamable HTTP's listening stream carries no call results
+                flight.cancel.cancel()
+        while self.busy() and not forced() and anyio.current_time() < deadline:
+            await anyio.sleep(0.05)
+        for flight in list(self.flights):
+            flight.cancel.cancel()
+        for _ in range(20):  # let the stopped requests send their last words
+            if not self.flights:
+                break
+            await anyio.sleep(0.01)
 
 
 async def serve_http(server: Any, settings: Settings, target: Target) -> None:
-    """Serve over streamable HTTP or SSE with uvicorn on a socket bound here."""
+    """Serve over streamable HTTP or SSE with uvicorn on a socket bound here, behind mcprun's gateway."""
     import uvicorn
 
+    tokens = read_auth_tokens(settings)
+    own_auth = server_has_own_auth(server)
+    if tokens and own_auth:
+        raise UsageError("the server configures its own authentication: drop --auth-token/--auth-token-file "
+                         "(and MCPRUN_AUTH_TOKEN*), or remove auth from the server")
+    if not tokens and not own_auth:
+        if settings.require_auth:
+            raise UsageError("--require-auth: no token given; set MCPRUN_AUTH_TOKEN or --auth-token-file FILE")
+        if not is_loopback(settings.host):
+            warn(f"serving on {settings.host} without authentication: anyone who can reach the port can call "
+                 "every tool; set --auth-token-file FILE or MCPRUN_AUTH_TOKEN (--require-auth makes this an error)")
     sock = bind_socket(settings.host, settings.port)
     url = public_url(sock, settings)
     kind = "SSE" if settings.transport == "sse" else "streamable HTTP"
     everywhere = " (all interfaces)" if settings.host in ("0.0.0.0", "::") else ""
-    app = announce_when_started(build_http_app(server, settings),
-                                f"ready: serving {describe_server(server, target)} over {kind} at {url}{everywhere}")
-    config = uvicorn.Config(app, log_config=None, log_level=settings.log_level.lower(), lifespan="on",
-                            timeout_graceful_shutdown=2, server_header=False)
+    gateway = Gateway(build_http_app(server, settings), settings, tokens,
+                      f"ready: serving {describe_server(server, target)} over {kind} at {url}{everywhere}")
+
+    from sse_starlette.sse import AppStatus
+
+    AppStatus.disable_automatic_graceful_drain()  # it would end every stream at SIGTERM, calls in flight too
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            for listener in self.servers:  # stop accepting first
+                listener.close()
+            await gateway.drain(settings.graceful_timeout, lambda: self.force_exit)
+            AppStatus.should_exit = True  # end any event stream the drain did not see
+            self.config.timeout_graceful_shutdown = 1  # only idle connections are left to close
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(gateway, log_config=None, log_level=settings.log_level.lower(), lifespan="on",
+                            access_log=False, server_header=False,
+                            timeout_graceful_shutdown=max(settings.graceful_timeout, 1))
     # uvicorn drains on SIGTERM, then re-raises it to the previous handler: make that one
     # a no-op so a clean shutdown exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        await uvicorn.Server(config).serve(sockets=[sock])
+        await DrainingServer(config).serve(sockets=[sock])
     finally:
         sock.close()
 
@@ -1163,13 +1636,6 @@ def run(settings: Settings) -> int:
 # -- CLI parser --------------------------------------------------------------
 
 
-def parse_log_level(text: str) -> str:
-    """argparse type: a log level name, any case."""
-    if text.upper() not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(LOG_LEVELS)})")
-    return text.upper()
-
-
 EPILOG = f"""\
 examples:
   mcprun server.py                          serve server.py's mcp/server/app over stdio
@@ -1178,10 +1644,16 @@ examples:
   mcprun fastmcp.json                       run a fastmcp.json (also found in . with no SPEC)
   mcprun https://example.org/mcp            stdio proxy to a remote server
   mcprun server.py -- --config dev.toml     pass arguments to the server (sys.argv)
+  MCPRUN_AUTH_TOKEN=$(cat /etc/mcp-token) mcprun server.py -t http --host 0.0.0.0
+                                            serve on every interface; clients send the bearer token
 
 environment:
-  MCPRUN_<OPTION> sets an option (MCPRUN_PORT=9000, MCPRUN_NO_BANNER=1, MCPRUN_PYTHONPATH=DIR, ...);
+  MCPRUN_<OPTION> sets an option (MCPRUN_PORT=9000, MCPRUN_NO_BANNER=1, MCPRUN_AUTH_TOKEN=..., ...);
   precedence: command line > fastmcp.json deployment > MCPRUN_* > defaults.
+
+signals (http/sse):
+  SIGTERM, SIGINT  stop accepting, let calls in flight finish (--graceful-timeout), exit 0
+  second SIGINT    stop at once
 
 exit codes:
   {EXIT_OK}  the server stopped cleanly
@@ -1222,9 +1694,42 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--stateless", action="store_true", default=None,
                          help="serve streamable HTTP without sessions (each request stands alone)")
 
+    security = parser.add_argument_group("http security")
+    security.add_argument("--auth-token", metavar="TOKEN",
+                          help="require 'Authorization: Bearer TOKEN' (visible in ps: prefer the file or "
+                               "MCPRUN_AUTH_TOKEN)")
+    security.add_argument("--auth-token-file", metavar="FILE",
+                          help="read the bearer token(s) from FILE, one per line (# comments allowed)")
+    security.add_argument("--require-auth", action="store_true", default=None,
+                          help="refuse to serve http/sse without a token (default: warn when bound beyond loopback)")
+    security.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="HOST",
+                          help="also accept this Host header, e.g. mcp.example.org or *.example.org; "
+                               "repeatable (default: loopback names when bound to loopback)")
+    security.add_argument("--allowed-origin", dest="allowed_origins", action="append", metavar="ORIGIN",
+                          help="also accept requests from this browser Origin, e.g. https://app.example.org; "
+                               "repeatable")
+    security.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
+                          help="let browser pages from ORIGIN read responses (CORS, preflight answered); "
+                               "repeatable, implies --allowed-origin")
+
+    operations = parser.add_argument_group("http operations")
+    operations.add_argument("--health-path", type=parse_route, metavar="PATH",
+                            help=f"liveness route, no auth (default: {DEFAULT_HEALTH_PATH})")
+    operations.add_argument("--ready-path", type=parse_route, metavar="PATH",
+                            help=f"readiness route, 200 while serving, 503 while draining (default: {DEFAULT_READY_PATH})")
+    operations.add_argument("--graceful-timeout", type=parse_seconds, metavar="SECONDS",
+                            help="on SIGTERM/SIGINT, seconds calls in flight get to finish "
+                                 f"(default: {DEFAULT_GRACEFUL_TIMEOUT:g})")
+    operations.add_argument("--max-body", type=parse_size, metavar="SIZE",
+                            help="largest request body, e.g. 16MiB or 500kB (default: 16MiB)")
+    operations.add_argument("--no-access-log", dest="access_log", action="store_false", default=None,
+                            help="don't log one line per http request")
+
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument("-l", "--log-level", type=parse_log_level, metavar="LEVEL",
                            help=f"{', '.join(LOG_LEVELS)}; DEBUG also shows tracebacks (default: {DEFAULT_LOG_LEVEL})")
+    behaviour.add_argument("--log-format", type=parse_log_format, metavar="FORMAT",
+                           help=f"text or json (one object per line) (default: {DEFAULT_LOG_FORMAT})")
     behaviour.add_argument("--no-banner", dest="show_banner", action="store_false", default=None,
                            help="don't print the start-up line (the http ready line stays)")
     behaviour.add_argument("--reload", action="store_true", default=None,
@@ -1285,7 +1790,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         print(version_line())
         return EXIT_OK
-    debug = (args.log_level or os.environ.get("MCPRUN_LOG_LEVEL", "")).upper() == "DEBUG"
+    level = (args.log_level or os.environ.get("MCPRUN_LOG_LEVEL", "")).upper()
+    log_format = (args.log_format or os.environ.get("MCPRUN_LOG_FORMAT", "")).lower()
+    configure_logging(level if level in LOG_LEVELS else DEFAULT_LOG_LEVEL,
+                      log_format if log_format in LOG_FORMATS else DEFAULT_LOG_FORMAT)
+    debug = level == "DEBUG"
     try:
         settings = load_settings(args, os.environ)
         if settings.print_config:
@@ -1304,12 +1813,12 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exception(exc.__cause__)
             user_code = exc.exit_code == EXIT_FAILURE and exc.__cause__ is not None  # a traceback to offer
             hint = "; rerun with --log-level DEBUG for the traceback" if user_code and not debug else ""
-            print(f"mcprun: error: {exc}{hint}", file=sys.stderr)
+            error(f"{exc}{hint}")
             return exc.exit_code
         if debug:  # a failure in the server while it runs
             traceback.print_exception(raised)
         hint = "" if debug else "; rerun with --log-level DEBUG for the traceback"
-        print(f"mcprun: error: the server failed: {_describe(exc)}{hint}", file=sys.stderr)
+        error(f"the server failed: {_describe(exc)}{hint}")
         return EXIT_FAILURE
 
 

@@ -277,29 +277,31 @@ def stdio_exchange(command: list[str], messages: list[dict], token: str, cwd=Non
                    timeout: float = CALL_TIMEOUT) -> subprocess.CompletedProcess:
     """Talk JSON-RPC to a stdio server as a client would, then close its stdin.
 
-    Each request waits for its response before the next message is sent. The server
-    must exit on end of input; its stdout is returned unparsed, so tests can check
-    that nothing but protocol reached it.
+    Each request waits for its response before the next message is sent; a bytes
+    message is written as a raw line (garbage, for fault tests) and waits for nothing.
+    The server must exit on end of input; its stdout is returned unparsed, so tests
+    can check that nothing but protocol reached it.
     """
     import json
     import queue
 
     deadline = time.monotonic() + timeout
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=cwd, env=env or child_env(token))
+                               cwd=cwd, env=env or child_env(token))
     lines: queue.Queue = queue.Queue()
     stdout: list[str] = []
     stderr: list[str] = []
-    readers = [threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
-                                daemon=True),
-               threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)]
+    readers = [threading.Thread(target=lambda: [lines.put(line.decode("utf-8", "replace")) for line in process.stdout]
+                                + [lines.put(None)], daemon=True),
+               threading.Thread(target=lambda: stderr.extend(line.decode("utf-8", "replace")
+                                                             for line in process.stderr), daemon=True)]
     for reader in readers:
         reader.start()
     try:
         for message in messages:
-            process.stdin.write(json.dumps(message) + "\n")
+            process.stdin.write((message if isinstance(message, bytes) else json.dumps(message).encode()) + b"\n")
             process.stdin.flush()
-            while "id" in message:
+            while isinstance(message, dict) and "id" in message:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
                 if line is None:
                     break

@@ -167,26 +167,41 @@ def test_print_config_precedence(token, tmp_path):
     deployment = {"transport": "sse", "port": 9100, "path": "/events", "env": {"API_KEY": "s3cret"}}
     config = write_config(tmp_path, deployment=deployment)
     env = clean_env(token, MCPRUN_TRANSPORT="stdio", MCPRUN_PORT="9200", MCPRUN_HOST="127.0.0.3",
-                    MCPRUN_LOG_LEVEL="warning", MCPRUN_NO_BANNER="1")
-    result = run_cli(token, str(config), "--transport", "http", "--print-config", "--", "a", cwd=tmp_path, env=env)
+                    MCPRUN_LOG_LEVEL="warning", MCPRUN_NO_BANNER="1", MCPRUN_AUTH_TOKEN="t0ken-s3cret",
+                    MCPRUN_ALLOWED_HOST="a.example, b.example", MCPRUN_MAX_BODY="1MiB", MCPRUN_NO_ACCESS_LOG="1")
+    result = run_cli(token, str(config), "--transport", "http", "--print-config", "--graceful-timeout", "2.5",
+                     "--", "a", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout == (
-        f"spec        = {config}  (command line)\n"
-        "transport   = http  (command line)\n"
-        "host        = 127.0.0.3  (MCPRUN_HOST)\n"
-        f"port        = 9100  ({config})\n"
-        f"path        = /events  ({config})\n"
-        "log_level   = WARNING  (MCPRUN_LOG_LEVEL)\n"
-        "show_banner = False  (MCPRUN_NO_BANNER)\n"
-        "stateless   = False  (default)\n"
-        "reload      = False  (default)\n"
-        "reload_dirs = (server folder)  (default)\n"
-        "skip_source = False  (default)\n"
-        "pythonpath  = (none)  (default)\n"
-        "server_args = a\n"
-        f"env.API_KEY = ***  ({config})\n"
+        f"spec             = {config}  (command line)\n"
+        "transport        = http  (command line)\n"
+        "host             = 127.0.0.3  (MCPRUN_HOST)\n"
+        f"port             = 9100  ({config})\n"
+        f"path             = /events  ({config})\n"
+        "log_level        = WARNING  (MCPRUN_LOG_LEVEL)\n"
+        "show_banner      = False  (MCPRUN_NO_BANNER)\n"
+        "stateless        = False  (default)\n"
+        "reload           = False  (default)\n"
+        "reload_dirs      = (server folder)  (default)\n"
+        "skip_source      = False  (default)\n"
+        "pythonpath       = (none)  (default)\n"
+        "auth_token       = ***  (MCPRUN_AUTH_TOKEN)\n"
+        "auth_token_file  = None  (default)\n"
+        "require_auth     = False  (default)\n"
+        "allowed_hosts    = a.example, b.example  (MCPRUN_ALLOWED_HOST)\n"
+        "allowed_origins  = (none)  (default)\n"
+        "cors_origins     = (none)  (default)\n"
+        "health_path      = /healthz  (default)\n"
+        "ready_path       = /readyz  (default)\n"
+        "graceful_timeout = 2.5  (command line)\n"
+        "max_body         = 1048576  (MCPRUN_MAX_BODY)\n"
+        "log_format       = text  (default)\n"
+        "access_log       = False  (MCPRUN_NO_ACCESS_LOG)\n"
+        "server_args      = a\n"
+        f"env.API_KEY      = ***  ({config})\n"
     )
+    assert "t0ken-s3cret" not in result.stdout
     assert "s3cret" not in result.stdout
 
 

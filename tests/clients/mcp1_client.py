@@ -2,6 +2,9 @@
 
     python mcp1_client.py stdio COMMAND [ARGS...]
     python mcp1_client.py http|sse URL
+    python mcp1_client.py call http|sse URL TOOL   (prints 'calling', then the tool's text)
+
+MCP1_BEARER, when set, is sent as 'Authorization: Bearer ...'.
 """
 
 import asyncio
@@ -12,7 +15,8 @@ import sys
 from mcp import ClientSession
 
 
-async def exercise(kind, target):
+def open_streams(kind, target):
+    headers = {"Authorization": f"Bearer {os.environ['MCP1_BEARER']}"} if os.environ.get("MCP1_BEARER") else None
     if kind == "stdio":
         from mcp.client.stdio import StdioServerParameters, stdio_client
 
@@ -21,12 +25,25 @@ async def exercise(kind, target):
     elif kind == "http":
         from mcp.client.streamable_http import streamablehttp_client
 
-        streams = streamablehttp_client(target[0])
+        streams = streamablehttp_client(target[0], headers=headers)
     else:
         from mcp.client.sse import sse_client
 
-        streams = sse_client(target[0])
-    async with streams as (read_stream, write_stream, *_):
+        streams = sse_client(target[0], headers=headers)
+    return streams
+
+
+async def call(kind, url, tool):
+    async with open_streams(kind, [url]) as (read_stream, write_stream, *_):
+        async with ClientSession(read_stream, write_stream) as session:
+            await session.initialize()
+            print("calling", flush=True)
+            result = await session.call_tool(tool, {})
+    return result.content[0].text
+
+
+async def exercise(kind, target):
+    async with open_streams(kind, target) as (read_stream, write_stream, *_):
         async with ClientSession(read_stream, write_stream) as session:
             await session.initialize()
             tools = sorted(tool.name for tool in (await session.list_tools()).tools)
@@ -42,4 +59,7 @@ async def exercise(kind, target):
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "call":
+        print(asyncio.run(call(*sys.argv[2:5])))
+        sys.exit()
     print(json.dumps(asyncio.run(asyncio.wait_for(exercise(sys.argv[1], sys.argv[2:]), 60))))

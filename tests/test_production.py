@@ -1,0 +1,622 @@
+"""Production serving over HTTP: auth, Host/Origin checks, CORS, health, graceful shutdown, limits, faults,
+logs and a bounded load, through real clients on loopback; stdio faults and end of input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import (DEMO_RESULT, INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, exercise_fastmcp, kill_token,
+                      mcprun_command, run_async, run_cli, serving, started, stdio_exchange, tools_call)
+
+PRODUCTION = "production_server.py"
+TOKEN = "t0ken-for-tests_0123456789"
+MCP1_PYTHON = ROOT / ".venv-mcp1" / "bin" / "python"
+MCP1_CLIENT = ROOT / "tests" / "clients" / "mcp1_client.py"
+BOTH = pytest.mark.parametrize("transport", ["http", "sse"])
+STREAM_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+def endpoint(server, transport: str) -> str:
+    return server.url
+
+
+def client(url: str, token: str | None = None, **options):
+    from fastmcp import Client
+
+    return Client(url, auth=token, **options)
+
+
+async def call(url: str, tool: str, arguments: dict, token: str | None = None):
+    async with client(url, token) as session:
+        return await session.call_tool(tool, arguments, raise_on_error=False)
+
+
+def text_of(result) -> str:
+    return result.content[0].text
+
+
+def initialize_request(url: str, headers: dict | None = None) -> httpx.Response:
+    """POST an initialize to a streamable HTTP endpoint; return the response (body read)."""
+    return httpx.post(url, json=INITIALIZE, headers={**STREAM_HEADERS, **(headers or {})}, timeout=10)
+
+
+def open_sse(url: str, headers: dict | None = None) -> int:
+    """GET an SSE endpoint; return the status code (the stream is closed at once)."""
+    with httpx.stream("GET", url, headers={"accept": "text/event-stream", **(headers or {})}, timeout=10) as response:
+        return response.status_code
+
+
+def first_request_status(transport: str, url: str, headers: dict | None = None) -> int:
+    return initialize_request(url, headers).status_code if transport == "http" else open_sse(url, headers)
+
+
+def process_tree_rss(pid: int) -> int:
+    """Return the resident memory (kB) of pid and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"VmRSS:\s+(\d+)", status)
+        total += int(found[1]) if found else 0
+    return total
+
+
+def port_of(url: str) -> int:
+    return int(re.search(r":(\d+)/", url)[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout}s")
+
+
+# -- authentication -------------------------------------------------------------
+
+
+@BOTH
+def test_auth_matrix(token, transport, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(f"# rotated monthly\n{TOKEN}\n")
+    with serving(token, PRODUCTION, "--auth-token-file", str(token_file), transport=transport, cwd=SERVERS) as server:
+        url = server.url
+        no_token = httpx.post(url, json=INITIALIZE, headers=STREAM_HEADERS, timeout=10)
+        assert no_token.status_code == 401
+        assert no_token.headers["www-authenticate"] == 'Bearer realm="mcp"'
+        wrong = httpx.post(url, json=INITIALIZE, headers={**STREAM_HEADERS, "authorization": "Bearer nope"}, timeout=10)
+        assert wrong.status_code == 401
+        assert wrong.headers["www-authenticate"] == 'Bearer realm="mcp", error="invalid_token"'
+        basic = httpx.get(url, headers={"authorization": f"Basic {TOKEN}"}, timeout=10)
+        assert basic.status_code == 401
+        in_query = httpx.post(f"{url}?access_token={TOKEN}", json=INITIALIZE, headers=STREAM_HEADERS, timeout=10)
+        assert in_query.status_code == 400 and "invalid_request" in in_query.headers["www-authenticate"]
+        in_other_query = httpx.post(f"{url}?key={TOKEN}", json=INITIALIZE,
+                                    headers={**STREAM_HEADERS, "authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert in_other_query.status_code == 400
+        root = url.rsplit("/", 1)[0]
+        assert httpx.get(f"{root}/healthz", timeout=10).json() == {"status": "ok"}
+        assert httpx.get(f"{root}/readyz", timeout=10).json() == {"status": "ready"}
+        assert text_of(run_async(call(url, "echo", {"text": "ok"}, token=TOKEN))) == "ok#0"
+        with pytest.raises(Exception):  # noqa: B017 - fastmcp's message varies by transport
+            run_async(call(url, "echo", {"text": "no"}))
+    assert TOKEN not in server.stderr
+    assert server.stderr.count("without authentication") == 0
+
+
+@pytest.mark.skipif(not MCP1_PYTHON.exists(), reason="run './build test' to create .venv-mcp1")
+@BOTH
+def test_auth_token_from_environment_with_an_old_client(token, transport):
+    env = child_env(token, MCPRUN_AUTH_TOKEN=TOKEN)
+    with serving(token, "fastmcp_server.py", transport=transport, cwd=SERVERS, env=env) as server:
+        result = subprocess.run([str(MCP1_PYTHON), str(MCP1_CLIENT), transport, server.url], capture_output=True,
+                                text=True, timeout=60, env=child_env(token, MCP1_BEARER=TOKEN))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["echo"] == "hi"
+        refused = subprocess.run([str(MCP1_PYTHON), str(MCP1_CLIENT), transport, server.url], capture_output=True,
+                                 text=True, timeout=60, env=child_env(token, MCP1_BEARER="wrong"))
+        assert refused.returncode != 0
+
+
+def test_non_loopback_without_auth_warns_once_and_require_auth_refuses(token):
+    with started(token, PRODUCTION, "-t", "http", "--host", "0.0.0.0", "-p", "0", cwd=SERVERS) as server:
+        assert server.stderr.count("mcprun: warning: serving on 0.0.0.0 without authentication") == 1
+    with started(token, PRODUCTION, "-t", "http", "--host", "0.0.0.0", "-p", "0", "--auth-token", TOKEN,
+                 cwd=SERVERS) as server:
+        assert "without authentication" not in server.stderr
+    with started(token, PRODUCTION, "-t", "http", "-p", "0", cwd=SERVERS) as server:  # loopback: no warning
+        assert "warning" not in server.stderr
+    refused = run_cli(token, PRODUCTION, "-t", "http", "-p", "0", "--require-auth", cwd=SERVERS)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("mcprun: error: --require-auth: no token given; "
+                                      "set MCPRUN_AUTH_TOKEN or --auth-token-file FILE")
+
+
+def test_server_with_its_own_auth_keeps_it(token):
+    with serving(token, "own_auth_server.py", cwd=SERVERS) as server:
+        assert httpx.post(server.url, json=INITIALIZE, headers=STREAM_HEADERS, timeout=10).status_code == 401
+        assert text_of(run_async(call(server.url, "echo", {"text": "mine"}, token="server-own-token"))) == "mine"
+    refused = run_cli(token, "own_auth_server.py", "-t", "http", "-p", "0", "--auth-token", TOKEN, cwd=SERVERS)
+    assert refused.returncode == 2
+    assert "mcprun: error: the server configures its own authentication" in refused.stderr
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--auth-token", " "], {}, "the auth token (command line) is empty"),
+    (["--auth-token", "two words"], {}, "a token may hold only letters, digits and -._~+/="),
+    (["--auth-token-file", "/nonexistent/token"], {}, "--auth-token-file /nonexistent/token: No such file"),
+    (["--auth-token-file", "EMPTY"], {}, "holds no token" if False else "is empty"),
+    (["--auth-token", "a"], {"MCPRUN_AUTH_TOKEN_FILE": "/x"}, "both an auth token (command line) and a token file"),
+    (["--max-body", "lots"], {}, "argument --max-body: 'lots' is not a size"),
+    (["--graceful-timeout", "-1"], {}, "argument --graceful-timeout: '-1' is not a number of seconds"),
+    (["--log-format", "xml"], {}, "argument --log-format: invalid choice: 'xml'"),
+    ([], {"MCPRUN_MAX_BODY": "0"}, "MCPRUN_MAX_BODY='0': '0' is not a size"),
+])
+def test_bad_production_options_are_one_line_errors(token, tmp_path, args, env, message):
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n\n")
+    args = [str(empty) if arg == "EMPTY" else arg for arg in args]
+    result = run_cli(token, PRODUCTION, "-t", "http", "-p", "0", *args, cwd=SERVERS, env=child_env(token, **env))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("error:") == 1
+
+
+# -- Host and Origin (DNS rebinding), CORS ----------------------------------------
+
+
+@BOTH
+@pytest.mark.parametrize("spec", [PRODUCTION, "sdk_server.py"])
+def test_rebinding_refused_on_loopback_and_allowed_when_listed(token, transport, spec):
+    with serving(token, spec, transport=transport, cwd=SERVERS) as server:
+        port = port_of(server.url)
+        assert first_request_status(transport, server.url, {"host": "evil.example"}) == 421
+        assert first_request_status(transport, server.url, {"origin": "http://evil.example"}) == 403
+        assert first_request_status(transport, server.url, {"origin": f"http://localhost:{port}"}) == 200
+        assert first_request_status(transport, server.url) == 200
+    with serving(token, spec, "--allowed-host", "evil.example", "--allowed-origin", "https://app.example",
+                 transport=transport, cwd=SERVERS) as server:
+        assert first_request_status(transport, server.url, {"host": "evil.example"}) == 200
+        assert first_request_status(transport, server.url, {"host": "other.example"}) == 421
+        assert first_request_status(transport, server.url, {"origin": "https://app.example"}) == 200
+        assert first_request_status(transport, server.url, {"origin": "https://evil.example"}) == 403
+
+
+def test_cors_preflight_and_headers(token):
+    origin = "https://app.example"
+    with serving(token, PRODUCTION, "--cors-origin", origin, "--auth-token", TOKEN, cwd=SERVERS) as server:
+        preflight = httpx.options(server.url, headers={
+            "origin": origin, "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization, content-type, mcp-session-id"}, timeout=10)
+        assert preflight.status_code == 200  # answered before auth: a preflight carries no token
+        assert preflight.headers["access-control-allow-origin"] == origin
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert "authorization" in allowed and "mcp-session-id" in allowed
+        response = initialize_request(server.url, {"origin": origin, "authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == origin
+        assert "mcp-session-id" in response.headers["access-control-expose-headers"].lower()
+        foreign = httpx.options(server.url, headers={"origin": "https://evil.example",
+                                                     "access-control-request-method": "POST"}, timeout=10)
+        assert foreign.status_code == 403
+
+
+# -- health ---------------------------------------------------------------------------
+
+
+@BOTH
+def test_health_routes_configurable_and_not_logged(token, transport):
+    with serving(token, PRODUCTION, "--health-path", "/live", "--ready-path", "ready", "--auth-token", TOKEN,
+                 transport=transport, cwd=SERVERS) as server:
+        root = server.url.rsplit("/", 1)[0]
+        assert httpx.get(f"{root}/live", timeout=10).status_code == 200
+        assert httpx.get(f"{root}/ready", timeout=10).json() == {"status": "ready"}
+        assert httpx.get(f"{root}/healthz", timeout=10).status_code == 401  # an ordinary route now
+        assert text_of(run_async(call(server.url, "echo", {"text": "x"}, token=TOKEN))) == "x#0"
+        wait_for(lambda: "tool=echo" in server.stderr)
+    assert '"GET /live"' not in server.stderr and '"GET /ready"' not in server.stderr
+    assert '"GET /healthz" 401' in server.stderr
+
+
+# -- graceful shutdown ------------------------------------------------------------------
+
+
+def start_in_thread(coroutine_function, *args) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["result"] = run_async(coroutine_function(*args))
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@BOTH
+def test_sigterm_lets_a_slow_call_finish_runs_lifespan_shutdown_and_exits_0(token, transport, tmp_path):
+    marks = tmp_path / "marks"
+    env = child_env(token, PRODUCTION_MARKS=str(marks))
+    with serving(token, PRODUCTION, transport=transport, cwd=SERVERS, env=env) as server:
+        thread, outcome = start_in_thread(call, server.url, "slow", {"seconds": 2, "mark": True})
+        wait_for(lambda: marks.exists() and "slow-started" in marks.read_text())
+        with httpx.Client(timeout=10) as keep_alive:  # an open connection sees the drain
+            root = server.url.rsplit("/", 1)[0]
+            assert keep_alive.get(f"{root}/readyz").status_code == 200
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert keep_alive.get(f"{root}/readyz").json() == {"status": "stopping"}
+        assert server.process.wait(15) == 0, server.stderr
+        thread.join(15)
+        assert text_of(outcome["result"]) == "slept 2"
+        assert port_is_free(port_of(server.url))
+    assert marks.read_text().split() == ["started", "slow-started", "slow-finished", "stopped"]
+
+
+@BOTH
+def test_sigterm_ends_a_hanging_call_with_a_clean_error_after_the_grace_period(token, transport):
+    with serving(token, PRODUCTION, "--graceful-timeout", "1", transport=transport, cwd=SERVERS) as server:
+        thread, outcome = start_in_thread(call, server.url, "hang", {})
+        wait_for(lambda: text_of(run_async(call(server.url, "held", {}))) == "1")
+        began = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0, server.stderr
+        thread.join(15)
+        assert "server shutting down" in str(outcome.get("error") or text_of(outcome["result"]))
+        assert time.monotonic() - began < 10
+        assert "Traceback" not in server.stderr and "ERROR" not in server.stderr
+
+
+def test_second_sigint_forces(token):
+    with serving(token, PRODUCTION, "--graceful-timeout", "60", cwd=SERVERS) as server:
+        start_in_thread(call, server.url, "hang", {})
+        wait_for(lambda: text_of(run_async(call(server.url, "held", {}))) == "1")
+        server.process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert server.process.poll() is None  # draining, for up to 60 s
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(10)  # well before the grace period ends
+        assert port_is_free(port_of(server.url))
+
+
+def test_stdio_end_of_input_exits_0_promptly(token):
+    process = subprocess.Popen([*mcprun_command(), PRODUCTION], cwd=SERVERS, env=child_env(token),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdin.write(json.dumps(INITIALIZE).encode() + b"\n")
+    process.stdin.flush()
+    assert json.loads(process.stdout.readline())["id"] == 1
+    began = time.monotonic()
+    process.stdin.close()
+    assert process.wait(10) == 0
+    assert time.monotonic() - began < 2  # the issue asks for "within a second"; slack for a loaded machine
+    assert b"Traceback" not in process.stderr.read()
+
+
+def test_stdio_broken_pipe_exits_quietly(token):
+    process = subprocess.Popen([*mcprun_command(), PRODUCTION], cwd=SERVERS, env=child_env(token),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the client stops reading
+    try:
+        process.stdin.write(json.dumps(INITIALIZE).encode() + b"\n" + json.dumps(INITIALIZED).encode() + b"\n")
+        process.stdin.write(json.dumps(tools_call(2, "payload", {"kilobytes": 256})).encode() + b"\n")
+        process.stdin.flush()
+        process.stdin.close()
+    except BrokenPipeError:
+        pass
+    assert process.wait(15) in (0, 1)
+    stderr = process.stderr.read().decode()
+    assert "Traceback" not in stderr
+
+
+# -- limits and faults -------------------------------------------------------------------
+
+
+def message_endpoint(lines, root: str) -> str:
+    """Read an SSE stream's endpoint event; return the URL to POST messages to."""
+    return root + next(line for line in lines if line.startswith("data: "))[6:]
+
+
+def oversized_chunks():  # no Content-Length: the limit counts as the body streams in
+    yield b'{"jsonrpc":"2.0","id":5,"method":"ping","params":{"pad":"'
+    for _ in range(10):
+        yield b"y" * 10_000
+    yield b'"}}'
+
+
+@BOTH
+def test_body_limit(token, transport):
+    over = json.dumps(tools_call(5, "size", {"text": "x" * 70_000}))
+    with serving(token, PRODUCTION, "--max-body", "64kB", transport=transport, cwd=SERVERS) as server:
+        if transport == "http":
+            assert httpx.post(server.url, content=over, headers=STREAM_HEADERS, timeout=10).status_code == 413
+            assert httpx.post(server.url, content=oversized_chunks(), headers=STREAM_HEADERS,
+                              timeout=10).status_code == 413
+        else:
+            root = server.url.rsplit("/", 1)[0]
+            with httpx.stream("GET", server.url, headers={"accept": "text/event-stream"}, timeout=10) as stream:
+                lines = stream.iter_lines()
+                messages = message_endpoint(lines, root)
+                assert httpx.post(messages, content=over, headers=STREAM_HEADERS, timeout=10).status_code == 413
+                assert httpx.post(messages, content=oversized_chunks(), headers=STREAM_HEADERS,
+                                  timeout=10).status_code == 413
+        assert text_of(run_async(call(server.url, "size", {"text": "x" * 50_000}))) == "50000"
+
+
+@BOTH
+def test_default_body_limit_admits_10_mib(token, transport):
+    with serving(token, PRODUCTION, transport=transport, cwd=SERVERS) as server:
+        size = 10 * 1024 * 1024
+        assert text_of(run_async(call(server.url, "size", {"text": "z" * size}))) == str(size)
+
+
+def test_streamable_http_faults_get_the_right_errors(token):
+    with serving(token, PRODUCTION, cwd=SERVERS) as server:
+        url = server.url
+        session = initialize_request(url).headers["mcp-session-id"]
+        with_session = {**STREAM_HEADERS, "mcp-session-id": session, "mcp-protocol-version": "2025-06-18"}
+        malformed = httpx.post(url, content=b'{"jsonrpc": "2.0", "id": 1, "method": ', headers=with_session)
+        assert malformed.status_code == 400 and malformed.json()["error"]["code"] == -32700
+        not_utf8 = httpx.post(url, content=b'{"jsonrpc":"2.0","id":1,"method":"ping\xff\xfe"}', headers=with_session)
+        assert not_utf8.status_code == 400
+        wrong_type = httpx.post(url, content=json.dumps(INITIALIZE),
+                                headers={**with_session, "content-type": "text/plain"})
+        assert wrong_type.status_code == 415
+        not_jsonrpc = httpx.post(url, json={"hello": "world"}, headers=with_session)
+        assert not_jsonrpc.status_code == 400
+        unknown = httpx.post(url, json=tools_call(3, "echo", {"text": "x"}),
+                             headers={**with_session, "mcp-session-id": "0" * 32})
+        assert unknown.status_code == 404
+        assert run_async(exercise_fastmcp_production(url)) == "fresh#1"
+
+
+def test_sse_faults_get_the_right_errors(token):
+    with serving(token, PRODUCTION, transport="sse", cwd=SERVERS) as server:
+        root = server.url.rsplit("/", 1)[0]
+        with httpx.stream("GET", server.url, headers={"accept": "text/event-stream"}, timeout=10) as stream:
+            lines = stream.iter_lines()  # kept alive: a dropped iterator closes the stream, and the session
+            messages = message_endpoint(lines, root)
+            assert httpx.post(messages, content=b'{"jsonrpc": ', headers=STREAM_HEADERS).status_code == 400
+            assert httpx.post(messages, content=b"\xff\xfe\x00", headers=STREAM_HEADERS).status_code == 400
+            assert httpx.post(messages, json={"hello": 1}, headers=STREAM_HEADERS).status_code == 400
+            wrong_type = httpx.post(messages, json=INITIALIZE, headers={**STREAM_HEADERS, "content-type": "text/plain"})
+            assert wrong_type.status_code == 415
+            assert httpx.post(messages, json=INITIALIZE, headers=STREAM_HEADERS).status_code == 202
+            assert '"id":1,"result"' in next(line for line in lines if line.startswith("data: {"))
+        unknown = httpx.post(f"{root}/messages/?session_id={'0' * 32}", json=INITIALIZE, headers=STREAM_HEADERS)
+        assert unknown.status_code == 404
+        no_session = httpx.post(f"{root}/messages/", json=INITIALIZE, headers=STREAM_HEADERS)
+        assert no_session.status_code == 400
+        assert run_async(exercise_fastmcp_production(server.url)) == "fresh#1"
+
+
+async def exercise_fastmcp_production(url: str) -> str:
+    async with client(url) as session:
+        return text_of(await session.call_tool("echo", {"text": "fresh", "n": 1}))
+
+
+@BOTH
+def test_a_raising_tool_is_an_error_result_and_a_hanging_one_blocks_no_one(token, transport):
+    with serving(token, PRODUCTION, transport=transport, cwd=SERVERS) as server:
+        failed = run_async(call(server.url, "fail", {"message": "boom"}))
+        assert failed.is_error and "boom" in text_of(failed)
+        start_in_thread(call, server.url, "hang", {})
+        start_in_thread(call, server.url, "blocking", {"seconds": 20})
+        wait_for(lambda: text_of(run_async(call(server.url, "held", {}))) == "1")
+        began = time.monotonic()
+        assert text_of(run_async(call(server.url, "echo", {"text": "still"}))) == "still#0"
+        assert time.monotonic() - began < 10
+
+
+def disconnecting_clients(transport: str, url: str) -> list[list[str]]:
+    """Client commands that call hang() and print 'calling' first: fastmcp's, and mcp 1.x's if present."""
+    fastmcp_client = ("import asyncio, sys\nfrom fastmcp import Client\n"
+                      "async def main():\n    async with Client(sys.argv[1]) as c:\n"
+                      "        print('calling', flush=True)\n        await c.call_tool('hang', {})\n"
+                      "asyncio.run(main())\n")
+    commands = [[sys.executable, "-c", fastmcp_client, url]]
+    if MCP1_PYTHON.exists():
+        commands.append([str(MCP1_PYTHON), str(MCP1_CLIENT), "call", transport, url, "hang"])
+    return commands
+
+
+@BOTH
+def test_a_client_that_disconnects_mid_call_frees_what_it_held(token, transport):
+    with serving(token, PRODUCTION, transport=transport, cwd=SERVERS) as server:
+        for command in disconnecting_clients(transport, server.url):
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=child_env(token))
+            try:
+                assert process.stdout.readline().strip() == "calling"
+                wait_for(lambda: text_of(run_async(call(server.url, "held", {}))) == "1")
+            finally:
+                process.kill()
+                process.wait(10)
+            wait_for(lambda: text_of(run_async(call(server.url, "held", {}))) == "0", timeout=20, interval=0.3)
+
+
+def test_stdio_survives_garbage_and_a_50_mb_line(token):
+    messages = [
+        INITIALIZE, INITIALIZED,
+        b"this is not json", b"\xff\xfe\x00\x80 binary garbage", b"[1, 2",
+        b'{"jsonrpc": "2.0", "id": 7}',  # neither request nor response
+        b"x" * (50 * 1024 * 1024),
+        tools_call(9, "echo", {"text": "after", "n": 9}),
+        {"jsonrpc": "2.0", "id": 10, "method": "no/such"},
+        tools_call(11, "fail", {"message": "boom"}),
+        tools_call(12, "echo", {"text": "last", "n": 12}),
+    ]
+    result = stdio_exchange([*mcprun_command(), PRODUCTION], messages, token, cwd=SERVERS, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answers = {}
+    for line in result.stdout.splitlines():
+        message = json.loads(line)  # nothing but JSON-RPC on stdout
+        answers[message.get("id")] = message
+    assert answers[9]["result"]["content"][0]["text"] == "after#9"
+    assert answers[10]["error"]["code"] == -32601
+    assert answers[11]["result"]["isError"] is True
+    assert answers[12]["result"]["content"][0]["text"] == "last#12"
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+
+@BOTH
+def test_access_log_lines(token, transport):
+    with serving(token, PRODUCTION, transport=transport, cwd=SERVERS) as server:
+        assert text_of(run_async(call(server.url, "echo", {"text": "logged"}))) == "logged#0"
+        httpx.get(server.url.rsplit("/", 1)[0] + "/healthz", timeout=10)
+        line = wait_for(lambda: next((line for line in server.lines if "tool=echo" in line), None))
+    method_path = '"POST /mcp" 200' if transport == "http" else '"POST /messages/" 202'
+    assert re.search(r'^\d\d:\d\d:\d\d INFO mcprun\.access: 127\.0\.0\.1:\d+ ' + re.escape(method_path)
+                     + r' \d+\.\dms( session=\w+)? rpc=tools/call tool=echo$', line.rstrip()), line
+    if transport == "sse":
+        assert "session=" in line
+    assert "/healthz" not in server.stderr
+    assert "logged" not in server.stderr  # arguments are never logged
+
+
+def test_no_access_log(token):
+    with serving(token, PRODUCTION, "--no-access-log", cwd=SERVERS) as server:
+        run_async(call(server.url, "echo", {"text": "quiet"}))
+    assert "mcprun.access" not in server.stderr
+
+
+def test_json_logs(token):
+    env = child_env(token, MCPRUN_LOG_FORMAT="json")
+    process = subprocess.Popen([*mcprun_command(), PRODUCTION, "-t", "http", "-p", "0", "--host", "0.0.0.0"],
+                               cwd=SERVERS, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        ready = wait_for(lambda: next((json.loads(line) for line in list(lines) if '"ready: ' in line), None), 60)
+        url = re.search(r"at (http://\S+)", ready["message"])[1]
+        assert ready["logger"] == "mcprun" and ready["level"] == "INFO"
+        assert text_of(run_async(call(url, "echo", {"text": "j"}))) == "j#0"
+        access = wait_for(lambda: next((json.loads(line) for line in list(lines) if '"tool": "echo"' in line), None))
+        assert access["logger"] == "mcprun.access"
+        assert access["method"] == "POST" and access["status"] == 200 and access["rpc"] == "tools/call"
+        assert isinstance(access["duration_ms"], float)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        process.kill()
+        reader.join(10)
+    parsed = [json.loads(line) for line in lines]  # every line, warnings included, is one JSON object
+    assert any(entry["level"] == "WARNING" and "without authentication" in entry["message"] for entry in parsed)
+
+
+def test_no_colour_even_on_a_terminal(token):
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([*mcprun_command(), PRODUCTION, "-t", "http", "-p", "0"], cwd=SERVERS,
+                               env=child_env(token, TERM="xterm-256color"), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    output = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"ready:" not in output and time.monotonic() < deadline:
+            try:
+                output += os.read(leader, 65536)
+            except OSError:
+                break
+        assert b"ready:" in output
+        url = re.search(rb"at (http://\S+)", output)[1].decode()
+        run_async(call(url, "echo", {"text": "c"}))
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        process.kill()
+        os.close(leader)
+    assert b"\x1b[" not in output
+    assert b"mcprun.access" in output
+
+
+# -- bounded load -------------------------------------------------------------------------
+
+
+async def load(url: str, clients: int, calls: int) -> tuple[int, list[float]]:
+    """clients concurrent sessions each make calls echo calls; return (mismatches, latencies)."""
+    from fastmcp import Client
+
+    latencies: list[float] = []
+
+    async def one(index: int) -> int:
+        wrong = 0
+        async with Client(url) as session:
+            for n in range(calls):
+                began = time.perf_counter()
+                result = await session.call_tool("echo", {"text": f"c{index}", "n": n})
+                latencies.append(time.perf_counter() - began)
+                wrong += result.content[0].text != f"c{index}#{n}"
+        return wrong
+
+    return sum(await asyncio.gather(*(one(i) for i in range(clients)))), latencies
+
+
+@BOTH
+def test_bounded_load_without_errors_or_growth(token, transport):
+    clients, calls = 8, int(os.environ.get("MCPRUN_TEST_LOAD_CALLS", "1000"))
+    with serving(token, PRODUCTION, "--no-access-log", transport=transport, cwd=SERVERS) as server:
+        assert run_async(load(server.url, clients, calls // 5), timeout=600)[0] == 0  # warm-up
+        warm_rss = process_tree_rss(server.process.pid)
+        began = time.perf_counter()
+        wrong, latencies = run_async(load(server.url, clients, calls), timeout=900)
+        elapsed = time.perf_counter() - began
+        after_rss = process_tree_rss(server.process.pid)
+        assert wrong == 0
+        assert len(latencies) == clients * calls
+        latencies.sort()
+        report = (f"{transport}: {clients}x{calls} calls in {elapsed:.1f}s = {clients * calls / elapsed:.0f}/s, "
+                  f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, "
+                  f"RSS {warm_rss} kB after warm-up, {after_rss} kB after")
+        print(report)  # pytest -s shows it
+        assert after_rss <= 1.2 * warm_rss, report
+        assert server.process.poll() is None
