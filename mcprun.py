@@ -18,9 +18,12 @@ Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
+import functools
 import hmac
 import importlib
+import importlib.abc
 import importlib.util
 import inspect
 import json
@@ -37,6 +40,7 @@ import tempfile
 import time
 import traceback
 import urllib.parse
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +263,7 @@ class Settings:
 
     spec: str | None
     module: bool = False
+    script: bool = False  # run the file as __main__: it starts its own server
     server_args: tuple = ()
     transport: str = DEFAULT_TRANSPORT
     host: str = DEFAULT_HOST
@@ -283,6 +288,7 @@ class Settings:
     max_body: int = DEFAULT_MAX_BODY
     log_format: str = DEFAULT_LOG_FORMAT
     access_log: bool = True
+    compat: bool = True  # map mcp 1.x names onto the bundled mcp 2.x
     print_config: bool = False
     argv: tuple = ()  # the command line as given (after 'run'), to start a reloaded child with
     config: ServerConfig | None = None
@@ -387,8 +393,9 @@ _MERGED_OPTIONS = {
     "max_body": (parse_size, "MCPRUN_MAX_BODY", None),
     "log_format": (parse_log_format, "MCPRUN_LOG_FORMAT", None),
     "access_log": (bool, "MCPRUN_NO_ACCESS_LOG", None),
+    "compat": (bool, "MCPRUN_NO_COMPAT", None),
 }
-_NEGATED = ("show_banner", "access_log")  # set by MCPRUN_NO_* variables
+_NEGATED = ("show_banner", "access_log", "compat")  # set by MCPRUN_NO_* variables
 _SECRETS = ("auth_token",)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -464,9 +471,11 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     if not server_args and deployment.get("args"):
         server_args = tuple(deployment["args"])
     settings = Settings(
-        spec=spec, module=args.module, server_args=server_args, print_config=args.print_config,
+        spec=spec, module=args.module, script=args.script, server_args=server_args, print_config=args.print_config,
         argv=tuple(args.argv), config=config, sources=sources, **merged,
     )
+    if settings.module and settings.script:
+        raise UsageError("-m and --script exclude each other: -m runs a module, --script a file")
     if settings.stateless and settings.transport == "sse":
         raise UsageError("--stateless needs --transport http: SSE has no stateless mode")
     if settings.auth_token is not None and settings.auth_token_file is not None:
@@ -504,7 +513,7 @@ def format_settings(settings: Settings) -> str:
 class Target:
     """What to serve and how it was found; user code is not imported yet.
 
-    kind is one of: file, import (pkg.module:obj), module (-m), url, mcp_config.
+    kind is one of: file, import (pkg.module:obj), module (-m), script (--script), url, mcp_config.
     """
 
     kind: str
@@ -543,6 +552,10 @@ def resolve_target(settings: Settings) -> Target:
         if not _is_dotted_name(spec):
             raise UsageError(f"-m needs a module name such as 'my_package.server', not {spec!r}")
         return Target("module", spec, module_name=spec)
+    if settings.script:
+        if not spec or not spec.endswith(".py") or ":" in spec:
+            raise UsageError(f"--script needs a .py file that starts its own server, not {spec!r}")
+        return dataclasses.replace(_file_target(spec, None, origin=None), kind="script")  # same checks as a file
     if settings.config:
         config = settings.config
         return _file_target(str(config.source_path), config.entrypoint, origin=config.file)
@@ -637,6 +650,9 @@ def prepare_process(settings: Settings) -> None:
         raise UsageError(f"the bundled fastmcp stack failed to import ({_first_line(exc)}): {origin} shadows it; "
                          "remove fastmcp/mcp and their dependencies from PYTHONPATH", EXIT_FAILURE) from exc
     configure_logging(settings.log_level, settings.log_format)
+    warnings.showwarning = one_line_warnings()
+    if settings.compat:
+        install_compat(settings)
     add_pythonpath(settings.pythonpath)
     restore_child_environment()
 
@@ -644,6 +660,18 @@ def prepare_process(settings: Settings) -> None:
         described = "; ".join(f"{k}: {v}" for k, v in settings.config.environment.items())
         warn(f"{settings.config.file}: 'environment' ({described}) is not installed; "
              f"mcprun runs the server with its bundled packages (fastmcp {_version_of('fastmcp')})")
+
+
+def one_line_warnings() -> Any:
+    """Return a warnings.showwarning that logs each distinct warning once, as one 'mcprun: warning:' line."""
+    shown: set = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if (category, str(message)) not in shown:
+            shown.add((category, str(message)))
+            warn(f"{category.__name__}: {message} ({_short_path(filename)}:{lineno})")
+
+    return show
 
 
 def add_pythonpath(folders: tuple) -> None:
@@ -736,15 +764,347 @@ def restore_stdout(wire: int | None) -> None:
     os.close(wire)
 
 
+# -- compatibility: servers written for older generations of the stack -------
+#
+# mcp 2.x renamed mcp 1.x's high-level server (mcp.server.fastmcp.FastMCP -> mcp.server.mcpserver.MCPServer)
+# and replaced the low-level Server's decorators with constructor arguments, so files written for mcp 1.x
+# die on their first lines. mcprun maps the old names onto the bundled ones: only names mcp 2.x lacks, so
+# valid 2.x code never changes, and --no-compat turns it all off.
+
+LEGACY_PACKAGE = "mcp.server.fastmcp"
+MODERN_PACKAGE = "mcp.server.mcpserver"
+_legacy_request = contextvars.ContextVar("mcprun_legacy_request", default=None)  # for get_context()/request_context
+
+
+class LegacyImports(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """A sys.meta_path finder serving mcp.server.fastmcp[.*] from the bundled mcp.server.mcpserver[.*]."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings  # what FastMCP.run() in a server file serves with
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == LEGACY_PACKAGE or fullname.startswith(LEGACY_PACKAGE + "."):
+            return importlib.util.spec_from_loader(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        modern_name = MODERN_PACKAGE + module.__name__[len(LEGACY_PACKAGE):]
+        try:
+            modern = importlib.import_module(modern_name)
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError(f"No module named {module.__name__!r}: mcp 1.x had it, mcp 2.x has no "
+                                      f"{modern_name} to map it onto", name=module.__name__) from None
+        module.__dict__.update((k, v) for k, v in vars(modern).items() if not k.startswith("__"))
+        module.__dict__.update(legacy_names(module.__name__))
+
+
+def install_compat(settings: Settings) -> None:
+    """Make mcp 1.x names importable and usable (inert until a server file uses them)."""
+    sys.meta_path.insert(0, LegacyImports(settings))
+    import mcp.shared.exceptions
+    from mcp.server.lowlevel.server import Server
+    from mcp.server.mcpserver import Context
+
+    if not hasattr(mcp.shared.exceptions, "McpError"):
+        mcp.shared.exceptions.McpError = mcp.shared.exceptions.MCPError
+    for name, value in legacy_context_members().items():
+        if not hasattr(Context, name):
+            setattr(Context, name, value)
+    if not hasattr(Server, "call_tool"):  # once: mcp 2.x has none of these
+        for name, value in legacy_lowlevel_members(Server).items():
+            setattr(Server, name, value)
+
+
+def legacy_names(module_name: str) -> dict:
+    """Names an mcp 1.x module had that its mcp 2.x counterpart lacks."""
+    suffix = module_name[len(LEGACY_PACKAGE):]
+    if suffix in ("", ".server"):
+        fastmcp_class, settings_class = legacy_fastmcp_classes()
+        return {"FastMCP": fastmcp_class, "Settings": settings_class}
+    if suffix == ".exceptions":
+        from mcp.server.mcpserver.exceptions import MCPServerError
+
+        return {"FastMCPError": MCPServerError, "ValidationError": type("ValidationError", (MCPServerError,), {})}
+    return {}
+
+
+@functools.cache
+def legacy_fastmcp_classes() -> tuple:
+    """Return (FastMCP, Settings) of mcp 1.x, built on the bundled MCPServer (defined on first use)."""
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.server import Settings as ModernSettings
+
+    class Settings(ModernSettings):
+        """mcp 1.x's settings: the HTTP ones it kept on the server, which mcp 2.x passes to run()."""
+
+        host: str = DEFAULT_HOST
+        port: int = DEFAULT_PORT
+        mount_path: str = "/"
+        sse_path: str = DEFAULT_SSE_PATH
+        message_path: str = "/messages/"
+        streamable_http_path: str = DEFAULT_HTTP_PATH
+        json_response: bool = False
+        stateless_http: bool = False
+        transport_security: Any = None
+        event_store: Any = None
+        retry_interval: int | None = None
+
+    Settings.model_rebuild(_types_namespace={**vars(sys.modules[ModernSettings.__module__]), "Any": Any})
+
+    class FastMCP(MCPServer):
+        """mcp 1.x's FastMCP: its constructor (argument order, HTTP settings), settings and run methods."""
+
+        def __init__(self, name=None, instructions=None, website_url=None, icons=None, auth_server_provider=None,
+                     token_verifier=None, event_store=None, retry_interval=None, *, tools=None, debug=False,
+                     log_level="INFO", host=DEFAULT_HOST, port=DEFAULT_PORT, mount_path="/", sse_path="/sse",
+                     message_path="/messages/", streamable_http_path="/mcp", json_response=False,
+                     stateless_http=False, warn_on_duplicate_resources=True, warn_on_duplicate_tools=True,
+                     warn_on_duplicate_prompts=True, dependencies=(), lifespan=None, auth=None,
+                     transport_security=None):
+            super().__init__(name or "FastMCP", instructions=instructions, website_url=website_url, icons=icons,
+                             auth_server_provider=auth_server_provider, token_verifier=token_verifier,
+                             tools=tools, debug=debug, log_level=log_level,
+                             warn_on_duplicate_resources=warn_on_duplicate_resources,
+                             warn_on_duplicate_tools=warn_on_duplicate_tools,
+                             warn_on_duplicate_prompts=warn_on_duplicate_prompts,
+                             dependencies=list(dependencies), lifespan=lifespan, auth=auth)
+            self.settings = Settings(
+                **dict(self.settings), host=host, port=port, mount_path=mount_path, sse_path=sse_path,
+                message_path=message_path, streamable_http_path=streamable_http_path, json_response=json_response,
+                stateless_http=stateless_http, transport_security=transport_security, event_store=event_store,
+                retry_interval=retry_interval)
+
+        def run(self, transport="stdio", mount_path=None) -> None:
+            import anyio
+
+            anyio.run(serve_from_server_file, self, transport)
+
+        async def run_stdio_async(self) -> None:
+            await serve_from_server_file(self, "stdio")
+
+        async def run_sse_async(self, mount_path=None) -> None:
+            await serve_from_server_file(self, "sse")
+
+        async def run_streamable_http_async(self) -> None:
+            await serve_from_server_file(self, "http")
+
+        def sse_app(self, mount_path=None, **options):
+            chosen = {"sse_path": self.settings.sse_path, "message_path": self.settings.message_path,
+                      "transport_security": self.settings.transport_security, "host": self.settings.host}
+            return super().sse_app(**{**chosen, **options})
+
+        def streamable_http_app(self, **options):
+            chosen = {"streamable_http_path": self.settings.streamable_http_path,
+                      "json_response": self.settings.json_response, "stateless_http": self.settings.stateless_http,
+                      "event_store": self.settings.event_store, "retry_interval": self.settings.retry_interval,
+                      "transport_security": self.settings.transport_security, "host": self.settings.host}
+            return super().streamable_http_app(**{**chosen, **options})
+
+        def get_context(self):
+            from mcp.server.mcpserver import Context
+
+            return _legacy_request.get() or Context(mcp_server=self)
+
+        async def call_tool(self, name, arguments, context=None):
+            token = _legacy_request.set(context)
+            try:
+                return await super().call_tool(name, arguments, context)
+            finally:
+                _legacy_request.reset(token)
+
+    FastMCP.__module__ = Settings.__module__ = LEGACY_PACKAGE
+    return FastMCP, Settings
+
+
+def legacy_context_members() -> dict:
+    """Context members mcp 1.x had: ctx.fastmcp (now ctx.mcp_server) and ctx.client_id."""
+    return {
+        "fastmcp": property(lambda self: self.mcp_server),
+        "client_id": property(lambda self: (getattr(self.request_context, "meta", None) or {}).get("client_id")),
+    }
+
+
+def legacy_lowlevel_members(server_class: type) -> dict:
+    """mcp 1.x's low-level Server API: positional constructor arguments, handler decorators, request_context."""
+    import base64
+
+    import mcp.types as types
+    from mcp.server.lowlevel.helper_types import ReadResourceContents
+    from mcp.shared.exceptions import MCPError
+
+    modern_init = server_class.__init__
+
+    def __init__(self, name, *args, **options):
+        options.update(zip(("version", "instructions", "website_url", "icons", "lifespan"), args))  # 1.x order
+        if options.get("version", "") is None:
+            del options["version"]
+        modern_init(self, name, **options)
+
+    __init__.__wrapped__ = modern_init
+
+    def handler_decorator(method: str, params_type: Any, call: Any):
+        """Return a decorator method registering func (1.x signature) as the 2.x handler of method."""
+
+        def decorator_method(self, *_args, **_options):
+            def register(func):
+                async def handler(ctx, params):
+                    token = _legacy_request.set(ctx)
+                    try:
+                        return await call(func, params)
+                    finally:
+                        _legacy_request.reset(token)
+
+                self.add_request_handler(method, params_type, handler)
+                return func
+
+            return register
+
+        return decorator_method
+
+    async def call_tool(func, params):
+        try:
+            result = await func(params.name, params.arguments or {})
+        except MCPError:
+            raise
+        except Exception as exc:  # mcp 1.x: a failing tool is an error result
+            return types.CallToolResult(content=[types.TextContent(type="text", text=str(exc))], is_error=True)
+        if isinstance(result, types.CallToolResult):
+            return result
+        structured = None
+        if isinstance(result, tuple) and len(result) == 2:
+            result, structured = result
+        elif isinstance(result, dict):
+            result, structured = [types.TextContent(type="text", text=json.dumps(result, indent=2))], result
+        return types.CallToolResult(content=list(result), structured_content=structured)
+
+    async def read_resource(func, params):
+        result = await func(_any_url(params.uri))
+        items = [ReadResourceContents(result)] if isinstance(result, (str, bytes)) else list(result)
+        contents = []
+        for item in items:
+            meta = {"_meta": item.meta} if getattr(item, "meta", None) is not None else {}
+            if isinstance(item.content, str):
+                contents.append(types.TextResourceContents(uri=params.uri, text=item.content,
+                                                           mime_type=item.mime_type or "text/plain", **meta))
+            else:
+                contents.append(types.BlobResourceContents(uri=params.uri, blob=base64.b64encode(item.content).decode(),
+                                                           mime_type=item.mime_type or "application/octet-stream",
+                                                           **meta))
+        return types.ReadResourceResult(contents=contents)
+
+    async def listing(func, params, result_type, field):
+        found = await (func(params) if _takes_argument(func) else func())
+        return found if isinstance(found, result_type) else result_type(**{field: list(found)})
+
+    async def empty(result):
+        await result
+        return types.EmptyResult()
+
+    def request_context(self):
+        context = _legacy_request.get()
+        if context is None:
+            raise LookupError("request_context is only available while a request is handled")
+        return context
+
+    paginated = types.PaginatedRequestParams
+    return {
+        "__init__": __init__,
+        "request_context": property(request_context),
+        "list_tools": handler_decorator("tools/list", paginated, lambda f, p: listing(
+            f, p, types.ListToolsResult, "tools")),
+        "call_tool": handler_decorator("tools/call", types.CallToolRequestParams, call_tool),
+        "list_resources": handler_decorator("resources/list", paginated, lambda f, p: listing(
+            f, p, types.ListResourcesResult, "resources")),
+        "list_resource_templates": handler_decorator("resources/templates/list", paginated, lambda f, p: listing(
+            f, p, types.ListResourceTemplatesResult, "resource_templates")),
+        "read_resource": handler_decorator("resources/read", types.ReadResourceRequestParams, read_resource),
+        "list_prompts": handler_decorator("prompts/list", paginated, lambda f, p: listing(
+            f, p, types.ListPromptsResult, "prompts")),
+        "get_prompt": handler_decorator("prompts/get", types.GetPromptRequestParams,
+                                        lambda f, p: f(p.name, p.arguments)),
+        "completion": handler_decorator("completion/complete", types.CompleteRequestParams, _complete),
+        "set_logging_level": handler_decorator("logging/setLevel", types.SetLevelRequestParams,
+                                               lambda f, p: empty(f(p.level))),
+        "subscribe_resource": handler_decorator("resources/subscribe", types.SubscribeRequestParams,
+                                                lambda f, p: empty(f(_any_url(p.uri)))),
+        "unsubscribe_resource": handler_decorator("resources/unsubscribe", types.UnsubscribeRequestParams,
+                                                  lambda f, p: empty(f(_any_url(p.uri)))),
+    }
+
+
+async def _complete(func, params):
+    import mcp.types as types
+
+    completion = await func(params.ref, params.argument, params.context)
+    return types.CompleteResult(completion=completion or types.Completion(values=[], total=None, has_more=None))
+
+
+def _any_url(uri: str) -> Any:
+    """mcp 1.x handed resource URIs to handlers as pydantic AnyUrl."""
+    from pydantic import AnyUrl
+
+    try:
+        return AnyUrl(uri)
+    except ValueError:
+        return uri
+
+
+def _takes_argument(func: Any) -> bool:
+    try:
+        return len(inspect.signature(func).parameters) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+async def serve_from_server_file(server: Any, transport: str) -> None:
+    """Serve for a server file that calls mcp 1.x's FastMCP.run() itself (--script, -m)."""
+    finder = next((f for f in sys.meta_path if isinstance(f, LegacyImports)), None)
+    settings = finder.settings if finder else Settings(spec=None)
+    if settings.sources.get("transport", "default") == "default":
+        settings = dataclasses.replace(settings, transport="http" if transport == "streamable-http" else transport)
+    await serve(server, settings, Target("script", settings.spec or "server"))
+
+
+def server_path(server: Any) -> str:
+    """Say how mcprun serves this server object, for the DEBUG log."""
+    kind = server_kind(server)
+    if kind == "sdk" and type(server).__module__ == LEGACY_PACKAGE:
+        return "mcp 1.x FastMCP, mapped onto mcp 2.x MCPServer"
+    return {"fastmcp": "fastmcp 4 FastMCP", "sdk": "mcp 2.x MCPServer", "lowlevel": "low-level mcp Server"}.get(
+        kind, "unknown")
+
+
+def adopt_server_settings(settings: Settings, server: Any) -> Settings:
+    """Take the host, port, path and stateless mode an mcp 1.x server chose itself, where the user chose none."""
+    chosen = getattr(server, "settings", None)
+    if not hasattr(chosen, "streamable_http_path"):
+        return settings
+    wanted = {"host": chosen.host, "port": chosen.port, "stateless": chosen.stateless_http,
+              "path": chosen.sse_path if settings.transport == "sse" else chosen.streamable_http_path}
+    changes = {name: value for name, value in wanted.items()
+               if settings.sources.get(name, "default") == "default" and value != getattr(settings, name)
+               and not (name == "path" and value == settings.http_path)}
+    if not changes:
+        return settings
+    return dataclasses.replace(settings, **changes,
+                               sources={**settings.sources, **dict.fromkeys(changes, "the server's constructor")})
+
+
 def server_kind(obj: Any) -> str | None:
-    """Return 'fastmcp' or 'sdk' for a server object this mcprun can serve, else None."""
+    """Return 'fastmcp', 'sdk' or 'lowlevel' for a server object this mcprun can serve, else None."""
     from fastmcp import FastMCP
+    from mcp.server.lowlevel import Server
     from mcp.server.mcpserver import MCPServer
 
     if isinstance(obj, FastMCP):
         return "fastmcp"
     if isinstance(obj, MCPServer):
         return "sdk"
+    if isinstance(obj, Server):
+        return "lowlevel"
     return None
 
 
@@ -850,21 +1210,35 @@ def find_server_object(module: Any, target: Target) -> tuple[str, Any]:
         if server_kind(obj) is None and not _is_factory(obj):
             raise UsageError(
                 f"{target.object_name!r} in {label} is {_a_type(obj)}, not an MCP server "
-                "(FastMCP or MCPServer) or a function that returns one"
+                "(FastMCP, MCPServer or a low-level Server) or a function that returns one"
             )
         return target.object_name, obj
     for name in SERVER_NAMES:
         obj = getattr(module, name, None)
         if server_kind(obj) is not None:
             return name, obj
-    found = [f"{name} ({type(obj).__name__})" for name, obj in vars(module).items()
-             if not name.startswith("_") and server_kind(obj) is not None]
+    servers = [(name, obj) for name, obj in vars(module).items()
+               if not name.startswith("_") and server_kind(obj) is not None]
+    if len(servers) == 1:  # as mcp 1.x's CLI did
+        info(f"using {servers[0][0]!r}, the only server object in {label}")
+        return servers[0]
+    found = [f"{name} ({type(obj).__name__})" for name, obj in servers]
     unsupported = [f"{name} is {_a_type(getattr(module, name))}" for name in SERVER_NAMES if hasattr(module, name)]
     hint = f"; server objects found: {', '.join(found)}; use {target.spec}:NAME" if found else (
         f"; none found either — create one (mcp = FastMCP(...)) or name a factory with {target.spec}:NAME"
     )
+    if not found and _has_main_block(module):
+        hint = f"; it starts its own server under 'if __name__ == \"__main__\"': run it with --script"
     tried = ", ".join(SERVER_NAMES) + (f" ({'; '.join(unsupported)})" if unsupported else "")
     raise UsageError(f"no server object in {label}: tried {tried}{hint}")
+
+
+def _has_main_block(module: Any) -> bool:
+    try:
+        source = Path(module.__file__).read_text(encoding="utf-8", errors="replace")
+    except (OSError, TypeError):
+        return False
+    return re.search(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", source, re.M) is not None
 
 
 def _is_factory(obj: Any) -> bool:
@@ -886,7 +1260,7 @@ def _check_factory_signature(name: str, factory: Any) -> None:
 
 def _checked_server(name: str, obj: Any) -> Any:
     if server_kind(obj) is None:
-        raise UsageError(f"factory {name!r} returned {_a_type(obj)}, not an MCP server (FastMCP or MCPServer); "
+        raise UsageError(f"factory {name!r} returned {_a_type(obj)}, not an MCP server (FastMCP, MCPServer or a low-level Server); "
                          "make it return one")
     return obj
 
@@ -949,11 +1323,19 @@ def describe_server(server: Any, target: Target) -> str:
 
 async def serve_stdio(server: Any, settings: Settings) -> None:
     """Serve over stdin/stdout; the SDK's stdio transport keeps stray output off the wire."""
-    if server_kind(server) == "fastmcp":
+    kind = server_kind(server)
+    if kind == "fastmcp":
         # no log_level: fastmcp would reinstall its own handler; configure_logging() set the level
         await server.run_stdio_async(show_banner=False, stateless=settings.stateless)
+    elif kind == "sdk":
+        from mcp.server.mcpserver import MCPServer
+
+        await MCPServer.run_stdio_async(server)  # not an mcp 1.x FastMCP's own, which would come back here
     else:
-        await server.run_stdio_async()
+        from mcp.server.stdio import stdio_server
+
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -1003,11 +1385,30 @@ def build_http_app(server: Any, settings: Settings) -> Any:
         return server.http_app(path=settings.http_path, transport="sse" if sse else "http",
                                stateless_http=settings.stateless or None, host_origin_protection=False)
     unguarded = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    if sse and server_kind(server) == "lowlevel":
+        return lowlevel_sse_app(server, settings.http_path, unguarded, settings.max_body)
     if sse:
         return server.sse_app(sse_path=settings.http_path, transport_security=unguarded,
                               max_request_body_size=settings.max_body)
     return server.streamable_http_app(streamable_http_path=settings.http_path, stateless_http=settings.stateless,
                                       transport_security=unguarded, max_request_body_size=settings.max_body)
+
+
+def lowlevel_sse_app(server: Any, path: str, security: Any, max_body: int) -> Any:
+    """Return an SSE app for a low-level Server (MCPServer.sse_app's routes, which it lacks)."""
+    from mcp.server.sse import SseServerTransport
+    from starlette.applications import Starlette
+    from starlette.routing import Mount, Route
+
+    transport = SseServerTransport("/messages/", security_settings=security, max_request_body_size=max_body)
+
+    class SseEndpoint:  # a class instance, so Starlette hands it the raw ASGI call
+        async def __call__(self, scope, receive, send):
+            async with transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+
+    return Starlette(routes=[Route(path, endpoint=SseEndpoint(), methods=["GET"]),
+                             Mount("/messages/", app=transport.handle_post_message)])
 
 
 def raise_inner_body_limits(app: Any, max_body: int) -> None:
@@ -1397,6 +1798,8 @@ async def serve_http(server: Any, settings: Settings, target: Target) -> None:
 async def serve(loaded: Any, settings: Settings, target: Target) -> None:
     """Run the loaded server on the chosen transport until it stops."""
     server = await await_factory(loaded) if inspect.iscoroutinefunction(loaded) else loaded
+    settings = adopt_server_settings(settings, server)
+    logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":
         if settings.show_banner and settings.log_level in ("DEBUG", "INFO"):
             info(f"serving {describe_server(server, target)} over stdio")
@@ -1433,6 +1836,22 @@ def run_module(settings: Settings) -> None:
         if not isinstance(exc, ModuleNotFoundError):
             raise
         raise UsageError(not_installed(f"module {settings.spec!r}", exc.name), EXIT_FAILURE) from exc
+
+
+def run_script(settings: Settings, target: Target) -> None:
+    """Run a server file as __main__ (python server.py would), with the bundled stack and compat in place."""
+    import runpy
+
+    sys.argv = [str(target.path), *settings.server_args]
+    sys.path.insert(0, str(target.path.parent))
+    label = _short_path(target.path)
+    try:
+        runpy.run_path(str(target.path), run_name="__main__")
+    except SyntaxError as exc:
+        where = f"{_short_path(exc.filename)}:{exc.lineno}" if exc.filename else label
+        raise UsageError(f"syntax error in {where}: {exc.msg}", EXIT_FAILURE) from exc
+    except ModuleNotFoundError as exc:
+        raise UsageError(not_installed(label, exc.name), EXIT_FAILURE) from exc
 
 
 # -- the running program: source, zipapp or binary ---------------------------
@@ -1621,6 +2040,9 @@ def run(settings: Settings) -> int:
     if target.kind == "module":
         run_module(settings)
         return EXIT_OK
+    if target.kind == "script":
+        run_script(settings, target)
+        return EXIT_OK
     import anyio
 
     sys.argv = [str(target.path or target.spec), *settings.server_args]
@@ -1680,6 +2102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("server_args", nargs="*", metavar="ARG", help="arguments for the server (also after --)")
     parser.add_argument("-m", "--module", action="store_true",
                         help="SPEC is a module to run as 'python -m SPEC' would, in this process")
+    parser.add_argument("--script", action="store_true",
+                        help="SPEC is a .py file that starts its own server: run it as __main__ with the bundle")
     parser.add_argument("--version", action="store_true",
                         help="print mcprun, fastmcp, mcp and Python versions and exit")
 
@@ -1740,6 +2164,9 @@ def build_parser() -> argparse.ArgumentParser:
     behaviour.add_argument("--pythonpath", action="append", metavar="DIR",
                            help="folder of extra packages the server imports, searched after the bundle, "
                                 "repeatable (make one with pip install --target DIR)")
+    behaviour.add_argument("--no-compat", dest="compat", action="store_false", default=None,
+                           help="don't map mcp 1.x APIs (mcp.server.fastmcp, low-level decorators) onto the bundled "
+                                "mcp 2.x")
     behaviour.add_argument("--skip-source", action="store_true", default=None,
                            help="skip source preparation (accepted for fastmcp run compatibility; "
                                 "local files need none)")

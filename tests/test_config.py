@@ -198,6 +198,7 @@ def test_print_config_precedence(token, tmp_path):
         "max_body         = 1048576  (MCPRUN_MAX_BODY)\n"
         "log_format       = text  (default)\n"
         "access_log       = False  (MCPRUN_NO_ACCESS_LOG)\n"
+        "compat           = True  (default)\n"
         "server_args      = a\n"
         f"env.API_KEY      = ***  ({config})\n"
     )

@@ -67,7 +67,7 @@ SPEC_ERRORS = {
                                      ["module 'named_objects' has no attribute 'nope'", "it defines: "]),
     "no server object, others exist": (["broken/no_server.py"], EXIT_USAGE, [
         "no server object in broken/no_server.py: tried mcp, server, app",
-        "server objects found: my_tools (FastMCP)", "use broken/no_server.py:NAME"]),
+        "server objects found: my_tools (FastMCP), more_tools (FastMCP)", "use broken/no_server.py:NAME"]),
     "no server object at all": (["broken/empty_module.py"], EXIT_USAGE, [
         "no server object in broken/empty_module.py: tried mcp, server, app",
         "create one (mcp = FastMCP(...))", "broken/empty_module.py:NAME"]),
