@@ -1,0 +1,1 @@
+raise RuntimeError("a user's fastmcp/ must never shadow the bundled fastmcp package")

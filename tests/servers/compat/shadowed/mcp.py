@@ -1,0 +1,1 @@
+raise RuntimeError("a user's mcp.py must never shadow the bundled mcp package")

@@ -1,0 +1,1 @@
+raise RuntimeError("a user's types.py must never shadow the standard library")
