@@ -24,6 +24,7 @@ import functools
 import hmac
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import inspect
 import json
@@ -773,6 +774,17 @@ def restore_stdout(wire: int | None) -> None:
 
 LEGACY_PACKAGE = "mcp.server.fastmcp"
 MODERN_PACKAGE = "mcp.server.mcpserver"
+# fastmcp 2.x/3.x modules fastmcp 4 split or moved: old name -> the modules that hold its names now
+FASTMCP3_MODULES = {
+    "fastmcp.server.proxy": ("fastmcp.server.providers.proxy",),
+    "fastmcp.tools.tool": ("fastmcp.tools.base", "fastmcp.tools.function_tool"),
+    "fastmcp.prompts.prompt": ("fastmcp.prompts.base", "fastmcp.prompts.function_prompt"),
+    "fastmcp.resources.resource": ("fastmcp.resources.base", "fastmcp.resources.function_resource"),
+}
+# FastMCP() arguments fastmcp 4 removed, that mcprun maps: old name -> mcprun setting it becomes (or None)
+FASTMCP3_SETTINGS = {"host": "host", "port": "port", "sse_path": "path", "streamable_http_path": "path",
+                     "stateless_http": "stateless", "json_response": None, "message_path": None,
+                     "log_level": None, "debug": None}
 _legacy_request = contextvars.ContextVar("mcprun_legacy_request", default=None)  # for get_context()/request_context
 
 
@@ -785,12 +797,21 @@ class LegacyImports(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path=None, target=None):
         if fullname == LEGACY_PACKAGE or fullname.startswith(LEGACY_PACKAGE + "."):
             return importlib.util.spec_from_loader(fullname, self, is_package=True)
+        if fullname in FASTMCP3_MODULES and importlib.machinery.PathFinder.find_spec(fullname, path) is None:
+            return importlib.util.spec_from_loader(fullname, self)
         return None
 
     def create_module(self, spec):
         return None
 
     def exec_module(self, module) -> None:
+        if module.__name__ in FASTMCP3_MODULES:
+            sources = FASTMCP3_MODULES[module.__name__]
+            for source in sources:
+                module.__dict__.update((k, v) for k, v in vars(importlib.import_module(source)).items()
+                                       if not k.startswith("__"))
+            warn(f"{module.__name__} is fastmcp 2.x/3.x: mapped onto {', '.join(sources)} (import from there)")
+            return
         modern_name = MODERN_PACKAGE + module.__name__[len(LEGACY_PACKAGE):]
         try:
             modern = importlib.import_module(modern_name)
@@ -816,6 +837,18 @@ def install_compat(settings: Settings) -> None:
     if not hasattr(Server, "call_tool"):  # once: mcp 2.x has none of these
         for name, value in legacy_lowlevel_members(Server).items():
             setattr(Server, name, value)
+    import fastmcp
+    from fastmcp.server.context import Context as FastMCPContext
+
+    if not hasattr(fastmcp.FastMCP.__init__, "__wrapped__"):
+        for name, value in fastmcp3_members(fastmcp.FastMCP).items():
+            setattr(fastmcp.FastMCP, name, value)
+    for name, replacement in (("sample", "call an LLM from the tool itself (server-initiated sampling is "
+                                          "deprecated in MCP, SEP-2577)"),
+                              ("list_roots", "take the paths as tool arguments or configuration (roots are "
+                                             "deprecated in MCP, SEP-2577)")):
+        if not hasattr(FastMCPContext, name):
+            setattr(FastMCPContext, name, _removed_in_fastmcp4(f"ctx.{name}()", replacement))
 
 
 def legacy_names(module_name: str) -> dict:
@@ -917,6 +950,87 @@ def legacy_fastmcp_classes() -> tuple:
 
     FastMCP.__module__ = Settings.__module__ = LEGACY_PACKAGE
     return FastMCP, Settings
+
+
+def fastmcp3_members(server_class: type) -> dict:
+    """fastmcp 2.x/3.x FastMCP API that fastmcp 4 removed, mapped where a faithful mapping exists.
+
+    Each mapping runs only for a call that fastmcp 4 would reject, and says once what replaces it.
+    """
+    modern_init, modern_mount = server_class.__init__, server_class.mount
+    said: set = set()
+
+    def say(old: str, new: str) -> None:
+        if old not in said:
+            said.add(old)
+            warn(f"{old} is fastmcp 2.x/3.x API, mapped by mcprun: {new}")
+
+    def __init__(self, *args, **options):
+        chosen = {name: options.pop(name) for name in list(options) if name in FASTMCP3_SETTINGS}
+        duplicates = {options.pop(name) for name in list(options) if name.startswith("on_duplicate_")}
+        include, exclude = options.pop("include_tags", None), options.pop("exclude_tags", None)
+        dependencies = options.pop("dependencies", None)
+        if len(duplicates) == 1 and "on_duplicate" not in options:
+            options["on_duplicate"] = duplicates.pop()
+            say("FastMCP(on_duplicate_tools=...)", "use on_duplicate=")
+        modern_init(self, *args, **options)
+        if chosen:
+            self._mcprun_chosen = {FASTMCP3_SETTINGS[name]: value for name, value in chosen.items()
+                                   if FASTMCP3_SETTINGS[name]}
+            say(f"FastMCP({', '.join(f'{name}=' for name in chosen)})",
+                "served with these unless mcprun's options say otherwise (fastmcp 4: pass them to run_http_async, "
+                "or use mcprun's --host/--port/--path/--stateless/--log-level)")
+        if include:
+            self.enable(tags=set(include), only=True)
+            say("FastMCP(include_tags=...)", "server.enable(tags=..., only=True)")
+        if exclude:
+            self.disable(tags=set(exclude))
+            say("FastMCP(exclude_tags=...)", "server.disable(tags=...)")
+        if dependencies is not None:
+            self._mcprun_dependencies = list(dependencies)
+            say("FastMCP(dependencies=...)", "accepted, not installed (mcprun runs the bundled packages)")
+
+    __init__.__wrapped__ = modern_init
+
+    def mount(self, *args, **options):
+        if len(args) >= 2 and isinstance(args[0], str):  # fastmcp 2.0: mount(prefix, server)
+            args = (args[1], args[0], *args[2:])
+            say("mount(prefix, server)", "mount(server, namespace=prefix)")
+        if "prefix" in options:
+            options["namespace"] = options.pop("prefix")
+            say("mount(server, prefix=...)", "mount(server, namespace=...)")
+        return modern_mount(self, *args, **options)
+
+    class Done:  # fastmcp 2.x's import_server was a coroutine: awaiting the mapped call does nothing more
+        def __await__(self):
+            return iter(())
+
+    def import_server(self, server, prefix=None):
+        say("import_server(server, prefix)", "mount(server, namespace=prefix), a live view instead of a copy")
+        modern_mount(self, server, namespace=prefix)
+        return Done()
+
+    def as_proxy(cls, backend, **settings):
+        from fastmcp.server import create_proxy
+
+        say("FastMCP.as_proxy(backend)", "fastmcp.server.create_proxy(backend)")
+        return create_proxy(backend, **settings)
+
+    members = {"__init__": __init__, "mount": mount}
+    if not hasattr(server_class, "import_server"):
+        members["import_server"] = import_server
+    if not hasattr(server_class, "as_proxy"):
+        members["as_proxy"] = classmethod(as_proxy)
+    return members
+
+
+def _removed_in_fastmcp4(api: str, replacement: str) -> Any:
+    """Return a method that fails with one line naming a removed API and what to do instead."""
+
+    def removed(self, *args, **options):
+        raise RuntimeError(f"{api} was removed in fastmcp 4 and mcprun cannot map it: {replacement}")
+
+    return removed
 
 
 def legacy_context_members() -> dict:
@@ -1073,17 +1187,23 @@ def server_path(server: Any) -> str:
     kind = server_kind(server)
     if kind == "sdk" and type(server).__module__ == LEGACY_PACKAGE:
         return "mcp 1.x FastMCP, mapped onto mcp 2.x MCPServer"
+    if kind == "fastmcp" and hasattr(server, "_mcprun_chosen"):
+        return "fastmcp 4 FastMCP, with fastmcp 2.x/3.x arguments mapped"
     return {"fastmcp": "fastmcp 4 FastMCP", "sdk": "mcp 2.x MCPServer", "lowlevel": "low-level mcp Server"}.get(
         kind, "unknown")
 
 
 def adopt_server_settings(settings: Settings, server: Any) -> Settings:
-    """Take the host, port, path and stateless mode an mcp 1.x server chose itself, where the user chose none."""
+    """Take the host, port, path and stateless mode an old server chose in its constructor, where the user
+    chose none (mcp 1.x FastMCP settings, fastmcp 2.x/3.x FastMCP arguments)."""
     chosen = getattr(server, "settings", None)
-    if not hasattr(chosen, "streamable_http_path"):
+    if hasattr(chosen, "streamable_http_path"):
+        wanted = {"host": chosen.host, "port": chosen.port, "stateless": chosen.stateless_http,
+                  "path": chosen.sse_path if settings.transport == "sse" else chosen.streamable_http_path}
+    else:
+        wanted = dict(getattr(server, "_mcprun_chosen", None) or {})
+    if not wanted:
         return settings
-    wanted = {"host": chosen.host, "port": chosen.port, "stateless": chosen.stateless_http,
-              "path": chosen.sse_path if settings.transport == "sse" else chosen.streamable_http_path}
     changes = {name: value for name, value in wanted.items()
                if settings.sources.get(name, "default") == "default" and value != getattr(settings, name)
                and not (name == "path" and value == settings.http_path)}

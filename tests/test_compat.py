@@ -235,3 +235,47 @@ def test_third_party_over_http(token, case, transport):
     with serving(token, *args, transport=transport, cwd=THIRD_PARTY) as server:
         result = run_async(session_results(sse_or_url(server.url, transport), lambda c: _one(c, tool, arguments)))
     assert expected in text(result)
+
+
+# -- fastmcp 2.x/3.x files -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_fastmcp3_style_file(token, transport):
+    async def steps(client):
+        tools = sorted(tool.name for tool in await client.list_tools())
+        forecast = await client.call_tool("weather_forecast", {"city": "Oslo"})
+        celsius = await client.call_tool("units_celsius", {"fahrenheit": 212})
+        kinds = await client.call_tool("kinds", {})
+        sampled = await client.call_tool("summarize", {"text": "x"}, raise_on_error=False)
+        return [tools, text(forecast), text(celsius), text(kinds), sampled.is_error, text(sampled)]
+
+    with target(token, transport, "fastmcp3_style.py") as where:
+        results = run_async(session_results(where, steps))
+    assert results[:5] == [["kinds", "summarize", "units_celsius", "weather_forecast"], "sunny in Oslo", "100.0",
+                           "fastmcp.tools.base", True]
+    assert "ctx.sample() was removed in fastmcp 4 and mcprun cannot map it: call an LLM" in results[5]
+
+
+def test_fastmcp3_constructor_port_is_adopted_and_each_mapping_said_once(token):
+    port = free_port()
+    with started(token, "fastmcp3_style.py", "-t", "http", cwd=COMPAT, env=child_env(token, OLD_PORT=str(port))) as server:
+        assert server.url == f"http://127.0.0.1:{port}/mcp"
+    warnings = [line for line in server.lines if line.startswith("mcprun: warning:")]
+    assert len(warnings) == len(set(warnings)) == 7, warnings  # module, 4 constructor arguments, mount, import
+    assert any("fastmcp.tools.tool is fastmcp 2.x/3.x: mapped onto fastmcp.tools.base" in line for line in warnings)
+    assert any("mount(prefix, server) is fastmcp 2.x/3.x API" in line for line in warnings)
+
+
+def test_fastmcp3_api_without_a_mapping_is_one_error_line(token):
+    result = run_cli(token, "fastmcp3_refused.py", cwd=COMPAT, input="")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mcprun: error: importing fastmcp3_refused.py failed: TypeError: "
+                                                   "FastMCP() no longer accepts `tool_serializer`. Return ToolResult")
+
+
+def test_no_compat_leaves_fastmcp3_calls_failing(token):
+    result = run_cli(token, "fastmcp3_style.py", "--no-compat", cwd=COMPAT, input="")
+    assert result.returncode == 1
+    assert "No module named 'fastmcp.tools.tool'" in result.stderr
