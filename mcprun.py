@@ -485,7 +485,7 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     return settings
 
 
-def format_settings(settings: Settings) -> str:
+def format_settings(settings: Settings, served: str = "") -> str:
     """Render the effective settings, one 'name = value  (source)' line each; secrets masked."""
     rows = [("spec", settings.spec if not settings.module else f"-m {settings.spec}", "command line")]
     for name in _MERGED_OPTIONS:
@@ -503,6 +503,8 @@ def format_settings(settings: Settings) -> str:
             rows.append((f"env.{key}", "***" if value else "(empty)", str(settings.config.file)))
         if settings.config.deployment.get("cwd"):
             rows.append(("cwd", settings.config.deployment["cwd"], str(settings.config.file)))
+    if served:
+        rows.append(("server", served, ""))
     width = max(len(name) for name, _, _ in rows)
     return "\n".join(f"{name:<{width}} = {value}" + (f"  ({src})" if src else "") for name, value, src in rows)
 
@@ -2148,6 +2150,27 @@ def _stop_process(process: subprocess.Popen) -> None:
             continue
 
 
+def served_by(settings: Settings) -> str:
+    """For --print-config: the server the spec names and the path mcprun serves it by (imports it)."""
+    try:
+        target = resolve_target(settings)
+        if target.kind in ("module", "script"):
+            return f"{target.spec}, which starts its own server ({'-m' if target.kind == 'module' else '--script'})"
+        if target.kind in ("url", "mcp_config"):
+            return f"a proxy to {target.spec}"
+        prepare_process(settings)
+        wire = divert_stdout()
+        try:
+            loaded = load_server(settings, target)
+        finally:
+            restore_stdout(wire)
+    except UsageError as exc:
+        return f"cannot load: {exc}"
+    if inspect.iscoroutinefunction(loaded):
+        return f"an async factory in {target.spec} (called when serving)"
+    return f"{describe_server(loaded, target)}: {server_path(loaded)}"
+
+
 def run(settings: Settings) -> int:
     """Resolve, prepare, load and serve; return the exit code."""
     target = resolve_target(settings)
@@ -2291,7 +2314,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="skip source preparation (accepted for fastmcp run compatibility; "
                                 "local files need none)")
     behaviour.add_argument("--print-config", action="store_true",
-                           help="print the effective settings and where each came from, then exit")
+                           help="print the effective settings and where each came from, and how the server "
+                                "would be served (imports it), then exit")
     return parser
 
 
@@ -2345,7 +2369,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args, os.environ)
         if settings.print_config:
-            print(format_settings(settings))
+            print(format_settings(settings, served=served_by(settings)))
             return EXIT_OK
         return run(settings)
     except KeyboardInterrupt:

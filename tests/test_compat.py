@@ -279,3 +279,15 @@ def test_no_compat_leaves_fastmcp3_calls_failing(token):
     result = run_cli(token, "fastmcp3_style.py", "--no-compat", cwd=COMPAT, input="")
     assert result.returncode == 1
     assert "No module named 'fastmcp.tools.tool'" in result.stderr
+
+
+@pytest.mark.parametrize("spec, path", [
+    ("mcp1_full.py", "'Legacy' from mcp1_full.py: mcp 1.x FastMCP, mapped onto mcp 2.x MCPServer"),
+    ("lowlevel_object.py", "'lowlevel-calc' from lowlevel_object.py: low-level mcp Server"),
+    ("fastmcp3_style.py", "'Old style' from fastmcp3_style.py: fastmcp 4 FastMCP, with fastmcp 2.x/3.x arguments"),
+    ("httpx_server.py", "'Uses httpx' from httpx_server.py: fastmcp 4 FastMCP"),
+])
+def test_print_config_names_the_path_a_server_takes(token, spec, path):
+    result = run_cli(token, spec, "--print-config", cwd=COMPAT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith(f"server           = {path}")

@@ -201,6 +201,7 @@ def test_print_config_precedence(token, tmp_path):
         "compat           = True  (default)\n"
         "server_args      = a\n"
         f"env.API_KEY      = ***  ({config})\n"
+        f"server           = 'Env' from {SERVERS / 'env_server.py'}: fastmcp 4 FastMCP\n"
     )
     assert "t0ken-s3cret" not in result.stdout
     assert "s3cret" not in result.stdout
