@@ -58,7 +58,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 SERVER_NAMES = ("mcp", "server", "app")  # tried in this order, as fastmcp run does
 CONFIG_FILE_NAME = "fastmcp.json"
-COMMANDS = ("run",)
+COMMANDS = ("run", "check")
 
 DEFAULT_TRANSPORT = "stdio"
 DEFAULT_HOST = "127.0.0.1"
@@ -290,6 +290,11 @@ class Settings:
     log_format: str = DEFAULT_LOG_FORMAT
     access_log: bool = True
     compat: bool = True  # map mcp 1.x names onto the bundled mcp 2.x
+    with_packages: tuple = ()  # requirements to check before serving (fastmcp run's --with)
+    with_requirements: str | None = None
+    project: str | None = None
+    python: str | None = None
+    skip_env: bool = False
     print_config: bool = False
     argv: tuple = ()  # the command line as given (after 'run'), to start a reloaded child with
     config: ServerConfig | None = None
@@ -395,6 +400,11 @@ _MERGED_OPTIONS = {
     "log_format": (parse_log_format, "MCPRUN_LOG_FORMAT", None),
     "access_log": (bool, "MCPRUN_NO_ACCESS_LOG", None),
     "compat": (bool, "MCPRUN_NO_COMPAT", None),
+    "with_packages": ("list", "MCPRUN_WITH", None),
+    "with_requirements": (str, "MCPRUN_WITH_REQUIREMENTS", None),
+    "project": (str, "MCPRUN_PROJECT", None),
+    "python": (str, "MCPRUN_PYTHON", None),
+    "skip_env": (bool, "MCPRUN_SKIP_ENV", None),
 }
 _NEGATED = ("show_banner", "access_log", "compat")  # set by MCPRUN_NO_* variables
 _SECRETS = ("auth_token",)
@@ -465,7 +475,7 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
                 break
         merged[name], sources[name] = value, source
     merged["log_level"] = merged["log_level"].upper()
-    for name in ("reload_dirs", "allowed_hosts", "allowed_origins", "cors_origins"):
+    for name in ("reload_dirs", "allowed_hosts", "allowed_origins", "cors_origins", "with_packages"):
         merged[name] = tuple(merged[name])
     merged["pythonpath"] = tuple(os.path.abspath(folder) for folder in merged["pythonpath"])
     server_args = tuple(args.server_args)
@@ -659,10 +669,6 @@ def prepare_process(settings: Settings) -> None:
     add_pythonpath(settings.pythonpath)
     restore_child_environment()
 
-    if settings.config and settings.config.environment:
-        described = "; ".join(f"{k}: {v}" for k, v in settings.config.environment.items())
-        warn(f"{settings.config.file}: 'environment' ({described}) is not installed; "
-             f"mcprun runs the server with its bundled packages (fastmcp {_version_of('fastmcp')})")
 
 
 def one_line_warnings() -> Any:
@@ -990,7 +996,7 @@ def fastmcp3_members(server_class: type) -> dict:
             say("FastMCP(exclude_tags=...)", "server.disable(tags=...)")
         if dependencies is not None:
             self._mcprun_dependencies = list(dependencies)
-            say("FastMCP(dependencies=...)", "accepted, not installed (mcprun runs the bundled packages)")
+            say("FastMCP(dependencies=...)", "checked offline against the bundle and --pythonpath, never installed")
 
     __init__.__wrapped__ = modern_init
 
@@ -1213,6 +1219,165 @@ def adopt_server_settings(settings: Settings, server: Any) -> Settings:
         return settings
     return dataclasses.replace(settings, **changes,
                                sources={**settings.sources, **dict.fromkeys(changes, "the server's constructor")})
+
+
+# -- requirements: what a server declares it needs, checked offline -----------
+#
+# mcprun never installs anything. What a server declares (fastmcp.json 'environment', PEP 723 script
+# metadata, --with/--with-requirements/--project/--python, FastMCP(dependencies=...)) is checked
+# against what is importable here (the bundle and --pythonpath folders), before the server runs.
+
+_SCRIPT_METADATA = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Declared:
+    """Requirements and Python versions a server declares, each with where it was declared."""
+
+    requirements: tuple = ()  # (requirement text, origin)
+    pythons: tuple = ()  # (version or specifier, origin)
+
+
+def declared_requirements(settings: Settings, target: Target) -> Declared:
+    """Collect what the config file, the server file and the command line say the server needs."""
+    requirements, pythons = [], []
+    if settings.config:
+        environment, origin = settings.config.environment, str(settings.config.file)
+        folder = Path(os.path.abspath(settings.config.file.parent))
+        requirements += [(text, origin) for text in environment.get("dependencies") or []]
+        if environment.get("requirements"):
+            requirements += read_requirements_file(folder / environment["requirements"], origin)
+        if environment.get("project"):
+            requirements += project_requirements(folder / environment["project"], origin)
+        if environment.get("python"):
+            pythons.append((environment["python"], origin))
+        if environment.get("editable"):
+            warn(f"{origin}: 'environment.editable' is not installed; add those folders with --pythonpath")
+    if target.path and target.kind in ("file", "script"):
+        metadata = script_metadata(target.path)
+        origin = f"{_short_path(target.path)} (# /// script)"
+        requirements += [(text, origin) for text in metadata.get("dependencies") or []]
+        if metadata.get("requires-python"):
+            pythons.append((metadata["requires-python"], origin))
+    requirements += [(text, "--with") for text in settings.with_packages]
+    if settings.with_requirements:
+        requirements += read_requirements_file(Path(settings.with_requirements), "--with-requirements")
+    if settings.project:
+        requirements += project_requirements(Path(settings.project), "--project")
+    if settings.python:
+        pythons.append((settings.python, "--python"))
+    return Declared(tuple(requirements), tuple(pythons))
+
+
+def script_metadata(path: Path) -> dict:
+    """Return the PEP 723 '# /// script' table of a Python file, or {}."""
+    try:
+        source = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    blocks = [m for m in _SCRIPT_METADATA.finditer(source) if m["type"] == "script"]
+    if not blocks:
+        return {}
+    content = "".join(line[2:] if line.startswith("# ") else line[1:]
+                      for line in blocks[0]["content"].splitlines(keepends=True))
+    try:
+        return load_toml(content)
+    except ValueError as exc:
+        raise UsageError(f"{_short_path(path)}: the '# /// script' block is not valid TOML: {exc}") from None
+
+
+def load_toml(text: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def read_requirements_file(path: Path, origin: str) -> list:
+    """Return (requirement, origin) for each line of a requirements file (no options, no includes)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+    found = [line.split(" #")[0].strip() for line in lines]
+    return [(line, f"{origin} ({_short_path(path)})") for line in found if line and not line.startswith(("#", "-"))]
+
+
+def project_requirements(path: Path, origin: str) -> list:
+    """Return (requirement, origin) for the [project] dependencies of a pyproject.toml or its folder."""
+    path = path / "pyproject.toml" if path.is_dir() else path
+    try:
+        project = load_toml(path.read_text(encoding="utf-8")).get("project", {})
+    except OSError as exc:
+        raise UsageError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{origin}: {path} is not valid TOML: {exc}") from None
+    return [(text, f"{origin} ({_short_path(path)})") for text in project.get("dependencies") or []]
+
+
+def requirement_problems(declared: Declared, compat: bool, pythonpath: tuple = ()) -> list[str]:
+    """Check declared requirements against what is importable here; return one phrase per problem."""
+    import importlib.metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.utils import canonicalize_name
+
+    problems, running = [], platform.python_version()
+    for text, origin in declared.pythons:
+        try:
+            wanted = SpecifierSet(text if text[:1] in "<>=!~" else f"=={text}.*" if text.count(".") < 2 else f"=={text}")
+        except InvalidSpecifier:
+            problems.append(f"Python {text!r} is not a version ({origin})")
+            continue
+        if not wanted.contains(running, prereleases=True):
+            problems.append(f"Python {text} (this is {running}; {origin})")
+    for text, origin in declared.requirements:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            problems.append(f"{text!r} is not a requirement ({origin})")
+            continue
+        name = canonicalize_name(requirement.name)
+        if requirement.marker and not requirement.marker.evaluate():
+            continue
+        if compat and name in ("mcp", "fastmcp"):
+            continue  # older generations are served through the mappings
+        try:
+            have = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            if importlib.util.find_spec(name.replace("-", "_")) is None:
+                problems.append(f"{requirement} (not installed; {origin})")
+            continue
+        if requirement.specifier and not requirement.specifier.contains(have, prereleases=True):
+            location = str(importlib.metadata.distribution(requirement.name).locate_file(""))
+            bundled = "" if any(location.startswith(folder) for folder in pythonpath) else \
+                " in the bundle, which --pythonpath cannot replace"
+            problems.append(f"{requirement} (have {have}{bundled}; {origin})")
+    return problems
+
+
+def check_requirements(declared: Declared, settings: Settings, where: str) -> None:
+    """Raise one UsageError listing every declared requirement this mcprun cannot meet."""
+    problems = requirement_problems(declared, settings.compat, settings.pythonpath)
+    if not problems:
+        return
+    missing = [text for text, _ in declared.requirements if f"{text} (not installed" in " ".join(problems)]
+    python = "%d.%d" % sys.version_info[:2]
+    quoted = " ".join(f'"{text}"' for text in missing)
+    vendor = (f"; on a connected machine run 'pip install --target DIR --python-version {python} "
+              f"--only-binary=:all: {quoted}' and add --pythonpath DIR" if missing else "")
+    raise UsageError(f"{where} needs what this mcprun does not have: {', '.join(problems)}{vendor}; "
+                     "or start anyway with --skip-env", EXIT_FAILURE)
+
+
+def server_dependencies(server: Any) -> Declared:
+    """Requirements a server object declares itself: FastMCP(dependencies=...) of mcp 1.x and fastmcp 2/3."""
+    found = getattr(getattr(server, "settings", None), "dependencies", None) or getattr(
+        server, "_mcprun_dependencies", None) or []
+    name = getattr(server, "name", None) or "the server"
+    return Declared(tuple((text, f"FastMCP({name!r}, dependencies=...)") for text in found if isinstance(text, str)))
 
 
 def server_kind(obj: Any) -> str | None:
@@ -2171,6 +2336,105 @@ def served_by(settings: Settings) -> str:
     return f"{describe_server(loaded, target)}: {server_path(loaded)}"
 
 
+def check(settings: Settings, as_json: bool = False) -> int:
+    """mcprun check: do everything serving would do up to the first request, then report; 0 if it would serve."""
+    import anyio
+
+    report: dict = {"ok": False, "spec": settings.spec}
+    try:
+        target = resolve_target(settings)
+        prepare_process(settings)
+        declared = declared_requirements(settings, target)
+        report["requirements"] = [{"requirement": text, "from": origin} for text, origin in declared.requirements]
+        if not settings.skip_env:
+            check_requirements(declared, settings, settings.spec if settings.config else target.spec)
+        if target.kind in ("module", "script", "url", "mcp_config"):
+            report.update(ok=True, path={"module": "a module that starts its own server (-m)",
+                                         "script": "a file that starts its own server (--script)"}.get(
+                target.kind, f"a proxy to {target.spec}"))
+        else:
+            wire = divert_stdout()
+            try:
+                loaded = load_server(settings, target)
+                server = anyio.run(await_factory, loaded) if inspect.iscoroutinefunction(loaded) else loaded
+                own = server_dependencies(server)
+                report["requirements"] += [{"requirement": text, "from": origin} for text, origin in own.requirements]
+                if not settings.skip_env:
+                    check_requirements(own, settings, target.spec)
+                report.update(anyio.run(inventory, server), path=server_path(server), ok=True)
+            finally:
+                restore_stdout(wire)
+    except UsageError as exc:
+        report["error"] = str(exc)
+        error(str(exc))
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    return EXIT_OK if report["ok"] else EXIT_FAILURE
+
+
+async def inventory(server: Any) -> dict:
+    """Ask a server, in memory and through the protocol, for its name, version, tools, resources and prompts."""
+    from mcp import ClientSession
+    from mcp.shared.exceptions import MCPError
+    from mcp.shared.memory import create_client_server_memory_streams
+
+    import anyio
+
+    lowlevel = {"fastmcp": "_mcp_server", "sdk": "_lowlevel_server"}.get(server_kind(server))
+    lowlevel = getattr(server, lowlevel) if lowlevel else server
+    found: dict = {}
+
+    async def listed(request, field):
+        try:
+            return [item.model_dump(mode="json", exclude_none=True) for item in getattr(await request(), field)]
+        except MCPError:  # the server does not offer this list
+            return []
+
+    async with create_client_server_memory_streams() as (client_streams, server_streams):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(lambda: lowlevel.run(*server_streams, lowlevel.create_initialization_options()))
+            async with ClientSession(*client_streams) as session:
+                started = await session.initialize()
+                found["name"], found["version"] = started.server_info.name, started.server_info.version
+                found["tools"] = await listed(session.list_tools, "tools")
+                found["resources"] = await listed(session.list_resources, "resources")
+                found["resource_templates"] = await listed(session.list_resource_templates, "resource_templates")
+                found["prompts"] = await listed(session.list_prompts, "prompts")
+            tasks.cancel_scope.cancel()
+    keep = {"tools": ("name", "description"), "resources": ("uri", "name", "description"),
+            "resource_templates": ("uri_template", "name", "description"), "prompts": ("name", "description")}
+    for kind, fields in keep.items():
+        found[kind] = [{field: item.get(field) for field in fields} for item in found[kind]]
+    return found
+
+
+def format_report(report: dict) -> str:
+    """Render a check report for people: a verdict, the server, then its tools, resources and prompts."""
+    lines = [f"mcprun check: {'ok, it would serve' if report['ok'] else 'it would not serve'}",
+             f"spec:     {report['spec']}"]
+    if report.get("name") is not None:
+        lines.append(f"server:   {report['name']!r} {report.get('version') or ''}".rstrip())
+    if report.get("path"):
+        lines.append(f"path:     {report['path']}")
+    declared = report.get("requirements") or []
+    lines.append(f"requires: {', '.join(item['requirement'] for item in declared) or 'nothing declared'}")
+    for kind, key in (("tools", "name"), ("resources", "uri"), ("resource templates", "uri_template"),
+                      ("prompts", "name")):
+        items = report.get(kind.replace(" ", "_"))
+        if items is None:
+            continue
+        lines.append(f"{kind} ({len(items)}):")
+        width = max((len(item[key]) for item in items), default=0)
+        for item in items:
+            summary = ((item.get("description") or "").strip().splitlines() or [""])[0]
+            lines.append(f"  {item[key]:<{width}}  {summary}".rstrip())
+    if report.get("error"):
+        lines.append(f"error:    {report['error']}")
+    return "\n".join(lines)
+
+
 def run(settings: Settings) -> int:
     """Resolve, prepare, load and serve; return the exit code."""
     target = resolve_target(settings)
@@ -2180,6 +2444,9 @@ def run(settings: Settings) -> int:
         else:
             return run_with_reload(settings, target)
     prepare_process(settings)
+    if not settings.skip_env:
+        check_requirements(declared_requirements(settings, target), settings,
+                           settings.spec if settings.config else target.spec)
     if target.kind == "module":
         run_module(settings)
         return EXIT_OK
@@ -2194,6 +2461,8 @@ def run(settings: Settings) -> int:
         loaded = load_server(settings, target)
     finally:
         restore_stdout(wire)
+    if not settings.skip_env and not inspect.iscoroutinefunction(loaded):
+        check_requirements(server_dependencies(loaded), settings, target.spec)
     anyio.run(serve, loaded, settings, target)
     return EXIT_OK
 
@@ -2231,7 +2500,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser; it only describes, so tests and man pages can use it."""
     parser = argparse.ArgumentParser(
         prog="mcprun",
-        usage="mcprun [run] [SPEC] [options] [-- server args]",
+        usage="mcprun [run|check] [SPEC] [options] [-- server args]",
         description="Run a Python MCP server (FastMCP, official SDK, fastmcp.json, mcp.json) "
                     "or proxy a remote one, with no install step.",
         epilog=EPILOG,
@@ -2249,6 +2518,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SPEC is a .py file that starts its own server: run it as __main__ with the bundle")
     parser.add_argument("--version", action="store_true",
                         help="print mcprun, fastmcp, mcp and Python versions and exit")
+    parser.add_argument("--json", action="store_true",
+                        help="with 'mcprun check': print the report as JSON")
 
     serving = parser.add_argument_group("serving")
     serving.add_argument("-t", "--transport", choices=TRANSPORTS, metavar="{stdio,http,streamable-http,sse}",
@@ -2307,6 +2578,18 @@ def build_parser() -> argparse.ArgumentParser:
     behaviour.add_argument("--pythonpath", action="append", metavar="DIR",
                            help="folder of extra packages the server imports, searched after the bundle, "
                                 "repeatable (make one with pip install --target DIR)")
+    requirements = parser.add_argument_group(
+        "requirements (checked offline against the bundle and --pythonpath folders; nothing is installed)")
+    requirements.add_argument("--with", dest="with_packages", action="append", metavar="REQ",
+                              help="the server needs this package, e.g. 'pandas>=2'; repeatable")
+    requirements.add_argument("--with-requirements", metavar="FILE", help="the server needs what FILE lists")
+    requirements.add_argument("--project", metavar="DIR", help="the server needs its project's dependencies "
+                                                              "(DIR/pyproject.toml)")
+    requirements.add_argument("--python", metavar="VERSION", help="the server needs this Python, e.g. 3.11 or >=3.10")
+    requirements.add_argument("--skip-env", action="store_true", default=None,
+                              help="don't check what the server declares it needs (fastmcp.json environment, "
+                                   "# /// script, dependencies=)")
+
     behaviour.add_argument("--no-compat", dest="compat", action="store_false", default=None,
                            help="don't map mcp 1.x APIs (mcp.server.fastmcp, low-level decorators) onto the bundled "
                                 "mcp 2.x")
@@ -2328,12 +2611,16 @@ def version_line() -> str:
 
 def parse_command_line(argv: list[str]) -> argparse.Namespace:
     """Parse argv, honouring 'run' and everything after '--' as server arguments."""
+    command = "run"
     if argv and argv[0] in COMMANDS:
-        argv = argv[1:]
+        command, argv = argv[0], argv[1:]
     end = _options_end(argv)
     args = build_parser().parse_args(argv[:end])
     args.server_args = [*args.server_args, *argv[end + 1:]]
     args.argv = argv
+    args.command = command
+    if args.json and command != "check":
+        raise SystemExit(build_parser().error("--json goes with 'mcprun check'"))
     return args
 
 
@@ -2371,6 +2658,8 @@ def main(argv: list[str] | None = None) -> int:
         if settings.print_config:
             print(format_settings(settings, served=served_by(settings)))
             return EXIT_OK
+        if args.command == "check":
+            return check(settings, as_json=args.json)
         return run(settings)
     except KeyboardInterrupt:
         return EXIT_OK

@@ -290,4 +290,5 @@ def test_no_compat_leaves_fastmcp3_calls_failing(token):
 def test_print_config_names_the_path_a_server_takes(token, spec, path):
     result = run_cli(token, spec, "--print-config", cwd=COMPAT)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1].startswith(f"server           = {path}")
+    name, _, value = result.stdout.splitlines()[-1].partition(" = ")
+    assert name.strip() == "server" and value.startswith(path)

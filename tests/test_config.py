@@ -143,7 +143,7 @@ def test_deployment_args_used_without_server_args(token, tmp_path):
     assert run_async(call_tools(given, ("argv", {}))) == ["from cli"]
 
 
-def test_environment_warns_and_installs_nothing(token, tmp_path):
+def test_environment_is_checked_offline_and_installs_nothing(token, tmp_path):
     # Installers that leave a mark if anything runs them.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -152,11 +152,14 @@ def test_environment_warns_and_installs_nothing(token, tmp_path):
         (bin_dir / name).chmod(0o755)
     env = clean_env(token, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     result = run_cli(token, "with_environment.json", cwd=CONFIGS, env=env, input="")
-    assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("mcprun: warning:")]
-    assert len(warnings) == 1, result.stderr
-    assert warnings[0].startswith("mcprun: warning: with_environment.json: 'environment' (")
-    assert "3.12" in warnings[0] and "pandas>=2" in warnings[0] and "not installed" in warnings[0]
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(
+        "mcprun: error: with_environment.json needs what this mcprun does not have: Python 3.12 (this is ")
+    assert "pandas>=2 (not installed; with_environment.json)" in result.stderr
+    assert "pip install --target DIR --python-version 3.11 --only-binary=:all: \"pandas>=2\"" in result.stderr \
+        or "--only-binary=:all: \"pandas>=2\"" in result.stderr
+    skipped = run_cli(token, "with_environment.json", "--skip-env", cwd=CONFIGS, env=env, input="")
+    assert skipped.returncode == 0, skipped.stderr
     assert not (tmp_path / "ran").exists()
 
 
@@ -173,36 +176,43 @@ def test_print_config_precedence(token, tmp_path):
                      "--", "a", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert result.stdout == (
-        f"spec             = {config}  (command line)\n"
-        "transport        = http  (command line)\n"
-        "host             = 127.0.0.3  (MCPRUN_HOST)\n"
-        f"port             = 9100  ({config})\n"
-        f"path             = /events  ({config})\n"
-        "log_level        = WARNING  (MCPRUN_LOG_LEVEL)\n"
-        "show_banner      = False  (MCPRUN_NO_BANNER)\n"
-        "stateless        = False  (default)\n"
-        "reload           = False  (default)\n"
-        "reload_dirs      = (server folder)  (default)\n"
-        "skip_source      = False  (default)\n"
-        "pythonpath       = (none)  (default)\n"
-        "auth_token       = ***  (MCPRUN_AUTH_TOKEN)\n"
-        "auth_token_file  = None  (default)\n"
-        "require_auth     = False  (default)\n"
-        "allowed_hosts    = a.example, b.example  (MCPRUN_ALLOWED_HOST)\n"
-        "allowed_origins  = (none)  (default)\n"
-        "cors_origins     = (none)  (default)\n"
-        "health_path      = /healthz  (default)\n"
-        "ready_path       = /readyz  (default)\n"
-        "graceful_timeout = 2.5  (command line)\n"
-        "max_body         = 1048576  (MCPRUN_MAX_BODY)\n"
-        "log_format       = text  (default)\n"
-        "access_log       = False  (MCPRUN_NO_ACCESS_LOG)\n"
-        "compat           = True  (default)\n"
-        "server_args      = a\n"
-        f"env.API_KEY      = ***  ({config})\n"
-        f"server           = 'Env' from {SERVERS / 'env_server.py'}: fastmcp 4 FastMCP\n"
-    )
+    rows = [
+        ("spec", f"{config}  (command line)"),
+        ("transport", "http  (command line)"),
+        ("host", "127.0.0.3  (MCPRUN_HOST)"),
+        ("port", f"9100  ({config})"),
+        ("path", f"/events  ({config})"),
+        ("log_level", "WARNING  (MCPRUN_LOG_LEVEL)"),
+        ("show_banner", "False  (MCPRUN_NO_BANNER)"),
+        ("stateless", "False  (default)"),
+        ("reload", "False  (default)"),
+        ("reload_dirs", "(server folder)  (default)"),
+        ("skip_source", "False  (default)"),
+        ("pythonpath", "(none)  (default)"),
+        ("auth_token", "***  (MCPRUN_AUTH_TOKEN)"),
+        ("auth_token_file", "None  (default)"),
+        ("require_auth", "False  (default)"),
+        ("allowed_hosts", "a.example, b.example  (MCPRUN_ALLOWED_HOST)"),
+        ("allowed_origins", "(none)  (default)"),
+        ("cors_origins", "(none)  (default)"),
+        ("health_path", "/healthz  (default)"),
+        ("ready_path", "/readyz  (default)"),
+        ("graceful_timeout", "2.5  (command line)"),
+        ("max_body", "1048576  (MCPRUN_MAX_BODY)"),
+        ("log_format", "text  (default)"),
+        ("access_log", "False  (MCPRUN_NO_ACCESS_LOG)"),
+        ("compat", "True  (default)"),
+        ("with_packages", "(none)  (default)"),
+        ("with_requirements", "None  (default)"),
+        ("project", "None  (default)"),
+        ("python", "None  (default)"),
+        ("skip_env", "False  (default)"),
+        ("server_args", "a"),
+        ("env.API_KEY", f"***  ({config})"),
+        ("server", f"'Env' from {SERVERS / 'env_server.py'}: fastmcp 4 FastMCP"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    assert result.stdout == "".join(f"{name:<{width}} = {rest}\n" for name, rest in rows)
     assert "t0ken-s3cret" not in result.stdout
     assert "s3cret" not in result.stdout
 

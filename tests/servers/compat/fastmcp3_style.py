@@ -23,7 +23,7 @@ def celsius(fahrenheit: float) -> float:
 
 
 mcp = FastMCP("Old style", host="127.0.0.1", port=int(os.environ.get("OLD_PORT", "8000")),
-              exclude_tags={"internal"}, on_duplicate_tools="error", dependencies=["requests"])
+              exclude_tags={"internal"}, on_duplicate_tools="error", dependencies=["httpx"])
 mcp.mount("weather", weather)
 mcp.import_server(units, prefix="units")
 

@@ -17,7 +17,7 @@ async def lifespan(server: FastMCP):
     yield {"db": "open"}
 
 
-mcp = FastMCP("Legacy", "Answers with the demo data.", lifespan=lifespan, dependencies=["pandas"])
+mcp = FastMCP("Legacy", "Answers with the demo data.", lifespan=lifespan, dependencies=["httpx>=0.27"])
 
 
 @mcp.tool()

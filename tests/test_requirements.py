@@ -1,0 +1,167 @@
+"""What a server declares it needs, checked offline before it runs, and 'mcprun check', the preflight."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import SERVERS, run_cli
+
+COMPAT = SERVERS / "compat"
+PEP723 = '''# /// script
+# requires-python = ">=3.10"
+# dependencies = [{dependencies}]
+# ///
+from fastmcp import FastMCP
+
+mcp = FastMCP("Declares")
+
+
+@mcp.tool
+def hello() -> str:
+    return "hello"
+'''
+
+
+def server_declaring(folder, *dependencies: str):
+    path = folder / "declares.py"
+    path.write_text(PEP723.format(dependencies=", ".join(json.dumps(d) for d in dependencies)))
+    return path
+
+
+def fake_package(folder, name: str, version: str):
+    """A folder holding an installed distribution, as 'pip install --target' leaves it."""
+    (folder / name).mkdir(parents=True)
+    (folder / name / "__init__.py").write_text("")
+    info = folder / f"{name}-{version}.dist-info"
+    info.mkdir()
+    info.joinpath("METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return folder
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mcprun: error: ")
+    return lines[0]
+
+
+def test_satisfied_script_metadata_serves(token, tmp_path):
+    server = server_declaring(tmp_path, "httpx>=0.20", "pydantic>=2", "tzdata; python_version < '3'")
+    result = run_cli(token, str(server), input="")
+    assert result.returncode == 0, result.stderr
+
+
+def test_unmet_script_metadata_is_one_error_with_the_vendoring_command(token, tmp_path):
+    server = server_declaring(tmp_path, "nosuchpkg-xyz==1.0", "pydantic<2", "httpx>=0.20")
+    line = one_error_line(result := run_cli(token, str(server), cwd=tmp_path, input=""))
+    assert result.returncode == 1
+    assert line.startswith("mcprun: error: declares.py needs what this mcprun does not have: ")
+    assert "nosuchpkg-xyz==1.0 (not installed; declares.py (# /// script))" in line
+    assert "pydantic<2 (have 2." in line and "in the bundle, which --pythonpath cannot replace" in line
+    assert "httpx" not in line.split("pip install")[0]  # met
+    assert "'pip install --target DIR --python-version 3." in line and '"nosuchpkg-xyz==1.0"' in line
+    assert line.endswith("or start anyway with --skip-env")
+    assert run_cli(token, str(server), "--skip-env", cwd=tmp_path, input="").returncode == 0
+
+
+def test_pythonpath_folders_satisfy_requirements(token, tmp_path):
+    folder = fake_package(tmp_path / "vendor", "fakepkg", "1.2")
+    server = server_declaring(tmp_path, "fakepkg>=1")
+    assert run_cli(token, str(server), input="").returncode == 1
+    assert run_cli(token, str(server), "--pythonpath", str(folder), input="").returncode == 0
+    too_old = run_cli(token, str(server), "--pythonpath", str(folder), "--with", "fakepkg>=2", input="")
+    line = one_error_line(too_old)
+    assert "fakepkg>=2 (have 1.2; --with)" in line and "in the bundle" not in line
+
+
+@pytest.mark.parametrize("args, files, fragment", [
+    (["--with", "nosuchpkg-xyz"], {}, "nosuchpkg-xyz (not installed; --with)"),
+    (["--with-requirements", "reqs.txt"], {"reqs.txt": "# pinned\nhttpx>=0.20\nnosuchpkg-abc>=1 # comment\n"},
+     "nosuchpkg-abc>=1 (not installed; --with-requirements (reqs.txt))"),
+    (["--project", "proj"], {"proj/pyproject.toml": '[project]\nname = "p"\ndependencies = ["nosuchpkg-def"]\n'},
+     "nosuchpkg-def (not installed; --project (proj/pyproject.toml))"),
+    (["--python", "3.99"], {}, "Python 3.99 (this is 3."),
+    (["--python", "<3"], {}, "Python <3 (this is 3."),
+])
+def test_command_line_requirements(token, tmp_path, args, files, fragment):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    result = run_cli(token, str(SERVERS / "fastmcp_server.py"), *args, cwd=tmp_path, input="")
+    assert result.returncode == 1
+    assert fragment in one_error_line(result)
+
+
+def test_dependencies_declared_by_an_mcp1_server(token, tmp_path):
+    server = tmp_path / "old.py"
+    server.write_text("from mcp.server.fastmcp import FastMCP\n\n"
+                      "mcp = FastMCP('Old', dependencies=['nosuchpkg-ghi', 'httpx'])\n")
+    line = one_error_line(result := run_cli(token, str(server), cwd=tmp_path, input=""))
+    assert result.returncode == 1
+    assert "nosuchpkg-ghi (not installed; FastMCP('Old', dependencies=...))" in line
+
+
+def test_requirements_on_older_stacks_are_served_through_the_mappings(token, tmp_path):
+    server = server_declaring(tmp_path, "mcp<2", "fastmcp>=2,<3")
+    assert run_cli(token, str(server), input="").returncode == 0
+    assert "mcp<2 (have 2." in one_error_line(run_cli(token, str(server), "--no-compat", input=""))
+
+
+# -- mcprun check ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, name, path, tools", [
+    ("fastmcp_server.py", "Demo", "fastmcp 4 FastMCP", ["argv", "echo"]),
+    ("sdk_server.py", "Demo", "mcp 2.x MCPServer", ["argv", "echo"]),
+    ("compat/mcp1_full.py", "Legacy", "mcp 1.x FastMCP, mapped onto mcp 2.x MCPServer",
+     ["echo", "pixel", "refuse", "work"]),
+    ("compat/lowlevel_object.py", "lowlevel-calc", "low-level mcp Server", ["add", "boom"]),
+    ("named_objects.py:create_server", None, "fastmcp 4 FastMCP", None),
+])
+def test_check_a_good_server(token, spec, name, path, tools):
+    result = run_cli(token, "check", spec, "--json", cwd=SERVERS)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["path"] == path
+    if name:
+        assert report["name"] == name
+    if tools:
+        assert sorted(tool["name"] for tool in report["tools"]) == tools
+    text = run_cli(token, "check", spec, cwd=SERVERS)
+    assert text.returncode == 0
+    assert text.stdout.startswith("mcprun check: ok, it would serve\n")
+    assert f"path:     {path}\n" in text.stdout
+
+
+def test_check_text_lists_components_with_descriptions(token):
+    result = run_cli(token, "check", "compat/mcp1_full.py", cwd=SERVERS)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "server:   'Legacy'" in out
+    assert "requires: httpx>=0.27" in out
+    assert "tools (4):\n  echo    Return the text unchanged.\n" in out
+    assert "resource templates (1):\n  users://{user_id}/profile" in out
+    assert "prompts (2):\n  summarize" in out
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("nope.py", "nope.py: no such file"),
+    ("broken/syntax_error.py", "syntax error in broken/syntax_error.py"),
+    ("configs/with_environment.json", "pandas>=2 (not installed; configs/with_environment.json)"),
+])
+def test_check_a_broken_server(token, spec, fragment):
+    result = run_cli(token, "check", spec, "--json", cwd=SERVERS)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and fragment in report["error"]
+    assert fragment in one_error_line(result)
+    text = run_cli(token, "check", spec, cwd=SERVERS)
+    assert text.returncode == 1
+    assert text.stdout.startswith("mcprun check: it would not serve\n")
+
+
+def test_json_without_check_is_a_usage_error(token):
+    result = run_cli(token, "fastmcp_server.py", "--json", cwd=SERVERS)
+    assert result.returncode == 2
+    assert "--json goes with 'mcprun check'" in result.stderr
