@@ -58,7 +58,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 SERVER_NAMES = ("mcp", "server", "app")  # tried in this order, as fastmcp run does
 CONFIG_FILE_NAME = "fastmcp.json"
-COMMANDS = ("run", "check")
+COMMANDS = ("run", "check", "vendor")
 
 DEFAULT_TRANSPORT = "stdio"
 DEFAULT_HOST = "127.0.0.1"
@@ -689,6 +689,7 @@ def add_pythonpath(folders: tuple) -> None:
     for folder in folders:
         if not os.path.isdir(folder):
             raise UsageError(f"--pythonpath {folder}: no such folder")
+        check_vendored_for_here(folder)
         foreign = sorted({name for _, _, names in _walk_two_levels(folder) for name in names
                           if ".cpython-" in name and name.endswith(".so") and running not in name})
         if foreign:
@@ -1363,11 +1364,11 @@ def check_requirements(declared: Declared, settings: Settings, where: str) -> No
     problems = requirement_problems(declared, settings.compat, settings.pythonpath)
     if not problems:
         return
-    missing = [text for text, _ in declared.requirements if f"{text} (not installed" in " ".join(problems)]
-    python = "%d.%d" % sys.version_info[:2]
-    quoted = " ".join(f'"{text}"' for text in missing)
-    vendor = (f"; on a connected machine run 'pip install --target DIR --python-version {python} "
-              f"--only-binary=:all: {quoted}' and add --pythonpath DIR" if missing else "")
+    missing = [text for text, _ in declared.requirements if any(problem.startswith(f"{text} (not installed;")
+                                                                 for problem in problems)]
+    fetch = " ".join(f'--with "{text}"' for text in missing)
+    vendor = f"; on a connected machine 'mcprun vendor {where} {fetch} -o DIR' fetches them for --pythonpath DIR" \
+        if missing else ""
     raise UsageError(f"{where} needs what this mcprun does not have: {', '.join(problems)}{vendor}; "
                      "or start anyway with --skip-env", EXIT_FAILURE)
 
@@ -1378,6 +1379,132 @@ def server_dependencies(server: Any) -> Declared:
         server, "_mcprun_dependencies", None) or []
     name = getattr(server, "name", None) or "the server"
     return Declared(tuple((text, f"FastMCP({name!r}, dependencies=...)") for text in found if isinstance(text, str)))
+
+
+# -- vendoring: a folder of the packages a server needs, made on a connected machine
+
+MANIFEST = "MANIFEST"
+DEFAULT_VENDOR_PLATFORM = "manylinux_2_28_x86_64"  # RHEL 8's glibc; pip takes older manylinux wheels too
+
+
+def bundled_distributions(pythonpath: tuple = ()) -> dict:
+    """Return {canonical name: version} of the distributions this mcprun carries (not --pythonpath ones)."""
+    import importlib.metadata
+
+    from packaging.utils import canonicalize_name
+
+    found = {}
+    for distribution in importlib.metadata.distributions():
+        location = str(distribution.locate_file(""))
+        if distribution.metadata["Name"] and not any(location.startswith(folder) for folder in pythonpath):
+            found.setdefault(canonicalize_name(distribution.metadata["Name"]), distribution.version)
+    return found
+
+
+def vendor(settings: Settings, output: str, python_version: str | None, platform_tag: str | None) -> int:
+    """mcprun vendor: install what a server needs, and the bundle lacks, into a folder for --pythonpath."""
+    import hashlib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    if not output:
+        raise UsageError("mcprun vendor needs -o DIR, the folder to fill")
+    spec = settings.spec or ""
+    if spec.endswith(".txt"):
+        declared = Declared(tuple(read_requirements_file(Path(spec), spec)))
+        declared = Declared(declared.requirements + tuple((text, "--with") for text in settings.with_packages))
+    else:
+        declared = declared_requirements(settings, resolve_target(settings))
+    python_version = python_version or "%d.%d" % sys.version_info[:2]
+    platform_tag = platform_tag or DEFAULT_VENDOR_PLATFORM
+    bundle = bundled_distributions()
+    wanted, conflicts = [], []
+    for text, origin in declared.requirements:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        if name in bundle:
+            if requirement.specifier and not requirement.specifier.contains(bundle[name], prereleases=True) \
+                    and not (settings.compat and name in ("mcp", "fastmcp")):
+                conflicts.append(f"{text} (the bundle has {bundle[name]}; {origin})")
+            continue
+        wanted.append(text)
+    if conflicts:
+        raise UsageError(f"cannot vendor {', '.join(conflicts)}: a --pythonpath folder never replaces bundled "
+                         "packages", EXIT_FAILURE)
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    pins = []
+    if wanted:
+        pip = find_pip()
+        target_options = ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
+                          "--platform", platform_tag]
+        with tempfile.TemporaryDirectory(prefix="mcprun-vendor-") as scratch:
+            constraints = Path(scratch, "bundle.txt")  # resolve around the bundle's versions
+            constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(bundle.items())))
+            report = Path(scratch, "report.json")
+            run_pip(pip, "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+                    "--target", str(Path(scratch, "unused")), "--constraint", str(constraints), *target_options,
+                    *wanted)
+            resolved = json.loads(report.read_text())["install"]
+            pins = sorted({(item["metadata"]["name"], item["metadata"]["version"]) for item in resolved
+                           if canonicalize_name(item["metadata"]["name"]) not in bundle})
+            wheels = Path(scratch, "wheels")
+            requirements = [f"{name}=={version}" for name, version in pins]
+            run_pip(pip, "download", "--no-deps", "--quiet", "--dest", str(wheels), *target_options, *requirements)
+            run_pip(pip, "install", "--no-deps", "--no-index", "--quiet", "--upgrade", "--find-links", str(wheels),
+                    "--target", str(folder), *target_options, *requirements)
+            hashes = {canonicalize_name(path.name.split("-")[0]): (path.name, hashlib.sha256(path.read_bytes()).hexdigest())
+                      for path in wheels.glob("*.whl")}
+    lines = [f"# made by mcprun {__version__} vendor: packages for --pythonpath, beside the bundle",
+             f"python {python_version}", f"platform {platform_tag}"]
+    for name, version in pins:
+        wheel, digest = hashes.get(canonicalize_name(name), ("?", "?"))
+        lines.append(f"{name} {version} sha256={digest} {wheel}")
+    (folder / MANIFEST).write_text("\n".join(lines) + "\n")
+    info(f"vendored {len(pins)} package(s) into {folder} for CPython {python_version} on {platform_tag}: "
+         f"{', '.join(f'{n} {v}' for n, v in pins) or 'nothing (the bundle has it all)'}")
+    return EXIT_OK
+
+
+def find_pip() -> list[str]:
+    """Return a command running pip, for vendoring on a connected machine."""
+    pythons = [] if getattr(sys, "frozen", False) else [sys.executable]
+    pythons += [found for name in ("python3", "python") if (found := shutil.which(name))]
+    for python in pythons:
+        if subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+            return [python, "-m", "pip"]
+    raise UsageError("mcprun vendor needs pip on this machine (e.g. 'apt install python3-pip'); it runs on a "
+                     "connected machine, never on the air-gapped one", EXIT_FAILURE)
+
+
+def run_pip(pip: list[str], *args: str) -> None:
+    """Run pip, turning its failure into one error line (its own last line)."""
+    result = subprocess.run([*pip, *args, "--disable-pip-version-check"], capture_output=True, text=True)
+    if result.returncode != 0:
+        said = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        reason = next((line for line in reversed(said) if line.startswith("ERROR")), said[-1] if said else "")
+        raise UsageError(f"pip {args[0]} failed: {reason}", EXIT_FAILURE)
+
+
+def check_vendored_for_here(folder: str) -> None:
+    """Refuse a vendored folder made for another Python or machine (its MANIFEST says which)."""
+    try:
+        lines = Path(folder, MANIFEST).read_text().splitlines()
+    except OSError:
+        return
+    said = dict(line.split(" ", 1) for line in lines if line.startswith(("python ", "platform ")))
+    running = "%d.%d" % sys.version_info[:2]
+    if said.get("python", running) != running:
+        raise UsageError(f"--pythonpath {_short_path(folder)} was vendored for Python {said['python']}, but mcprun runs "
+                         f"{running}: vendor again with 'mcprun vendor ... --python-version {running}'", EXIT_FAILURE)
+    machine = platform.machine()
+    if "platform" in said and not said["platform"].endswith(("_" + machine, "any")):
+        raise UsageError(f"--pythonpath {_short_path(folder)} was vendored for {said['platform']}, but this machine is "
+                         f"{machine}: vendor again with --platform", EXIT_FAILURE)
+
+
+# -- the server object: import the user's code, find the server, load it -------
 
 
 def server_kind(obj: Any) -> str | None:
@@ -1654,6 +1781,9 @@ def public_url(sock: socket.socket, settings: Settings) -> str:
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}{settings.http_path}"
+
+
+# -- HTTP: the server's app behind mcprun's gateway (auth, origins, health, drain, logs)
 
 
 def server_has_own_auth(server: Any) -> bool:
@@ -2478,6 +2608,9 @@ examples:
   mcprun fastmcp.json                       run a fastmcp.json (also found in . with no SPEC)
   mcprun https://example.org/mcp            stdio proxy to a remote server
   mcprun server.py -- --config dev.toml     pass arguments to the server (sys.argv)
+  mcprun check server.py --json             preflight: would it serve? its tools, resources, prompts
+  mcprun vendor server.py -o deps           (connected machine) fetch what the server needs, for
+                                            --pythonpath deps on the offline one
   MCPRUN_AUTH_TOKEN=$(cat /etc/mcp-token) mcprun server.py -t http --host 0.0.0.0
                                             serve on every interface; clients send the bearer token
 
@@ -2500,7 +2633,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser; it only describes, so tests and man pages can use it."""
     parser = argparse.ArgumentParser(
         prog="mcprun",
-        usage="mcprun [run|check] [SPEC] [options] [-- server args]",
+        usage="mcprun [run|check|vendor] [SPEC] [options] [-- server args]",
         description="Run a Python MCP server (FastMCP, official SDK, fastmcp.json, mcp.json) "
                     "or proxy a remote one, with no install step.",
         epilog=EPILOG,
@@ -2520,6 +2653,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print mcprun, fastmcp, mcp and Python versions and exit")
     parser.add_argument("--json", action="store_true",
                         help="with 'mcprun check': print the report as JSON")
+    vendoring = parser.add_argument_group("mcprun vendor SPEC|requirements.txt -o DIR (on a connected machine)")
+    vendoring.add_argument("-o", "--output", metavar="DIR", help="the folder to install into, for --pythonpath DIR")
+    vendoring.add_argument("--python-version", metavar="X.Y",
+                           help="Python of the machine that will run it (default: this mcprun's)")
+    vendoring.add_argument("--platform", metavar="TAG",
+                           help=f"wheel platform of that machine (default: {DEFAULT_VENDOR_PLATFORM})")
 
     serving = parser.add_argument_group("serving")
     serving.add_argument("-t", "--transport", choices=TRANSPORTS, metavar="{stdio,http,streamable-http,sse}",
@@ -2620,7 +2759,9 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
     args.argv = argv
     args.command = command
     if args.json and command != "check":
-        raise SystemExit(build_parser().error("--json goes with 'mcprun check'"))
+        build_parser().error("--json goes with 'mcprun check'")
+    if (args.output or args.python_version or args.platform) and command != "vendor":
+        build_parser().error("-o/--output, --python-version and --platform go with 'mcprun vendor'")
     return args
 
 
@@ -2660,6 +2801,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "check":
             return check(settings, as_json=args.json)
+        if args.command == "vendor":
+            return vendor(settings, args.output, args.python_version, args.platform)
         return run(settings)
     except KeyboardInterrupt:
         return EXIT_OK

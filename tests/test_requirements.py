@@ -60,7 +60,7 @@ def test_unmet_script_metadata_is_one_error_with_the_vendoring_command(token, tm
     assert "nosuchpkg-xyz==1.0 (not installed; declares.py (# /// script))" in line
     assert "pydantic<2 (have 2." in line and "in the bundle, which --pythonpath cannot replace" in line
     assert "httpx" not in line.split("pip install")[0]  # met
-    assert "'pip install --target DIR --python-version 3." in line and '"nosuchpkg-xyz==1.0"' in line
+    assert "'mcprun vendor declares.py --with \"nosuchpkg-xyz==1.0\" -o DIR' fetches them for --pythonpath DIR" in line
     assert line.endswith("or start anyway with --skip-env")
     assert run_cli(token, str(server), "--skip-env", cwd=tmp_path, input="").returncode == 0
 
