@@ -21,6 +21,7 @@ import argparse
 import contextvars
 import dataclasses
 import functools
+import hashlib
 import hmac
 import importlib
 import importlib.abc
@@ -58,7 +59,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 SERVER_NAMES = ("mcp", "server", "app")  # tried in this order, as fastmcp run does
 CONFIG_FILE_NAME = "fastmcp.json"
-COMMANDS = ("run", "check", "vendor")
+COMMANDS = ("run", "check", "vendor", "pack")
 
 DEFAULT_TRANSPORT = "stdio"
 DEFAULT_HOST = "127.0.0.1"
@@ -1403,8 +1404,6 @@ def bundled_distributions(pythonpath: tuple = ()) -> dict:
 
 def vendor(settings: Settings, output: str, python_version: str | None, platform_tag: str | None) -> int:
     """mcprun vendor: install what a server needs, and the bundle lacks, into a folder for --pythonpath."""
-    import hashlib
-
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
@@ -1502,6 +1501,96 @@ def check_vendored_for_here(folder: str) -> None:
     if "platform" in said and not said["platform"].endswith(("_" + machine, "any")):
         raise UsageError(f"--pythonpath {_short_path(folder)} was vendored for {said['platform']}, but this machine is "
                          f"{machine}: vendor again with --platform", EXIT_FAILURE)
+
+
+# -- packing: one zipapp carrying the runner, a server and what it needs ------
+
+PACK_FOLDER = "mcprun_pack/"  # inside the zipapp: pack.json, server/ (the server's folder), deps/ (vendored)
+PACK_SKIPPED = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", "node_modules"}
+
+
+def pack(settings: Settings, output: str, python_version: str | None, platform_tag: str | None) -> int:
+    """mcprun pack: copy mcprun.pyz and add the server's folder and its vendored packages to it."""
+    import zipfile
+
+    if not output:
+        raise UsageError("mcprun pack needs -o FILE, the zipapp to write")
+    target = resolve_target(settings)
+    if target.kind not in ("file", "script") and not settings.config:
+        raise UsageError(f"mcprun pack takes a server file or fastmcp.json, not {target.kind} {target.spec!r}")
+    base = find_zipapp()
+    entry = Path(os.path.abspath(settings.spec.split(":")[0] if settings.config else target.path))
+    root = _package_root(entry)[0] if (entry.parent / "__init__.py").exists() else entry.parent
+    if settings.config and not Path(target.path).resolve().is_relative_to(root.resolve()):
+        raise UsageError(f"{settings.spec}: the server {target.path} lies outside the config's folder; "
+                         "pack a folder that holds both")
+    spec = str(entry.relative_to(root)) + (f":{target.object_name}" if target.object_name and not settings.config
+                                           else "")
+    output_path = Path(output).resolve()
+    with tempfile.TemporaryDirectory(prefix="mcprun-pack-") as scratch:
+        deps = Path(scratch, "deps")
+        vendor(settings, str(deps), python_version, platform_tag)
+        shutil.copyfile(base, output_path)
+        files = [(path, f"server/{path.relative_to(root)}") for path in sorted(root.rglob("*"))
+                 if path.is_file() and path != output_path and not PACK_SKIPPED & set(path.relative_to(root).parts)]
+        files += [(path, f"deps/{path.relative_to(deps)}") for path in sorted(deps.rglob("*")) if path.is_file()]
+        digest = hashlib.sha256()
+        for path, name in files:
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+        manifest = {"spec": spec, "id": digest.hexdigest()[:16], "mcprun": __version__}
+        with zipfile.ZipFile(output_path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(PACK_FOLDER + "pack.json", json.dumps(manifest))
+            for path, name in files:
+                archive.write(path, PACK_FOLDER + name)
+    output_path.chmod(0o755)
+    size = output_path.stat().st_size / 1e6
+    info(f"packed {spec} from {_short_path(root)} ({len(files)} files) into {_short_path(output_path)} "
+         f"({size:.1f} MB): run it with 'python3 {_short_path(output_path)} [options]'")
+    return EXIT_OK
+
+
+def find_zipapp() -> Path:
+    """Return the mcprun.pyz a pack builds on: this one, or one beside this mcprun or in its dist/ folder."""
+    if "_bootstrap" in sys.modules and os.path.isfile(sys.argv[0]):
+        return Path(sys.argv[0])
+    here = Path(sys.executable if getattr(sys, "frozen", False) else __file__).resolve().parent
+    for candidate in (os.environ.get("MCPRUN_PYZ"), here / "mcprun.pyz", here / "dist" / "mcprun.pyz"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise UsageError("mcprun pack builds on mcprun.pyz: run 'python3 mcprun.pyz pack ...', or put mcprun.pyz "
+                     "beside this mcprun (or name it with MCPRUN_PYZ)")
+
+
+def unpack_packed_server(argv: list[str]) -> list[str]:
+    """In a packed zipapp: unpack its server once and return argv with the server and its packages added."""
+    if "_bootstrap" not in sys.modules or not os.path.isfile(sys.argv[0]) or os.environ.get("MCPRUN_PACKED"):
+        return argv
+    import zipfile
+
+    with zipfile.ZipFile(sys.argv[0]) as archive:
+        try:
+            manifest = json.loads(archive.read(PACK_FOLDER + "pack.json"))
+        except KeyError:
+            return argv
+        root = Path(os.environ.get("SHIV_ROOT") or tempfile.gettempdir())
+        folder = root / f"mcprunpack-{manifest['id']}"
+        if not (folder / ".complete").exists():
+            scratch = Path(tempfile.mkdtemp(prefix=f".mcprunpack-{manifest['id']}-", dir=root))
+            for name in archive.namelist():
+                if name.startswith(PACK_FOLDER) and not name.endswith("/") and name != PACK_FOLDER + "pack.json":
+                    archive.extract(name, scratch)
+            (scratch / PACK_FOLDER / ".complete").touch()
+            try:
+                os.rename(scratch / PACK_FOLDER, folder)
+            except OSError:  # another start unpacked it first
+                pass
+            shutil.rmtree(scratch, ignore_errors=True)
+    os.environ["MCPRUN_PACKED"] = "1"  # a reloaded child gets its argv as it is
+    command = argv[:1] if argv[:1] and argv[0] in COMMANDS else []
+    added = [str(folder / "server" / manifest["spec"])]
+    if (folder / "deps").is_dir():
+        added += ["--pythonpath", str(folder / "deps")]
+    return [*command, *added, *argv[len(command):]]
 
 
 # -- the server object: import the user's code, find the server, load it -------
@@ -2611,6 +2700,8 @@ examples:
   mcprun check server.py --json             preflight: would it serve? its tools, resources, prompts
   mcprun vendor server.py -o deps           (connected machine) fetch what the server needs, for
                                             --pythonpath deps on the offline one
+  mcprun pack server.py -o server.pyz       (connected machine) one zipapp: mcprun, the server's
+                                            folder and its packages; python3 server.pyz serves it
   MCPRUN_AUTH_TOKEN=$(cat /etc/mcp-token) mcprun server.py -t http --host 0.0.0.0
                                             serve on every interface; clients send the bearer token
 
@@ -2633,7 +2724,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser; it only describes, so tests and man pages can use it."""
     parser = argparse.ArgumentParser(
         prog="mcprun",
-        usage="mcprun [run|check|vendor] [SPEC] [options] [-- server args]",
+        usage="mcprun [run|check|vendor|pack] [SPEC] [options] [-- server args]",
         description="Run a Python MCP server (FastMCP, official SDK, fastmcp.json, mcp.json) "
                     "or proxy a remote one, with no install step.",
         epilog=EPILOG,
@@ -2653,8 +2744,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print mcprun, fastmcp, mcp and Python versions and exit")
     parser.add_argument("--json", action="store_true",
                         help="with 'mcprun check': print the report as JSON")
-    vendoring = parser.add_argument_group("mcprun vendor SPEC|requirements.txt -o DIR (on a connected machine)")
-    vendoring.add_argument("-o", "--output", metavar="DIR", help="the folder to install into, for --pythonpath DIR")
+    vendoring = parser.add_argument_group(
+        "mcprun vendor SPEC|requirements.txt -o DIR, mcprun pack SPEC -o FILE (on a connected machine)")
+    vendoring.add_argument("-o", "--output", metavar="PATH",
+                           help="vendor: the folder to install into, for --pythonpath; pack: the zipapp to write")
     vendoring.add_argument("--python-version", metavar="X.Y",
                            help="Python of the machine that will run it (default: this mcprun's)")
     vendoring.add_argument("--platform", metavar="TAG",
@@ -2760,8 +2853,8 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
     args.command = command
     if args.json and command != "check":
         build_parser().error("--json goes with 'mcprun check'")
-    if (args.output or args.python_version or args.platform) and command != "vendor":
-        build_parser().error("-o/--output, --python-version and --platform go with 'mcprun vendor'")
+    if (args.output or args.python_version or args.platform) and command not in ("vendor", "pack"):
+        build_parser().error("-o/--output, --python-version and --platform go with 'mcprun vendor' or 'mcprun pack'")
     return args
 
 
@@ -2779,6 +2872,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the mcprun command line; return the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     look_after_binary()
+    argv = unpack_packed_server(argv)
     if getattr(sys, "frozen", False):  # the binary is the Python of the servers it runs
         import multiprocessing
 
@@ -2803,6 +2897,8 @@ def main(argv: list[str] | None = None) -> int:
             return check(settings, as_json=args.json)
         if args.command == "vendor":
             return vendor(settings, args.output, args.python_version, args.platform)
+        if args.command == "pack":
+            return pack(settings, args.output, args.python_version, args.platform)
         return run(settings)
     except KeyboardInterrupt:
         return EXIT_OK

@@ -117,3 +117,39 @@ def test_vendor_needs_an_output_folder(token, tmp_path):
     result = run_cli(token, "vendor", "x.txt", cwd=tmp_path)
     assert result.returncode == 2
     assert "mcprun vendor needs -o DIR" in result.stderr
+
+
+# -- mcprun pack: one zipapp with the server and its packages ----------------------------------
+
+
+@needs_unshare
+def test_packed_zipapp_serves_from_an_empty_folder_offline(token, vendored, tmp_path):
+    folder, _ = vendored
+    (folder / "notes.txt").write_text("files beside the server travel too\n")
+    result = run_cli(token, "pack", "server.py", "-o", str(tmp_path / "packed.pyz"), cwd=folder,
+                     env=vendor_env(token), timeout=300)
+    if result.returncode != 0 and "mcprun pack builds on mcprun.pyz" in result.stderr:
+        pytest.skip("run ./build first: pack builds on dist/mcprun.pyz")
+    assert result.returncode == 0, result.stderr
+    assert "mcprun: packed server.py from . (" in result.stderr
+    fresh = tmp_path / "elsewhere"
+    fresh.mkdir()
+    shutil.copy(tmp_path / "packed.pyz", fresh / "server.pyz")
+    env = child_env(token, SHIV_ROOT=str(tmp_path / "cache"))
+    served = stdio_exchange(["unshare", "--net", str(fresh / "server.pyz")],
+                            [INITIALIZE, INITIALIZED, tools_call(2, "pack", {"text": "Hello World"})], token,
+                            cwd=fresh, env=env)
+    assert served.returncode == 0, served.stderr
+    assert json.loads(served.stdout.splitlines()[-1])["result"]["content"][0]["text"] == "12 hello-world 1  2"
+    checked = subprocess.run(["unshare", "--net", "python3", str(fresh / "server.pyz"),
+                              "check", "--json"], cwd=fresh, env=env, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    unpacked = Path(json.loads(checked.stdout)["spec"]).parent
+    assert (unpacked / "notes.txt").read_text() == "files beside the server travel too\n"
+    assert list(fresh.iterdir()) == [fresh / "server.pyz"]  # nothing written beside it
+
+
+def test_pack_takes_a_server_file(token, tmp_path):
+    result = run_cli(token, "pack", "https://example.org/mcp", "-o", str(tmp_path / "x.pyz"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "mcprun pack takes a server file or fastmcp.json, not url" in result.stderr
