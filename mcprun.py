@@ -296,6 +296,7 @@ class Settings:
     project: str | None = None
     python: str | None = None
     skip_env: bool = False
+    allow_network: bool = False  # with uv on PATH, let uv fetch what --with/--project/... name
     print_config: bool = False
     argv: tuple = ()  # the command line as given (after 'run'), to start a reloaded child with
     config: ServerConfig | None = None
@@ -406,6 +407,7 @@ _MERGED_OPTIONS = {
     "project": (str, "MCPRUN_PROJECT", None),
     "python": (str, "MCPRUN_PYTHON", None),
     "skip_env": (bool, "MCPRUN_SKIP_ENV", None),
+    "allow_network": (bool, "MCPRUN_ALLOW_NETWORK", None),
 }
 _NEGATED = ("show_banner", "access_log", "compat")  # set by MCPRUN_NO_* variables
 _SECRETS = ("auth_token",)
@@ -1372,6 +1374,44 @@ def check_requirements(declared: Declared, settings: Settings, where: str) -> No
         if missing else ""
     raise UsageError(f"{where} needs what this mcprun does not have: {', '.join(problems)}{vendor}; "
                      "or start anyway with --skip-env", EXIT_FAILURE)
+
+
+def fetch_with_uv(settings: Settings) -> Settings:
+    """--allow-network: have uv install what the command line names into a cached folder searched after the bundle.
+
+    Only for requirements the user named (--with, --with-requirements, --project), only with uv on
+    PATH: what fastmcp run hands to 'uv run'. The folder is built for this Python and kept in
+    mcprun's cache, so the next start needs no network.
+    """
+    uv = shutil.which("uv")
+    sources = [*settings.with_packages]
+    if settings.with_requirements:
+        sources += ["-r", settings.with_requirements]
+    if settings.project:
+        project = Path(settings.project)
+        sources += ["-r", str(project / "pyproject.toml" if project.is_dir() else project)]
+    if not uv or not sources:
+        return settings
+    python = "%d.%d" % sys.version_info[:2]
+    named = [Path(item).read_text(errors="replace") if Path(item).is_file() else item for item in sources]
+    key = hashlib.sha256(json.dumps([named, python, platform.machine()]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mcprun" / f"uv-{key}"
+    if not (cache / ".complete").exists():
+        info(f"--allow-network: uv is fetching {' '.join(sources)} into {cache}")
+        with tempfile.TemporaryDirectory(prefix="mcprun-uv-") as scratch:
+            constraints = Path(scratch, "bundle.txt")  # resolve around the bundle's versions
+            constraints.write_text("".join(f"{name}=={version}\n"
+                                           for name, version in sorted(bundled_distributions().items())))
+            result = subprocess.run([uv, "pip", "install", "--quiet", "--target", str(cache), "--python-version",
+                                     python, "--constraint", str(constraints), *sources],
+                                    capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            said = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+            reason = said[-1] if said else f"uv exited with {result.returncode}"
+            raise UsageError(f"uv could not fetch {' '.join(sources)}: {reason}", EXIT_FAILURE)
+        (cache / ".complete").touch()
+    add_pythonpath((str(cache),))
+    return dataclasses.replace(settings, pythonpath=(*settings.pythonpath, str(cache)))
 
 
 def server_dependencies(server: Any) -> Declared:
@@ -2664,8 +2704,10 @@ def run(settings: Settings) -> int:
             return run_with_reload(settings, target)
     prepare_process(settings)
     if not settings.skip_env:
-        check_requirements(declared_requirements(settings, target), settings,
-                           settings.spec if settings.config else target.spec)
+        declared = declared_requirements(settings, target)
+        if settings.allow_network and requirement_problems(declared, settings.compat, settings.pythonpath):
+            settings = fetch_with_uv(settings)
+        check_requirements(declared, settings, settings.spec if settings.config else target.spec)
     if target.kind == "module":
         run_module(settings)
         return EXIT_OK
@@ -2818,6 +2860,9 @@ def build_parser() -> argparse.ArgumentParser:
     requirements.add_argument("--project", metavar="DIR", help="the server needs its project's dependencies "
                                                               "(DIR/pyproject.toml)")
     requirements.add_argument("--python", metavar="VERSION", help="the server needs this Python, e.g. 3.11 or >=3.10")
+    requirements.add_argument("--allow-network", action="store_true", default=None,
+                              help="with --with/--with-requirements/--project/--python and uv on PATH, let uv "
+                                   "fetch what is missing (as fastmcp run does); never without this flag")
     requirements.add_argument("--skip-env", action="store_true", default=None,
                               help="don't check what the server declares it needs (fastmcp.json environment, "
                                    "# /// script, dependencies=)")

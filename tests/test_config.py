@@ -206,6 +206,7 @@ def test_print_config_precedence(token, tmp_path):
         ("project", "None  (default)"),
         ("python", "None  (default)"),
         ("skip_env", "False  (default)"),
+        ("allow_network", "False  (default)"),
         ("server_args", "a"),
         ("env.API_KEY", f"***  ({config})"),
         ("server", f"'Env' from {SERVERS / 'env_server.py'}: fastmcp 4 FastMCP"),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SERVERS, run_cli
+from conftest import (INITIALIZE, INITIALIZED, SERVERS, child_env, mcprun_command, run_cli, stdio_exchange,
+                      tools_call)
 
 COMPAT = SERVERS / "compat"
 PEP723 = '''# /// script
@@ -165,3 +166,80 @@ def test_json_without_check_is_a_usage_error(token):
     result = run_cli(token, "fastmcp_server.py", "--json", cwd=SERVERS)
     assert result.returncode == 2
     assert "--json goes with 'mcprun check'" in result.stderr
+
+
+# -- --allow-network: uv fetches what the command line names, never implicitly ------------------
+
+UV_SERVER = '''import tabulate
+from fastmcp import FastMCP
+
+mcp = FastMCP("Fetched")
+
+
+@mcp.tool
+def table() -> str:
+    return tabulate.tabulate([[1, 2]], tablefmt="plain")
+'''
+
+
+def path_with(folder) -> str:
+    import os
+
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+def marking_uv(tmp_path):
+    """A fake uv that leaves a mark if anything runs it."""
+    folder = tmp_path / "fake-bin"
+    folder.mkdir()
+    (folder / "uv").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'uv-ran'}\nexit 1\n")
+    (folder / "uv").chmod(0o755)
+    return folder
+
+
+def test_uv_is_never_run_without_allow_network(token, tmp_path):
+    (tmp_path / "server.py").write_text(UV_SERVER)
+    env = child_env(token, PATH=path_with(marking_uv(tmp_path)), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    result = run_cli(token, "server.py", "--with", "tabulate", cwd=tmp_path, env=env, input="")
+    assert result.returncode == 1
+    assert "tabulate (not installed; --with)" in one_error_line(result)
+    assert not (tmp_path / "uv-ran").exists() and not (tmp_path / "cache").exists()
+
+
+def test_allow_network_lets_uv_fetch_what_with_names(token, tmp_path):
+    import shutil
+    import sys
+    from pathlib import Path
+
+    uv = Path(sys.executable).parent / "uv"
+    if not uv.exists() and not shutil.which("uv"):
+        pytest.skip("uv is not installed (packaging/test-requirements.lock has it)")
+    (tmp_path / "server.py").write_text(UV_SERVER)
+    env = child_env(token, PATH=path_with(uv.parent), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    exchange = [INITIALIZE, INITIALIZED, tools_call(2, "table", {})]
+    command = [*mcprun_command(), "server.py", "--with", "tabulate>=0.9", "--allow-network"]
+    first = stdio_exchange(command, exchange, token, cwd=tmp_path, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout.splitlines()[-1])["result"]["content"][0]["text"] == "1  2"
+    assert "mcprun: --allow-network: uv is fetching tabulate>=0.9 into " in first.stderr
+    again = stdio_exchange(command, exchange, token, cwd=tmp_path, env=env)  # from the cache: nothing fetched
+    assert again.returncode == 0 and "uv is fetching" not in again.stderr
+
+
+def test_allow_network_without_uv_is_the_offline_check(token, tmp_path):
+    (tmp_path / "server.py").write_text(UV_SERVER)
+    env = child_env(token, PATH="/usr/bin:/bin", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    result = run_cli(token, "server.py", "--with", "tabulate", "--allow-network", cwd=tmp_path, env=env, input="")
+    assert result.returncode == 1
+    assert "tabulate (not installed; --with)" in one_error_line(result)
+
+
+def test_uv_failure_is_one_error_line(token, tmp_path):
+    (tmp_path / "server.py").write_text(UV_SERVER)
+    env = child_env(token, PATH=path_with(marking_uv(tmp_path)), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    result = run_cli(token, "server.py", "--with", "tabulate", "--allow-network", cwd=tmp_path, env=env, input="")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("mcprun: --allow-network: uv is fetching tabulate into ")
+    assert lines[1:] == ["mcprun: error: uv could not fetch tabulate: uv exited with 1"]
+    assert (tmp_path / "uv-ran").read_text().startswith("pip install --quiet --target ")
