@@ -1593,7 +1593,8 @@ def find_zipapp() -> Path:
     """Return the mcprun.pyz a pack builds on: this one, or one beside this mcprun or in its dist/ folder."""
     if "_bootstrap" in sys.modules and os.path.isfile(sys.argv[0]):
         return Path(sys.argv[0])
-    here = Path(sys.executable if getattr(sys, "frozen", False) else __file__).resolve().parent
+    program = (os.environ.get("STATICX_PROG_PATH") or sys.executable) if getattr(sys, "frozen", False) else __file__
+    here = Path(program).resolve().parent  # the binary's own folder, not where staticx unpacked it
     for candidate in (os.environ.get("MCPRUN_PYZ"), here / "mcprun.pyz", here / "dist" / "mcprun.pyz"):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
