@@ -72,7 +72,6 @@ DEFAULT_HEALTH_PATH = "/healthz"
 DEFAULT_READY_PATH = "/readyz"
 DEFAULT_GRACEFUL_TIMEOUT = 10.0  # seconds in-flight requests get to finish after SIGTERM
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # bytes in one HTTP request body
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SHUTDOWN_ERROR = {"code": -32000, "message": "server shutting down (mcprun); retry on another server"}
 URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
 STALE_UNPACK_AGE = 60.0  # seconds before another run's unpacked binary counts as left behind
@@ -2575,20 +2574,30 @@ def _stop_process(process: subprocess.Popen) -> None:
             continue
 
 
+def not_imported(target: Target) -> str | None:
+    """Say how a target mcprun does not import is served (it starts its own server, or is a proxy); else None."""
+    return {"module": f"{target.spec}, a module that starts its own server (-m)",
+            "script": f"{target.spec}, a file that starts its own server (--script)",
+            "url": f"a proxy to {target.spec}", "mcp_config": f"a proxy to the servers in {target.spec}"}.get(target.kind)
+
+
+def load_quietly(settings: Settings, target: Target) -> Any:
+    """Import user code and load the server with stdout pointed at stderr, for a report on stdout."""
+    wire = divert_stdout()
+    try:
+        return load_server(settings, target)
+    finally:
+        restore_stdout(wire)
+
+
 def served_by(settings: Settings) -> str:
     """For --print-config: the server the spec names and the path mcprun serves it by (imports it)."""
     try:
         target = resolve_target(settings)
-        if target.kind in ("module", "script"):
-            return f"{target.spec}, which starts its own server ({'-m' if target.kind == 'module' else '--script'})"
-        if target.kind in ("url", "mcp_config"):
-            return f"a proxy to {target.spec}"
+        if described := not_imported(target):
+            return described
         prepare_process(settings)
-        wire = divert_stdout()
-        try:
-            loaded = load_server(settings, target)
-        finally:
-            restore_stdout(wire)
+        loaded = load_quietly(settings, target)
     except UsageError as exc:
         return f"cannot load: {exc}"
     if inspect.iscoroutinefunction(loaded):
@@ -2608,12 +2617,10 @@ def check(settings: Settings, as_json: bool = False) -> int:
         report["requirements"] = [{"requirement": text, "from": origin} for text, origin in declared.requirements]
         if not settings.skip_env:
             check_requirements(declared, settings, settings.spec if settings.config else target.spec)
-        if target.kind in ("module", "script", "url", "mcp_config"):
-            report.update(ok=True, path={"module": "a module that starts its own server (-m)",
-                                         "script": "a file that starts its own server (--script)"}.get(
-                target.kind, f"a proxy to {target.spec}"))
+        if described := not_imported(target):
+            report.update(ok=True, path=described)
         else:
-            wire = divert_stdout()
+            wire = divert_stdout()  # the server's own prints stay out of the report
             try:
                 loaded = load_server(settings, target)
                 server = anyio.run(await_factory, loaded) if inspect.iscoroutinefunction(loaded) else loaded
