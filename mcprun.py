@@ -74,6 +74,7 @@ DEFAULT_GRACEFUL_TIMEOUT = 10.0  # seconds in-flight requests get to finish afte
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # bytes in one HTTP request body
 SHUTDOWN_ERROR = {"code": -32000, "message": "server shutting down (mcprun); retry on another server"}
 URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
+CHECK_TIMEOUT = 60.0  # seconds 'mcprun check' gives a server to start and list what it offers
 STALE_UNPACK_AGE = 60.0  # seconds before another run's unpacked binary counts as left behind
 LAUNCHER_POLL_INTERVAL = 1.0  # seconds between checks that the binary's launcher still runs
 BINARY_MARKER = "mcprun-bundle"  # a folder packaging/mcprun.spec puts in the binary, to know its unpacked copies
@@ -953,9 +954,13 @@ def legacy_fastmcp_classes() -> tuple:
             return _legacy_request.get() or Context(mcp_server=self)
 
         async def call_tool(self, name, arguments, context=None):
+            from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+
             token = _legacy_request.set(context)
             try:
                 return await super().call_tool(name, arguments, context)
+            except UnexpectedToolError as exc:  # mcp 1.x told the client what went wrong; 2.x hides it
+                raise ToolError(f"Error executing tool {name}: {exc.__cause__ or exc}") from exc
             finally:
                 _legacy_request.reset(token)
 
@@ -2643,11 +2648,8 @@ def check(settings: Settings, as_json: bool = False) -> int:
 
 async def inventory(server: Any) -> dict:
     """Ask a server, in memory and through the protocol, for its name, version, tools, resources and prompts."""
-    from mcp import ClientSession
-    from mcp.shared.exceptions import MCPError
-    from mcp.shared.memory import create_client_server_memory_streams
-
     import anyio
+    from mcp.shared.exceptions import MCPError
 
     lowlevel = {"fastmcp": "_mcp_server", "sdk": "_lowlevel_server"}.get(server_kind(server))
     lowlevel = getattr(server, lowlevel) if lowlevel else server
@@ -2658,6 +2660,25 @@ async def inventory(server: Any) -> dict:
             return [item.model_dump(mode="json", exclude_none=True) for item in getattr(await request(), field)]
         except MCPError:  # the server does not offer this list
             return []
+
+    try:
+        with anyio.fail_after(CHECK_TIMEOUT):
+            await _list_everything(lowlevel, listed, found)
+    except TimeoutError:
+        raise UsageError(f"the server did not start and list what it offers within {CHECK_TIMEOUT:g} s "
+                         "(a lifespan that never finishes starting?)", EXIT_FAILURE) from None
+    keep = {"tools": ("name", "description"), "resources": ("uri", "name", "description"),
+            "resource_templates": ("uri_template", "name", "description"), "prompts": ("name", "description")}
+    for kind, fields in keep.items():
+        found[kind] = [{field: item.get(field) for field in fields} for item in found[kind]]
+    return found
+
+
+async def _list_everything(lowlevel: Any, listed: Any, found: dict) -> None:
+    """Run the low-level server on memory streams and fill found through a client session."""
+    import anyio
+    from mcp import ClientSession
+    from mcp.shared.memory import create_client_server_memory_streams
 
     async with create_client_server_memory_streams() as (client_streams, server_streams):
         async with anyio.create_task_group() as tasks:
@@ -2670,11 +2691,6 @@ async def inventory(server: Any) -> dict:
                 found["resource_templates"] = await listed(session.list_resource_templates, "resource_templates")
                 found["prompts"] = await listed(session.list_prompts, "prompts")
             tasks.cancel_scope.cancel()
-    keep = {"tools": ("name", "description"), "resources": ("uri", "name", "description"),
-            "resource_templates": ("uri_template", "name", "description"), "prompts": ("name", "description")}
-    for kind, fields in keep.items():
-        found[kind] = [{field: item.get(field) for field in fields} for item in found[kind]]
-    return found
 
 
 def format_report(report: dict) -> str:

@@ -125,10 +125,12 @@ def test_mcp1_submodule_imports_and_factory(token, transport):
         kinds = await client.call_tool("kinds", {})
         note = await client.read_resource("memo://note")
         ask = await client.get_prompt("ask", {"question": "why?"})
-        return [text(kinds), note[0].text, ask.messages[0].content.text]
+        crash = await client.call_tool("crash", {}, raise_on_error=False)  # mcp 1.x showed the exception text
+        return [text(kinds), note[0].text, ask.messages[0].content.text, crash.is_error, text(crash)]
 
     with target(token, transport, "mcp1_utilities.py:create_server") as where:
-        assert run_async(session_results(where, steps)) == ["True Image Utilities", "a note", "why?"]
+        assert run_async(session_results(where, steps)) == ["True Image Utilities", "a note", "why?", True,
+                                                            "Error executing tool crash: it broke"]
 
 
 def test_no_compat_turns_the_mapping_off(token):

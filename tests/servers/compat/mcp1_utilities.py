@@ -15,6 +15,10 @@ def create_server() -> FastMCP:
     def kinds(ctx: Context) -> str:
         return f"{issubclass(FastMCPError, Exception)} {Image.__name__} {ctx.fastmcp.name}"
 
+    @server.tool()
+    def crash() -> str:
+        raise ValueError("it broke")
+
     @server.prompt()
     def ask(question: str) -> list:
         return [UserMessage(question)]
