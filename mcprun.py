@@ -325,23 +325,24 @@ def parse_port(text: str) -> int:
     return port
 
 
+def _one_of(text: str, value: str, choices: tuple) -> str:
+    """Return value (text, normalised) if it is one of choices; else the argparse error naming them."""
+    if value not in choices:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose one of {', '.join(choices)})")
+    return value
+
+
 def parse_log_level(text: str) -> str:
     """argparse type: a log level name, any case."""
-    if text.upper() not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose one of {', '.join(LOG_LEVELS)})")
-    return text.upper()
+    return _one_of(text, text.upper(), LOG_LEVELS)
 
 
 def parse_transport(text: str) -> str:
-    if text not in TRANSPORTS:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose one of {', '.join(TRANSPORTS)})")
-    return text
+    return _one_of(text, text, TRANSPORTS)
 
 
 def parse_log_format(text: str) -> str:
-    if text.lower() not in LOG_FORMATS:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose one of {', '.join(LOG_FORMATS)})")
-    return text.lower()
+    return _one_of(text, text.lower(), LOG_FORMATS)
 
 
 def parse_seconds(text: str) -> float:
@@ -1324,6 +1325,20 @@ def project_requirements(path: Path, origin: str) -> list:
     return [(text, f"{origin} ({_short_path(path)})") for text in project.get("dependencies") or []]
 
 
+def bundled_distributions(pythonpath: tuple = ()) -> dict:
+    """Return {canonical name: version} of the distributions this mcprun carries (not --pythonpath ones)."""
+    import importlib.metadata
+
+    from packaging.utils import canonicalize_name
+
+    found = {}
+    for distribution in importlib.metadata.distributions():
+        location = str(distribution.locate_file(""))
+        if distribution.metadata["Name"] and not any(location.startswith(folder) for folder in pythonpath):
+            found.setdefault(canonicalize_name(distribution.metadata["Name"]), distribution.version)
+    return found
+
+
 def requirement_problems(declared: Declared, compat: bool, pythonpath: tuple = ()) -> list[str]:
     """Check declared requirements against what is importable here; return one phrase per problem."""
     import importlib.metadata
@@ -1332,7 +1347,7 @@ def requirement_problems(declared: Declared, compat: bool, pythonpath: tuple = (
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
     from packaging.utils import canonicalize_name
 
-    problems, running = [], platform.python_version()
+    problems, running, bundle = [], platform.python_version(), None
     for text, origin in declared.pythons:
         try:
             wanted = SpecifierSet(text if text[:1] in "<>=!~" else f"=={text}.*" if text.count(".") < 2 else f"=={text}")
@@ -1359,9 +1374,8 @@ def requirement_problems(declared: Declared, compat: bool, pythonpath: tuple = (
                 problems.append(f"{requirement} (not installed; {origin})")
             continue
         if requirement.specifier and not requirement.specifier.contains(have, prereleases=True):
-            location = str(importlib.metadata.distribution(requirement.name).locate_file(""))
-            bundled = "" if any(location.startswith(folder) for folder in pythonpath) else \
-                " in the bundle, which --pythonpath cannot replace"
+            bundle = bundle if bundle is not None else bundled_distributions(pythonpath)
+            bundled = " in the bundle, which --pythonpath cannot replace" if name in bundle else ""
             problems.append(f"{requirement} (have {have}{bundled}; {origin})")
     return problems
 
@@ -1430,20 +1444,6 @@ def server_dependencies(server: Any) -> Declared:
 
 MANIFEST = "MANIFEST"
 DEFAULT_VENDOR_PLATFORM = "manylinux_2_28_x86_64"  # RHEL 8's glibc; pip takes older manylinux wheels too
-
-
-def bundled_distributions(pythonpath: tuple = ()) -> dict:
-    """Return {canonical name: version} of the distributions this mcprun carries (not --pythonpath ones)."""
-    import importlib.metadata
-
-    from packaging.utils import canonicalize_name
-
-    found = {}
-    for distribution in importlib.metadata.distributions():
-        location = str(distribution.locate_file(""))
-        if distribution.metadata["Name"] and not any(location.startswith(folder) for folder in pythonpath):
-            found.setdefault(canonicalize_name(distribution.metadata["Name"]), distribution.version)
-    return found
 
 
 def vendor(settings: Settings, output: str, python_version: str | None, platform_tag: str | None) -> int:
@@ -1694,8 +1694,7 @@ def import_server_module(target: Target) -> Any:
             return module
         return importlib.import_module(module_name)
     except SyntaxError as exc:
-        where = f"{_short_path(exc.filename)}:{exc.lineno}" if exc.filename else label
-        raise UsageError(f"syntax error in {where}: {exc.msg}", EXIT_FAILURE) from exc
+        raise syntax_error(exc, label) from exc
     except ModuleNotFoundError as exc:
         requested = module_name.split(".")
         prefixes = {".".join(requested[: i + 1]) for i in range(len(requested))}
@@ -1717,6 +1716,12 @@ def import_server_module(target: Target) -> Any:
         raise UsageError(not_installed(label, exc.name), EXIT_FAILURE) from exc
     except Exception as exc:
         raise UsageError(f"importing {label} failed: {_describe(exc)}", EXIT_FAILURE) from exc
+
+
+def syntax_error(exc: SyntaxError, label: str) -> UsageError:
+    """Say where the server's code does not parse."""
+    where = f"{_short_path(exc.filename)}:{exc.lineno}" if exc.filename else label
+    return UsageError(f"syntax error in {where}: {exc.msg}", EXIT_FAILURE)
 
 
 def not_installed(label: str, module: str) -> str:
@@ -2399,8 +2404,7 @@ def run_script(settings: Settings, target: Target) -> None:
     try:
         runpy.run_path(str(target.path), run_name="__main__")
     except SyntaxError as exc:
-        where = f"{_short_path(exc.filename)}:{exc.lineno}" if exc.filename else label
-        raise UsageError(f"syntax error in {where}: {exc.msg}", EXIT_FAILURE) from exc
+        raise syntax_error(exc, label) from exc
     except ModuleNotFoundError as exc:
         raise UsageError(not_installed(label, exc.name), EXIT_FAILURE) from exc
 
