@@ -1,0 +1,789 @@
+"""The deployment recipes in packaging/deploy/, tried as far as this machine allows, and the rules for replicas.
+
+- systemd: `systemd-analyze verify` and `security --offline`, then each unit's ExecStart and Environment run as
+  systemd would run them (NOTIFY_SOCKET, LISTEN_FDS from systemd-socket-activate); no systemd as PID 1 here.
+- container: built and run by a container engine when one works; always reproduced in a chroot holding only
+  the image's files, as uid 65534, on a read-only root with tmpfs on the writable folders.
+- Kubernetes: every manifest parsed and validated against the Kubernetes schemas (kubernetes-validate, offline),
+  and the Deployment's own arguments served; no cluster here.
+- replicas: two `--stateless` mcprun behind a round-robin balancer, one draining.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import (ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command, run_async, serving,
+                      started)
+
+DEPLOY = ROOT / "packaging" / "deploy"
+SYSTEMD = DEPLOY / "systemd"
+CONTAINER = DEPLOY / "container"
+KUBERNETES = DEPLOY / "kubernetes"
+BINARY = ROOT / "dist" / "mcprun"
+TOKEN = "deploy-t0ken_0123456789abcdef"
+SERVER = """\
+import asyncio
+import os
+
+from fastmcp import FastMCP
+
+mcp = FastMCP("Replica")
+
+
+@mcp.tool
+def whoami() -> str:
+    \"\"\"The PID of the process that answered: tells replicas (and workers) apart.\"\"\"
+    return str(os.getpid())
+
+
+@mcp.tool
+async def slow(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return f"slept {seconds:g}"
+"""
+
+
+@functools.cache
+def mcprun_help() -> str:
+    result = subprocess.run([*mcprun_command(), "--help"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COLUMNS": "200"})
+    return result.stdout
+
+
+@functools.cache
+def mcprun_source() -> str:
+    return (ROOT / "mcprun.py").read_text()
+
+
+def needs_option(option: str) -> None:
+    if option not in mcprun_help():
+        pytest.skip(f"mcprun has no {option} yet (not in 'mcprun --help'); the recipes use it")
+
+
+def needs_feature(variable: str, what: str) -> None:
+    if variable not in mcprun_source():
+        pytest.skip(f"mcprun does not support {what} yet ({variable} appears nowhere in mcprun.py)")
+
+
+def binary_under_test() -> Path:
+    """The single-file binary: MCPRUN_UNDER_TEST when it names one, else dist/mcprun."""
+    command = mcprun_command()
+    if len(command) == 1 and Path(command[0]).is_file() and Path(command[0]).read_bytes()[:4] == b"\x7fELF":
+        return Path(command[0])
+    if not BINARY.exists():
+        pytest.skip("needs the binary: run ./build first (or MCPRUN_UNDER_TEST=dist/mcprun)")
+    return BINARY
+
+
+async def call_tool(url: str, tool: str, arguments: dict | None = None, auth: str | None = None) -> str:
+    from fastmcp import Client
+
+    async with Client(url, auth=auth) as client:
+        return (await client.call_tool(tool, arguments or {})).content[0].text
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout}s")
+
+
+def root_of(url: str) -> str:
+    return url.rsplit("/", 1)[0]
+
+
+@pytest.fixture
+def server_file(tmp_path) -> Path:
+    path = tmp_path / "server.py"
+    path.write_text(SERVER)
+    return path
+
+
+# -- systemd ------------------------------------------------------------------
+
+
+def unit_entries(path: Path) -> list[tuple[str, str, str]]:
+    """(section, key, value) for each line of a unit file, continuation lines joined, in order."""
+    entries, section, pending = [], "", ""
+    for raw in path.read_text().splitlines():
+        line = pending + raw.strip()
+        if line.endswith("\\"):
+            pending = line[:-1].rstrip() + " "
+            continue
+        pending = ""
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        entries.append((section, key.strip(), value.strip()))
+    return entries
+
+
+def unit_values(path: Path, key: str) -> list[str]:
+    return [value for _, name, value in unit_entries(path) if name == key]
+
+
+def units_for_verify(tmp_path: Path) -> Path:
+    """The unit files with ExecStart's /usr/local/bin/mcprun pointing at an executable that exists here.
+
+    `systemd-analyze verify` checks that the command exists; only that path is changed.
+    """
+    executable = BINARY if BINARY.exists() else tmp_path / "mcprun-stand-in"
+    if not executable.exists():
+        executable.write_text("#!/bin/sh\nexit 0\n")
+        executable.chmod(0o755)
+    folder = tmp_path / "units"
+    folder.mkdir()
+    for unit in SYSTEMD.iterdir():
+        (folder / unit.name).write_text(unit.read_text().replace("/usr/local/bin/mcprun", str(executable)))
+    return folder
+
+
+needs_systemd_analyze = pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="no systemd-analyze here")
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("units", [["mcprun.service"], ["mcprun.socket", "mcprun-activated.service"]])
+def test_systemd_units_verify_clean(tmp_path, units):
+    folder = units_for_verify(tmp_path)
+    # --man=no: Documentation=man:mcprun(1) names the man page dist/ ships, not installed on this machine.
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", *(str(folder / unit) for unit in units)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""  # unknown keys and bad values are warnings: none allowed
+
+
+@needs_systemd_analyze
+def test_systemd_verify_catches_a_broken_unit(tmp_path):
+    """The check above has teeth: a misspelt key and a socket naming no service are reported."""
+    folder = units_for_verify(tmp_path)
+    service = folder / "mcprun.service"
+    service.write_text(service.read_text().replace("ProtectSystem=strict", "ProtectSystm=strict"))
+    socket_unit = folder / "mcprun.socket"
+    socket_unit.write_text(socket_unit.read_text().replace("Service=mcprun-activated.service", "Service=no.service"))
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(service), str(socket_unit)],
+                            capture_output=True, text=True, timeout=120)
+    assert "Unknown key 'ProtectSystm'" in result.stderr
+    assert "no.service not loaded" in result.stderr
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("unit", ["mcprun.service", "mcprun-activated.service"])
+def test_systemd_service_hardening(tmp_path, unit):
+    path = SYSTEMD / unit
+    settings = {key: value for _, key, value in unit_entries(path)}
+    assert settings["Type"] == "notify"
+    assert settings["NotifyAccess"] == "all"  # the binary's launcher is the main PID; mcprun is its child
+    for key, value in {"DynamicUser": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+                       "NoNewPrivileges": "yes", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+                       "CacheDirectory": "mcprun", "KillSignal": "SIGTERM",
+                       "LoadCredential": "token:/etc/mcprun/token"}.items():
+        assert settings[key] == value, key
+    environment = unit_values(path, "Environment")
+    assert "MCPRUN_CACHE=%C/mcprun" in environment and "TMPDIR=/tmp" in environment
+    command = shlex.split(settings["ExecStart"])
+    assert command[0] == "/usr/local/bin/mcprun"
+    assert "--auth-token-file" in command and "--require-auth" in command
+    graceful = float(command[command.index("--graceful-timeout") + 1])
+    assert int(settings["TimeoutStopSec"]) > graceful
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", str(units_for_verify(tmp_path) / unit)],
+                            capture_output=True, text=True, timeout=120)
+    exposure = re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)
+    assert exposure, result.stdout + result.stderr
+    assert float(exposure[1]) <= 2.0, result.stdout  # 1.4 "OK" when written; 10 is an unhardened unit
+
+
+def systemd_command(unit: Path, server: Path, credentials: Path, cache: Path, port: int | None) -> tuple[list, dict]:
+    """The unit's ExecStart and Environment, with what systemd would fill in filled in here.
+
+    /usr/local/bin/mcprun becomes the mcprun under test, /srv/mcp/server.py the test server,
+    ${CREDENTIALS_DIRECTORY} and %C folders here, port 8000 a free one, 0.0.0.0 loopback.
+    """
+    line = unit_values(unit, "ExecStart")[0].replace("${CREDENTIALS_DIRECTORY}", str(credentials))
+    command = []
+    for word in shlex.split(line):
+        word = {"/usr/local/bin/mcprun": None, "/srv/mcp/server.py": str(server), "0.0.0.0": "127.0.0.1",
+                "8000": str(port)}.get(word, word)
+        command.extend(mcprun_command() if word is None else [word])
+    environment = {}
+    for assignment in unit_values(unit, "Environment"):
+        name, _, value = assignment.partition("=")
+        environment[name] = value.replace("%C", str(cache))
+    return command, environment
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET as systemd provides it: a datagram socket that collects what the service sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(self.path)
+        self.socket.settimeout(0.2)
+        self.messages: list[str] = []
+
+    def wait_for(self, word: str, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError, socket.timeout):
+                self.messages.extend(self.socket.recv(4096).decode().split("\n"))
+            if word in self.messages:
+                return self.messages
+        raise AssertionError(f"no {word} on NOTIFY_SOCKET in {timeout}s; got {self.messages}")
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+@pytest.fixture
+def systemd_folders(tmp_path):
+    credentials, cache = tmp_path / "credentials", tmp_path / "cache"
+    credentials.mkdir()
+    cache.mkdir()
+    (credentials / "token").write_text(TOKEN + "\n")
+    notify = NotifySocket(tmp_path / "notify")
+    yield credentials, cache, notify
+    notify.close()
+
+
+def test_systemd_service_runs_as_systemd_starts_it(token, tmp_path, server_file, systemd_folders):
+    """mcprun.service's own command line and environment: READY=1, serving with the credential, STOPPING=1, exit 0."""
+    needs_feature("NOTIFY_SOCKET", "sd_notify")
+    credentials, cache, notify = systemd_folders
+    command, environment = systemd_command(SYSTEMD / "mcprun.service", server_file, credentials, cache, free_port())
+    env = child_env(token, **environment, NOTIFY_SOCKET=notify.path, TMPDIR=str(tmp_path))
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    server = RunningServer(process)
+    try:
+        url = server.wait_ready()
+        notify.wait_for("READY=1", 60)
+        assert httpx.get(f"{root_of(url)}/readyz", timeout=10).status_code == 200
+        assert run_async(call_tool(url, "whoami", auth=TOKEN)).isdigit()
+        with pytest.raises(Exception):  # noqa: B017 - --require-auth with the credential: no token, no call
+            run_async(call_tool(url, "whoami"))
+        process.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1", 30)
+        assert process.wait(30) == 0, server.stderr
+    finally:
+        server.stop()
+        kill_token(token)
+    assert TOKEN not in server.stderr
+
+
+def test_systemd_socket_activation(token, tmp_path, server_file, systemd_folders):
+    """mcprun.socket + mcprun-activated.service, with systemd's own systemd-socket-activate holding the port.
+
+    The first client connects before mcprun runs: its connection waits in the socket's backlog, then is served.
+    """
+    needs_feature("LISTEN_FDS", "systemd socket activation")
+    activate = shutil.which("systemd-socket-activate")
+    if not activate:
+        pytest.skip("no systemd-socket-activate here")
+    credentials, cache, notify = systemd_folders
+    listen = unit_values(SYSTEMD / "mcprun.socket", "ListenStream")
+    assert listen == ["8000"]
+    port = free_port()
+    command, environment = systemd_command(SYSTEMD / "mcprun-activated.service", server_file, credentials, cache,
+                                           None)
+    assert "--port" not in command and "--host" not in command  # the socket decides
+    setenv = [f"--setenv={name}={value}" for name, value in
+              {**environment, "TMPDIR": str(tmp_path), "NOTIFY_SOCKET": notify.path, "MCPRUN_TEST_TOKEN": token,
+               "PATH": os.environ["PATH"]}.items()]
+    process = subprocess.Popen([activate, f"--listen=127.0.0.1:{port}", *setenv, *command],
+                               env=child_env(token), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    server = RunningServer(process)
+    try:
+        wait_for(lambda: not _port_free(port), timeout=10)  # systemd-socket-activate listens
+        url = f"http://127.0.0.1:{port}/mcp"
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=90).json() == {"status": "ok"}
+        notify.wait_for("READY=1", 30)
+        assert run_async(call_tool(url, "whoami", auth=TOKEN)).isdigit()
+        process.send_signal(signal.SIGTERM)  # systemd-socket-activate execs mcprun in place: this is mcprun
+        assert process.wait(30) == 0, server.stderr
+        notify.wait_for("STOPPING=1", 5)
+    finally:
+        server.stop()
+        kill_token(token)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# -- container ------------------------------------------------------------------
+
+
+def containerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) for each instruction of the Containerfile, continuation lines joined."""
+    instructions, pending = [], ""
+    for raw in (CONTAINER / "Containerfile").read_text().splitlines():
+        if raw.lstrip().startswith("#") and not pending:
+            continue
+        line = pending + raw.strip()
+        if line.endswith("\\"):
+            pending = line[:-1].rstrip() + " "
+            continue
+        pending = ""
+        if line:
+            word, _, rest = line.partition(" ")
+            instructions.append((word.upper(), rest.strip()))
+    return instructions
+
+
+def instruction(name: str) -> list[str]:
+    return [rest for word, rest in containerfile() if word == name]
+
+
+def json_list(text: str) -> list[str]:
+    import json
+
+    return json.loads(text)
+
+
+def image_env() -> dict:
+    env = {}
+    for line in instruction("ENV"):
+        for assignment in shlex.split(line):
+            name, _, value = assignment.partition("=")
+            env[name] = value
+    return env
+
+
+def healthcheck_command() -> list[str]:
+    line = instruction("HEALTHCHECK")[0]
+    return json_list(line[line.index("CMD") + 3:].strip())
+
+
+def test_containerfile_holds_only_the_binary_and_the_server():
+    assert instruction("FROM") == ["scratch"]
+    copies = [shlex.split(line) for line in instruction("COPY")]
+    assert [copy[-2:] for copy in copies] == [["dist/mcprun", "/mcprun"], ["${SERVER}", "/srv/mcp/server.py"],
+                                              ["packaging/deploy/container/rootfs/", "/"]]
+    rootfs = sorted(str(path.relative_to(CONTAINER / "rootfs")) for path in (CONTAINER / "rootfs").rglob("*"))
+    assert rootfs == ["tmp", "tmp/.keep", "var", "var/cache", "var/cache/mcprun", "var/cache/mcprun/.keep"]
+    assert "--chown=65534:65534" in copies[2]
+    assert instruction("USER") == ["65534:65534"]
+    assert instruction("EXPOSE") == ["8000"]
+    assert instruction("STOPSIGNAL") == ["SIGTERM"]
+    assert image_env() == {"TMPDIR": "/tmp", "MCPRUN_CACHE": "/var/cache/mcprun"}
+    assert healthcheck_command()[:2] == ["/mcprun", "-c"]
+    assert json_list(instruction("ENTRYPOINT")[0]) == ["/mcprun"]
+    ignored = (CONTAINER / "Containerfile.dockerignore").read_text()
+    assert "!dist/mcprun" in ignored
+
+
+def image_command(port: int) -> list[str]:
+    """The image's CMD, on another port (the test's), the health check then pointed at it too."""
+    return [str(port) if word == "8000" else word for word in json_list(instruction("CMD")[0])]
+
+
+def health_code(port: int) -> str:
+    return healthcheck_command()[2].replace(":8000/", f":{port}/")
+
+
+def working_engine() -> list[str] | None:
+    """docker, else podman, when its daemon/runtime answers; None otherwise."""
+    for engine in ("docker", "podman"):
+        if shutil.which(engine):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if subprocess.run([engine, "info"], capture_output=True, timeout=30).returncode == 0:
+                    return [engine]
+    return None
+
+
+def test_container_image_built_and_run_by_an_engine(token, tmp_path):
+    """docker or podman builds the Containerfile and runs it read-only with tmpfs on the writable folders."""
+    engine = working_engine()
+    if engine is None:
+        pytest.skip("no container engine works here: 'docker info' finds no daemon and podman is not installed")
+    binary = binary_under_test()
+    if binary.resolve() != BINARY.resolve():
+        pytest.skip("the Containerfile copies dist/mcprun")
+    env = dict(os.environ)
+    run_options = []
+    if engine == ["podman"]:
+        # For podman inside a container like this one: keep the engine's own limits (raising them is refused)
+        # and use runc where installed (crun refuses a cgroup v1/v2 hybrid). Neither changes the image.
+        conf = tmp_path / "containers.conf"
+        conf.write_text("[containers]\ndefault_ulimits = []\n")
+        env["CONTAINERS_CONF"] = str(conf)
+        if shutil.which("runc"):
+            run_options = ["--runtime", "runc"]
+        tmpfs = ["--tmpfs", "/tmp:rw,exec,U", "--tmpfs", "/var/cache/mcprun:rw,exec,U"]
+        build_options = ["--format", "docker", "--ignorefile", str(CONTAINER / "Containerfile.dockerignore")]
+    else:
+        tmpfs = ["--tmpfs", "/tmp:exec,mode=1777", "--tmpfs", "/var/cache/mcprun:exec,mode=1777"]
+        build_options = []
+    tag, name = f"mcprun-test-{token[:12]}", f"mcprun-test-{token[:12]}"
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o644)
+    port = free_port()
+    try:
+        built = subprocess.run([*engine, "build", *build_options, "-f", str(CONTAINER / "Containerfile"),
+                                "--build-arg", "SERVER=examples/echo.py", "-t", tag, "."], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=600)
+        assert built.returncode == 0, built.stderr[-3000:]
+        ran = subprocess.run([*engine, "run", "-d", *run_options, "--name", name, "-p", f"127.0.0.1:{port}:8000",
+                              "--read-only", *tmpfs, "-v", f"{token_file}:/run/secrets/mcp-token:ro", tag],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        url = f"http://127.0.0.1:{port}/mcp"
+
+        def healthy():
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+            return False
+
+        wait_for(healthy, timeout=120, interval=0.5)
+        assert run_async(call_tool(url, "add", {"a": 2, "b": 3}, auth=TOKEN)) == "5"
+        # The HEALTHCHECK's own command, inside the container, as its user.
+        check = subprocess.run([*engine, "exec", name, *healthcheck_command()], env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert check.returncode == 0, check.stderr
+        inspect = subprocess.run([*engine, "inspect", name, "--format", "{{.Config.User}} {{.Config.StopSignal}}"],
+                                 env=env, capture_output=True, text=True, timeout=60)
+        assert inspect.stdout.split()[:1] == ["65534:65534"]
+        stopped = subprocess.run([*engine, "stop", "-t", "30", name], env=env, capture_output=True, timeout=120)
+        assert stopped.returncode == 0
+        code = subprocess.run([*engine, "inspect", name, "--format", "{{.State.ExitCode}}"], env=env,
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+        logs = subprocess.run([*engine, "logs", name], env=env, capture_output=True, text=True, timeout=60)
+        assert code == "0", logs.stdout + logs.stderr
+        assert "Traceback" not in logs.stderr
+    finally:
+        subprocess.run([*engine, "rm", "-f", name], env=env, capture_output=True, timeout=120)
+        subprocess.run([*engine, "rmi", "-f", tag], env=env, capture_output=True, timeout=120)
+
+
+JAIL_SCRIPT = """\
+set -e
+jail=$1; shift
+mount --bind "$jail" "$jail"
+mount -o remount,bind,ro "$jail"
+mount -t tmpfs -o mode=1777 tmpfs "$jail/tmp"
+mount -t tmpfs -o mode=0755,uid=65534,gid=65534 tmpfs "$jail/var/cache/mcprun"
+mount -t proc proc "$jail/proc"
+exec chroot --userspec=65534:65534 "$jail" "$@"
+"""
+
+
+def test_container_conditions_without_an_engine(token, tmp_path):
+    """The image, reproduced: a root holding only the binary, the server and the image's folders, read-only,
+    tmpfs on /tmp and the cache, only /proc mounted, uid 65534, the image's ENV; serving, health check working."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
+        pytest.skip("needs root, unshare and nsenter to build the jail")
+    binary = binary_under_test()
+    jail = tmp_path / "jail"
+    shutil.copytree(CONTAINER / "rootfs", jail)
+    for folder in ("proc", "srv/mcp", "run/secrets"):
+        (jail / folder).mkdir(parents=True)
+    shutil.copy2(binary, jail / "mcprun")
+    (jail / "mcprun").chmod(0o555)
+    shutil.copy(ROOT / "examples" / "echo.py", jail / "srv" / "mcp" / "server.py")
+    (jail / "run" / "secrets" / "mcp-token").write_text(TOKEN + "\n")
+    (jail / "run" / "secrets" / "mcp-token").chmod(0o444)
+    os.chmod(tmp_path, 0o755)
+    port = free_port()
+    env = {**image_env(), "MCPRUN_TEST_TOKEN": token}
+    process = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
+                                "sh", "-c", JAIL_SCRIPT, "jail", str(jail), "/mcprun", *image_command(port)],
+                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    server = RunningServer(process)
+    try:
+        url = server.wait_ready(120)
+        assert url == f"http://127.0.0.1:{port}/mcp"
+        assert run_async(call_tool(url, "add", {"a": 2, "b": 3}, auth=TOKEN)) == "5"
+        # The HEALTHCHECK command, in the jail's mounts and root, as uid 65534, with the image's ENV.
+        served = wait_for(lambda: [pid for pid in _pids_of(token) if os.readlink(f"/proc/{pid}/root") != "/"])
+        check = subprocess.run(["nsenter", f"--target={served[0]}", "--mount", "--pid", "--root", "--wd=/",
+                                "--setuid=65534", "--setgid=65534", "/mcprun", "-c", health_code(port)],
+                               env={**image_env(), "MCPRUN_TEST_TOKEN": token}, capture_output=True, text=True,
+                               timeout=120)
+        assert check.returncode == 0, check.stderr
+        broken = subprocess.run(["nsenter", f"--target={served[0]}", "--mount", "--pid", "--root", "--wd=/",
+                                 "--setuid=65534", "--setgid=65534", "/mcprun", "-c",
+                                 health_code(port).replace("/healthz", "/nowhere")],
+                                env={**image_env(), "MCPRUN_TEST_TOKEN": token}, capture_output=True, text=True,
+                                timeout=120)
+        assert broken.returncode == 1  # a failing probe is an unhealthy container
+        uids = {Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0] for pid in served}
+        assert uids == {"65534"}
+        # What `docker stop` does: SIGTERM to the container's PID 1, the binary (unshare forwards no signal).
+        [first] = [pid for pid in served if _namespace_pid(pid) == 1]
+        os.kill(first, signal.SIGTERM)
+        assert process.wait(60) == 0, server.stderr
+    finally:
+        server.stop()
+        kill_token(token)
+    assert "Traceback" not in server.stderr
+    assert sorted(p.name for p in jail.iterdir()) == ["mcprun", "proc", "run", "srv", "tmp", "var"]
+
+
+def _namespace_pid(pid: int) -> int:
+    """pid as its own PID namespace numbers it."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("NSpid:")[1].splitlines()[0].split()[-1])
+
+
+def _pids_of(token: str) -> list[int]:
+    from conftest import pids_with_token
+
+    return pids_with_token(token)
+
+
+# -- Kubernetes -----------------------------------------------------------------
+
+
+def manifests() -> list[tuple[str, dict]]:
+    documents = []
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        documents.extend((path.name, document) for document in yaml.safe_load_all(path.read_text()) if document)
+    return documents
+
+
+def resource(kind: str, name: str = "mcprun") -> dict:
+    [found] = [document for _, document in manifests()
+               if document["kind"] == kind and document["metadata"]["name"] == name]
+    return found
+
+
+@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
+def test_manifests_validate_against_the_kubernetes_schemas(version):
+    """Every manifest, strict (unknown fields are errors), against the schemas kubernetes-validate bundles."""
+    import kubernetes_validate
+
+    checked = []
+    for name, document in manifests():
+        if document["kind"] == "Kustomization":
+            continue
+        kubernetes_validate.validate(document, version, strict=True)
+        checked.append(f"{name}:{document['kind']}")
+    assert sorted(checked) == ["deployment.yaml:Deployment", "hpa.yaml:HorizontalPodAutoscaler",
+                               "service.yaml:Service", "stateful-affinity.yaml:Ingress",
+                               "stateful-affinity.yaml:Service"]
+    broken = resource("Deployment")
+    broken = yaml.safe_load(yaml.safe_dump(broken).replace("readOnlyRootFilesystem", "readOnlyRootFileSystem"))
+    with pytest.raises(kubernetes_validate.ValidationError):  # the validation has teeth
+        kubernetes_validate.validate(broken, version, strict=True)
+
+
+def test_kustomization_lists_the_stateless_recipe():
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["deployment.yaml", "service.yaml", "hpa.yaml"]
+
+
+def test_deployment_follows_the_rules():
+    deployment = resource("Deployment")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    args = container["args"]
+    assert spec["replicas"] == 2
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    for flag in ("--transport=http", "--host=0.0.0.0", "--stateless", "--workers=auto", "--require-auth"):
+        assert flag in args
+    graceful = float(next(arg for arg in args if arg.startswith("--graceful-timeout=")).split("=")[1])
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + graceful
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65534
+    env = {item["name"]: item["value"] for item in container["env"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for variable in ("TMPDIR", "MCPRUN_CACHE"):
+        assert "emptyDir" in volumes[mounts[env[variable]]], variable
+    token_file = next(arg for arg in args if arg.startswith("--auth-token-file=")).split("=")[1]
+    assert volumes[mounts[str(Path(token_file).parent)]]["secret"]["secretName"] == "mcprun-token"
+    service, hpa = resource("Service"), resource("HorizontalPodAutoscaler")
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] in [port["name"] for port in container["ports"]]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mcprun"}
+    assert hpa["spec"]["minReplicas"] == spec["replicas"]
+    sticky = resource("Service", "mcprun-sticky")
+    assert sticky["spec"]["sessionAffinity"] == "ClientIP"
+
+
+def test_deployment_arguments_serve(token, tmp_path, server_file):
+    """The Deployment's own args run: stateless, workers auto, token file, the probes' routes."""
+    needs_option("--workers")
+    [container] = resource("Deployment")["spec"]["template"]["spec"]["containers"]
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    args = []
+    for arg in container["args"]:
+        arg = arg.replace("/srv/mcp/server.py", str(server_file)).replace("--host=0.0.0.0", "--host=127.0.0.1")
+        arg = arg.replace("--port=8000", "--port=0").replace("/run/secrets/mcp/token", str(token_file))
+        args.append(arg)
+    env = child_env(token, **{item["name"]: item["value"] for item in container["env"]})
+    env.update(TMPDIR=str(tmp_path), MCPRUN_CACHE=str(tmp_path / "cache"))
+    with started(token, *args, env=env) as server:
+        root = root_of(server.url)
+        assert httpx.get(f"{root}/healthz", timeout=10).status_code == 200
+        assert httpx.get(f"{root}/readyz", timeout=10).status_code == 200
+        assert run_async(call_tool(server.url, "whoami", auth=TOKEN)).isdigit()
+
+
+# -- replicas behind a balancer -------------------------------------------------------
+
+
+class Balancer:
+    """A round-robin HTTP/1.1 balancer in front of replicas, as a load balancer or kube-proxy would be.
+
+    One request per client connection (it answers Connection: close), so each request is balanced;
+    it sends requests only to replicas whose /readyz answered 200 at the last check (every 0.1 s),
+    and tries the next replica when one refuses the connection (as nginx's proxy_next_upstream does).
+    """
+
+    def __init__(self, backends: list[tuple[str, int]]) -> None:
+        self.backends = backends
+        self.ready = set(backends)
+        self.turn = itertools.count()
+        self.sent: dict[tuple[str, int], int] = {backend: 0 for backend in backends}
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        for loop in (self._accept, self._check):
+            threading.Thread(target=loop, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.listener.close()
+
+    def _check(self) -> None:
+        while not self.stopping.wait(0.1):
+            for backend in self.backends:
+                try:
+                    ok = httpx.get(f"http://{backend[0]}:{backend[1]}/readyz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                (self.ready.add if ok else self.ready.discard)(backend)
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(60)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            headers = [line for line in lines[1:] if not line.lower().startswith((b"connection:", b"keep-alive:"))]
+            length = next((int(line.split(b":", 1)[1]) for line in headers
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                body += connection.recv(65536)
+            request = b"\r\n".join([lines[0], *headers, b"Connection: close"]) + b"\r\n\r\n" + body
+            for _ in range(len(self.backends)):
+                candidates = [backend for backend in self.backends if backend in self.ready]
+                if not candidates:
+                    break
+                backend = candidates[next(self.turn) % len(candidates)]
+                try:
+                    upstream = socket.create_connection(backend, timeout=5)
+                except OSError:
+                    self.ready.discard(backend)
+                    continue
+                with upstream:
+                    upstream.settimeout(60)
+                    upstream.sendall(request)
+                    self.sent[backend] += 1
+                    while chunk := upstream.recv(65536):
+                        connection.sendall(chunk)
+                return
+            connection.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def backend_of(url: str) -> tuple[str, int]:
+    host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
+    return host, int(port)
+
+
+async def calls_through(url: str, count: int) -> list[str]:
+    """count calls of whoami from ONE client session; the PIDs that answered."""
+    from fastmcp import Client
+
+    async with Client(url) as client:
+        return [(await client.call_tool("whoami", {})).content[0].text for _ in range(count)]
+
+
+def test_stateless_replicas_behind_a_balancer_and_one_draining(token, tmp_path, server_file):
+    """Item 2's rules, end to end: with --stateless any replica answers any call of one client session;
+    a replica that gets SIGTERM answers /readyz 503 and closes its port, the balancer stops sending it work,
+    the call it was running finishes, and no call through the balancer fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with contextlib.ExitStack() as stack:
+        replicas = [stack.enter_context(serving(token, str(server_file), "--stateless", "--graceful-timeout", "20",
+                                                cwd=tmp_path)) for _ in range(2)]
+        balancer = Balancer([backend_of(replica.url) for replica in replicas])
+        stack.callback(balancer.close)
+        pids = run_async(calls_through(balancer.url, 8))
+        assert len(set(pids)) == 2, pids  # one client session, answered by both replicas
+        assert all(count > 0 for count in balancer.sent.values())
+
+        draining, staying = replicas
+        pool = stack.enter_context(ThreadPoolExecutor(2))
+        in_flight = pool.submit(run_async, call_tool(draining.url, "slow", {"seconds": 3}))
+        with httpx.Client(timeout=10) as keep_alive:  # a balancer's open connection sees the drain
+            assert keep_alive.get(f"{root_of(draining.url)}/readyz").status_code == 200
+            time.sleep(0.5)  # the slow call is in flight
+            draining.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: keep_alive.get(f"{root_of(draining.url)}/readyz").status_code == 503, timeout=5)
+            assert keep_alive.get(f"{root_of(draining.url)}/readyz").json() == {"status": "stopping"}
+        wait_for(lambda: backend_of(draining.url) not in balancer.ready, timeout=5)
+        during = run_async(calls_through(balancer.url, 6))
+        assert set(during) == {run_async(call_tool(staying.url, "whoami"))}, during
+        assert in_flight.result(30) == "slept 3"
+        assert draining.process.wait(30) == 0, draining.stderr
+        after = run_async(calls_through(balancer.url, 4))  # the balancer routes around the stopped replica
+        assert len(after) == 4
