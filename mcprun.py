@@ -75,9 +75,6 @@ DEFAULT_MAX_BODY = 16 * 1024 * 1024  # bytes in one HTTP request body
 SHUTDOWN_ERROR = {"code": -32000, "message": "server shutting down (mcprun); retry on another server"}
 URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
 CHECK_TIMEOUT = 60.0  # seconds 'mcprun check' gives a server to start and list what it offers
-STALE_UNPACK_AGE = 60.0  # seconds before another run's unpacked binary counts as left behind
-LAUNCHER_POLL_INTERVAL = 1.0  # seconds between checks that the binary's launcher still runs
-BINARY_MARKER = "mcprun-bundle"  # a folder packaging/mcprun.spec puts in the binary, to know its unpacked copies
 RELOAD_STOP_TIMEOUT = 5.0  # seconds a reloaded server gets to stop before SIGKILL
 RELOAD_EXTENSIONS = (".json", ".toml", ".yaml", ".yml", ".txt", ".md", ".html", ".env")
 
@@ -1597,8 +1594,8 @@ def find_zipapp() -> Path:
     """Return the mcprun.pyz a pack builds on: this one, or one beside this mcprun or in its dist/ folder."""
     if "_bootstrap" in sys.modules and os.path.isfile(sys.argv[0]):
         return Path(sys.argv[0])
-    program = (os.environ.get("STATICX_PROG_PATH") or sys.executable) if getattr(sys, "frozen", False) else __file__
-    here = Path(program).resolve().parent  # the binary's own folder, not where staticx unpacked it
+    program = sys.executable if getattr(sys, "frozen", False) else __file__
+    here = Path(program).resolve().parent  # the binary's own folder, not its unpacked copy
     for candidate in (os.environ.get("MCPRUN_PYZ"), here / "mcprun.pyz", here / "dist" / "mcprun.pyz"):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
@@ -2421,88 +2418,14 @@ def program_command() -> list[str]:
     return [sys.executable, os.path.abspath(__file__)]
 
 
-def look_after_binary() -> None:
-    """In the binary: remove unpacked copies left by killed runs, and stop when our launcher is killed.
+def adopt_binary_launcher() -> None:
+    """In the binary: make sys.executable the mcprun file the user ran, not its unpacked copy.
 
-    The binary is a staticx launcher that unpacks a PyInstaller program into $TMPDIR, which
-    unpacks Python into $TMPDIR again; each removes its folder when its child ends. A SIGKILL
-    of the launcher skips that and would leave this process running. So this process holds
-    its folders (a shared flock), removes other runs' folders that nobody holds, and watches
-    the launcher: when it is gone, it removes the launcher's folder and stops itself.
+    packaging/launcher.c unpacks the binary once into a cache and runs it from there, naming
+    itself in MCPRUN_BINARY; servers that start sys.executable, --reload and pack start that.
     """
-    if not getattr(sys, "frozen", False):
-        return
-    import fcntl
-    import threading
-
-    ours = [folder for folder in (os.environ.get("STATICX_BUNDLE_DIR"), getattr(sys, "_MEIPASS", None)) if folder]
-    for folder in ours:
-        try:  # the descriptor stays open, so the lock lasts as long as this process
-            fcntl.flock(os.open(folder, os.O_RDONLY | os.O_DIRECTORY), fcntl.LOCK_SH)
-        except OSError:
-            pass
-    temp, now = tempfile.gettempdir(), time.time()
-    for name in os.listdir(temp):
-        path = os.path.join(temp, name)
-        marker = os.path.join(path, "mcprun" if name.startswith("staticx-") else BINARY_MARKER)
-        if not name.startswith(("staticx-", "_MEI")) or path in ours or not os.path.exists(marker):
-            continue  # not an unpacked mcprun binary (other programs unpack there too)
-        try:
-            status = os.stat(path)
-            if status.st_uid != os.getuid() or now - status.st_mtime < STALE_UNPACK_AGE:
-                continue  # someone else's, or a run still unpacking
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass  # a running mcprun holds it
-        finally:
-            os.close(fd)
-    launcher = _launcher_process()
-    if launcher:
-        bundle = os.environ.get("STATICX_BUNDLE_DIR")
-        threading.Thread(target=_stop_without_launcher, args=(launcher, bundle), daemon=True).start()
-
-
-def _launcher_process() -> tuple[int, str] | None:
-    """Return (pid, start time) of the staticx launcher this process descends from."""
-    program = os.environ.get("STATICX_PROG_PATH")
-    pid = os.getppid()
-    for _ in range(8):
-        try:
-            if program and os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(program):
-                return pid, _start_time(pid)
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return None
-    return None
-
-
-def _start_time(pid: int) -> str:
-    """Return a process's start time, which tells it from a later one with its PID; '' once it is a zombie."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return "" if fields[0] == "Z" else fields[19]
-
-
-def _stop_without_launcher(launcher: tuple[int, str], bundle: str | None) -> None:
-    """Wait for the launcher to go, then remove its folder and stop this process as SIGTERM does."""
-    pid, started = launcher
-    while True:
-        time.sleep(LAUNCHER_POLL_INTERVAL)
-        try:
-            if _start_time(pid) == started:
-                continue
-        except (OSError, IndexError):
-            pass
-        if bundle:
-            shutil.rmtree(bundle, ignore_errors=True)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
+    if getattr(sys, "frozen", False) and os.environ.get("MCPRUN_BINARY"):
+        sys.executable = os.environ.pop("MCPRUN_BINARY")
 
 
 def run_python_code(args: list[str]) -> int:
@@ -2523,7 +2446,7 @@ def restore_child_environment() -> None:
         os.environ.pop("LD_LIBRARY_PATH", None)
     else:
         os.environ["LD_LIBRARY_PATH"] = original
-    for name in [name for name in os.environ if name.startswith(("_PYI_", "STATICX_"))]:
+    for name in [name for name in os.environ if name.startswith("_PYI_")]:
         del os.environ[name]
 
 
@@ -2944,11 +2867,12 @@ def _unwrap(exc: BaseException) -> BaseException:
 def main(argv: list[str] | None = None) -> int:
     """Run the mcprun command line; return the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    look_after_binary()
+    adopt_binary_launcher()
     argv = unpack_packed_server(argv)
     if getattr(sys, "frozen", False):  # the binary is the Python of the servers it runs
         import multiprocessing
 
+        multiprocessing.set_executable(sys.executable)
         multiprocessing.freeze_support()  # a worker a server started with multiprocessing: runs, then exits
         if argv[:1] == ["-c"]:
             return run_python_code(argv[1:])

@@ -226,11 +226,32 @@ def test_pyz_pythonpath_cannot_shadow_the_bundle(token, tmp_path):
 # -- the binary ---------------------------------------------------------------
 
 
+def binary_cache_env(token: str, **extra: str) -> dict:
+    """child_env without the variables that choose where the binary unpacks, plus extra."""
+    env = child_env(token, **extra)
+    for name in ("MCPRUN_CACHE", "XDG_CACHE_HOME", "HOME", "TMPDIR"):
+        if name not in extra:
+            env.pop(name, None)
+    return env
+
+
+def unpacked_builds(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("mcprun-*") if (p / ".complete").exists())
+
+
+def with_mounts(mounts: dict, command: list[str]) -> list[str]:
+    """Run command in a private mount namespace with tmpfs folders mounted with the given options."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount a noexec file system")
+    script = "".join(f"mount -t tmpfs -o {options} tmpfs {folder} && " for folder, options in mounts.items())
+    return ["unshare", "--mount", "sh", "-c", script + 'exec "$@"', "sh", *command]
+
+
 @needs_binary
 def test_binary_serves_in_an_empty_chroot(token, tmp_path):
-    """Nothing but the binary, the server file and /proc: no libc, no Python, no /tmp.
+    """Nothing but the binary, the server file and /proc: no libc, no Python, no /tmp, no HOME.
 
-    TMPDIR names the jail's root, the one folder there, for the binary to unpack into.
+    TMPDIR names the jail's root, the one folder there, for the binary to unpack into once.
     """
     if os.geteuid() != 0:
         pytest.skip("chroot needs root")
@@ -241,12 +262,14 @@ def test_binary_serves_in_an_empty_chroot(token, tmp_path):
                                     "@mcp.tool\ndef echo(text: str) -> str:\n    return text\n")
     subprocess.run(["mount", "-t", "proc", "proc", str(jail / "proc")], check=True)
     try:
-        result = stdio_exchange([shutil.which("chroot"), str(jail), "/mcprun", "/server.py"], EXCHANGE, token,
-                                env={"PATH": "/", "TMPDIR": "/", "MCPRUN_TEST_TOKEN": token})
+        for _ in range(2):  # the first run unpacks, the second runs what the first unpacked
+            result = stdio_exchange([shutil.which("chroot"), str(jail), "/mcprun", "/server.py"], EXCHANGE, token,
+                                    env={"PATH": "/", "TMPDIR": "/", "MCPRUN_TEST_TOKEN": token})
+            assert_served(result)
     finally:
         subprocess.run(["umount", "-l", str(jail / "proc")], check=False)
-    assert_served(result)
-    assert sorted(p.name for p in jail.iterdir()) == ["mcprun", "proc", "server.py"]
+    assert sorted(p.name for p in jail.iterdir()) == ["mcprun", "mcprun-0", "proc", "server.py"]
+    assert len(unpacked_builds(jail / "mcprun-0")) == 1
 
 
 @needs_binary
@@ -261,46 +284,101 @@ def test_binary_carries_the_stdlib_and_httpx(token, tmp_path):
 
 
 @needs_binary
-def test_binary_killed_leaves_no_process_and_its_leftovers_are_cleaned(token, tmp_path):
-    """SIGKILL the launcher: the server stops by itself; a later start removes what was left in TMPDIR."""
+def test_binary_unpacks_once_and_a_kill_leaves_no_process(token, tmp_path):
+    """The first start unpacks into the cache; later ones reuse it; SIGKILL leaves nothing running."""
     import signal
     import time
 
     from conftest import RunningServer, pids_with_token
 
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    env = child_env(token, TMPDIR=str(temp))
+    cache = tmp_path / "cache"
+    env = binary_cache_env(token, MCPRUN_CACHE=str(cache))
+    first = subprocess.run([str(BINARY), "--version"], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    [build] = unpacked_builds(cache)
+    marker = (cache / build / ".complete").stat()
     process = subprocess.Popen([str(BINARY), "fastmcp_server.py", "-t", "http", "-p", "0"], cwd=SERVERS, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     server = RunningServer(process)
     server.wait_ready()
+    assert (cache / build / ".complete").stat().st_ino == marker.st_ino  # not unpacked again
     os.kill(process.pid, signal.SIGKILL)
     process.wait(10)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 10
     while pids_with_token(token) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert pids_with_token(token) == [], "the server outlived its launcher"
-    assert [p.name for p in temp.iterdir() if p.name.startswith("staticx-")] == []
-    # Leftovers of runs killed outright (every process at once): the next start removes them.
-    stale, held, foreign = temp / "_MEIstale", temp / "staticx-held", temp / "_MEIother"
-    (stale / "mcprun-bundle").mkdir(parents=True)
-    (held / "mcprun").mkdir(parents=True)
-    foreign.mkdir()  # another PyInstaller program's: not mcprun's to remove
-    for folder in (stale, held, foreign):
-        os.utime(folder, (time.time() - 3600, time.time() - 3600))
+        time.sleep(0.1)
+    assert pids_with_token(token) == [], "a process outlived the killed binary"
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [build]
+
+
+@needs_binary
+def test_binary_cleans_older_builds_and_broken_unpacks_unless_in_use(token, tmp_path):
     import fcntl
 
-    holder = os.open(held, os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(holder, fcntl.LOCK_SH)
+    cache = tmp_path / "cache"
+    old, held, foreign = cache / "mcprun-0123456789abcdef", cache / "mcprun-fedcba9876543210", cache / "other"
+    for folder in (old, held, foreign):
+        folder.mkdir(parents=True)
+        (folder / ".complete").touch()
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # a run killed while unpacking left its half-made folder
+    broken = cache / f".mcprun-aaaaaaaaaaaaaaaa.tmp.{finished.pid}"
+    broken.mkdir()
+    holder = os.open(cache / ".mcprun-fedcba9876543210.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_SH)  # a running mcprun of that build
     try:
-        result = subprocess.run([str(BINARY), "--version"], env=env, capture_output=True, text=True, timeout=120)
+        result = subprocess.run([str(BINARY), "--version"], env=binary_cache_env(token, MCPRUN_CACHE=str(cache)),
+                                capture_output=True, text=True, timeout=120)
     finally:
         os.close(holder)
     assert result.returncode == 0, result.stderr
-    assert not stale.exists()
-    assert held.exists()
-    assert foreign.exists()
+    assert not old.exists() and not broken.exists()
+    assert held.exists() and foreign.exists()
+    assert len(unpacked_builds(cache)) == 2  # ours and the held one
+
+
+@needs_binary
+def test_binary_with_a_noexec_read_only_tmpdir_unpacks_under_home(token, tmp_path):
+    home, temp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    temp.mkdir()
+    command = with_mounts({temp: "noexec,ro"}, [str(BINARY), "fastmcp_server.py"])
+    result = stdio_exchange(command, EXCHANGE, token, cwd=SERVERS,
+                            env=binary_cache_env(token, HOME=str(home), TMPDIR=str(temp)))
+    assert_served(result)
+    assert len(unpacked_builds(home / ".cache" / "mcprun")) == 1
+
+
+@needs_binary
+@pytest.mark.parametrize("where", ["MCPRUN_CACHE", "TMPDIR"])
+def test_binary_with_only_noexec_folders_says_what_to_set(token, tmp_path, where):
+    temp = tmp_path / "noexec"
+    temp.mkdir()
+    command = with_mounts({temp: "noexec"}, [str(BINARY), "--version"])
+    result = subprocess.run(command, env=binary_cache_env(token, **{where: str(temp)}), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("mcprun: error: ")
+    assert "set MCPRUN_CACHE to a writable folder" in result.stderr or "point MCPRUN_CACHE at" in result.stderr
+
+
+@needs_binary
+def test_binary_shared_read_only_cache_serves_another_user_from_another_cwd(token, public_tmp):
+    cache = public_tmp / "cache"
+    warmed = subprocess.run([str(BINARY), "--version"], capture_output=True, text=True, timeout=120,
+                            env=binary_cache_env(token, MCPRUN_CACHE=str(cache)))
+    assert warmed.returncode == 0, warmed.stderr
+    subprocess.run(["chmod", "-R", "a-w", str(cache)], check=True)
+    shutil.copy2(BINARY, public_tmp / "mcprun")
+    workdir = public_tmp / "readonly-cwd"
+    workdir.mkdir()
+    shutil.copy(SERVERS / "demo.py", workdir)
+    shutil.copy(SERVERS / "fastmcp_server.py", workdir)
+    subprocess.run(["chmod", "-R", "a-w", str(workdir), str(public_tmp / "mcprun")], check=True)
+    command = as_nobody(str(public_tmp / "mcprun"), str(workdir / "fastmcp_server.py"))
+    assert_served(stdio_exchange(command, EXCHANGE, token, cwd="/",
+                                 env=binary_cache_env(token, MCPRUN_CACHE=str(cache))))
 
 
 @needs_binary
@@ -308,7 +386,7 @@ def test_binary_gives_subprocesses_the_original_environment(token, tmp_path):
     server = tmp_path / "env_probe.py"
     server.write_text(
         "import os\nfrom fastmcp import FastMCP\n\nmcp = FastMCP('Probe')\n\n\n@mcp.tool\ndef echo(text: str) -> str:\n"
-        "    leaked = sorted(k for k in os.environ if k.startswith(('_PYI_', 'STATICX_', 'LD_LIBRARY_PATH')))\n"
+        "    leaked = sorted(k for k in os.environ if k.startswith(('_PYI_', 'MCPRUN_BINARY', 'LD_LIBRARY_PATH')))\n"
         "    return text if not leaked else ' '.join(leaked)\n")
     assert_served(stdio_exchange([str(BINARY), str(server)], EXCHANGE, token, cwd=tmp_path,
                                  env=child_env(token)))

@@ -1,0 +1,99 @@
+"""Make the mcprun binary: the launcher (packaging/launcher.c) with the one-folder build appended.
+
+    python packaging/bundle_binary.py LAUNCHER ONEDIR OUTPUT
+
+The archive holds app/ (PyInstaller's one-folder build, plus every shared library its
+programs and extension modules load from the build host that the build itself lacks: the
+C library, mostly) and `ld-mcprun.so.2`, the dynamic loader under a name that
+says whose it is (PyInstaller knows a loader by its `ld-*.so.N` name and then finds itself
+from argv instead of /proc/self/exe). Entries go in sorted order with fixed modes and no times, so
+the same inputs give the same bytes; the build id is a hash of the archive. Format: see
+the comment at the top of packaging/launcher.c.
+"""
+
+import hashlib
+import os
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+ELF_MAGIC = b"\x7fELF"
+
+
+def is_elf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == ELF_MAGIC
+
+
+def host_libraries(onedir: Path) -> dict:
+    """Return {soname: path} of the libraries ldd finds outside the one-folder build."""
+    bundled = {path.name for path in onedir.rglob("*") if path.is_file()}
+    found = {}
+    for path in sorted(onedir.rglob("*")):
+        if not path.is_file() or path.is_symlink() or not is_elf(path):
+            continue
+        result = subprocess.run(["ldd", str(path)], capture_output=True, text=True)
+        for line in result.stdout.splitlines():
+            match = re.match(r"\s*(\S+) => (/\S+)", line)
+            if match and match.group(1) not in bundled:
+                found[match.group(1)] = os.path.realpath(match.group(2))
+            elif "=> not found" in line:
+                name = line.split()[0]
+                if name not in bundled:
+                    sys.exit(f"bundle_binary: {path} needs {name}, which neither the build nor the host has")
+    return found
+
+
+def entries(onedir: Path):
+    """Yield (archive path, source path or None for a folder, mode or None for a link) in a fixed order.
+
+    The host's libraries go into app/_internal beside PyInstaller's own: the launcher gives
+    the loader that folder, and the bootloader, when it restarts itself, LD_LIBRARY_PATH.
+    """
+    files = {"app/" + path.relative_to(onedir).as_posix(): path for path in onedir.rglob("*")}
+    for soname, path in host_libraries(onedir).items():
+        files[f"app/_internal/{soname}"] = Path(path)
+    files["app"] = onedir
+    yield "ld-mcprun.so.2", Path(os.path.realpath(LOADER)), 0o755
+    for name, path in sorted(files.items()):
+        if path.is_symlink():
+            yield name, path, None
+        elif path.is_dir():
+            yield name, None, 0o755
+        else:
+            yield name, path, 0o755 if os.access(path, os.X_OK) else 0o644
+
+
+def archive(onedir: Path) -> bytes:
+    parts = []
+    for name, source, mode in entries(onedir):
+        encoded = name.encode()
+        if source is None:
+            kind, data, size = b"d", b"", 0
+        elif mode is None:
+            kind, data = b"l", os.readlink(source).encode()
+            size, mode = len(data), 0o777
+        else:
+            raw = source.read_bytes()
+            kind, data, size = b"f", zlib.compress(raw, 9), len(raw)
+        parts.append(kind + struct.pack("<IH", mode, len(encoded)) + encoded
+                     + struct.pack("<QQ", len(data), size) + data)
+    return b"".join(parts)
+
+
+def main() -> None:
+    launcher, onedir, output = sys.argv[1:4]
+    body = archive(Path(onedir))
+    head = Path(launcher).read_bytes()
+    build_id = hashlib.sha256(head + body).hexdigest()[:16].encode()
+    with open(output, "wb") as f:
+        f.write(head + body + build_id + struct.pack("<Q", len(head)) + b"MCPRUNB1")
+    os.chmod(output, 0o755)
+
+
+if __name__ == "__main__":
+    main()
