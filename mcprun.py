@@ -1609,7 +1609,8 @@ def unpack_packed_server(argv: list[str]) -> list[str]:
         return argv
     import zipfile
 
-    with zipfile.ZipFile(sys.argv[0]) as archive:
+    archive = getattr(sys.modules["_bootstrap"], "mcprun_archive", None) or zipfile.ZipFile(sys.argv[0])
+    with archive:  # packaging/pyz_main.py hands over the archive it opened, to spare reading its index again
         try:
             manifest = json.loads(archive.read(PACK_FOLDER + "pack.json"))
         except KeyError:
