@@ -41,9 +41,10 @@ PAYLOADS = {"1 KB": 1_000, "100 KB": 100_000, "1 MB": 1_000_000}
 TOOL_COUNTS = (10, 100, 1000)
 LIST_REPEATS = 5  # tools/list after the first, per start: their median is the listing cost
 
-# quick: < 3 minutes on 2 cores with five runners; full: enough runs for stable medians
+# quick: < 3 minutes on 2 idle cores with five runners; full: enough runs for steadier medians.
+# The stdio and http sessions' own starts add one warm and one http start sample per round.
 PROFILES = {
-    "quick": {"warm": 2, "cold": 1, "http_start": 1, "rounds": 1, "calls": 300, "http_calls": 200,
+    "quick": {"warm": 2, "cold": 1, "http_start": 0, "rounds": 1, "calls": 300, "http_calls": 200,
               "clients": 8, "client_calls": 40, "payload_calls": 8, "scale": 1},
     "full": {"warm": 8, "cold": 5, "http_start": 4, "rounds": 3, "calls": 2000, "http_calls": 1000,
              "clients": 8, "client_calls": 200, "payload_calls": 40, "scale": 5},
@@ -66,7 +67,8 @@ class Runner:
         self.name, self.template, self.cold_var = name.strip(), template.strip(), None
 
     def argv(self, http_port: int | None = None) -> list[str]:
-        server = os.path.relpath(SERVER) if not os.path.relpath(SERVER).startswith("..") else str(SERVER)
+        server = os.path.relpath(SERVER)
+        server = str(SERVER) if server.startswith("..") else server  # relative only below the current folder
         words = [w.replace("{server}", server).replace("{server_file}", server)
                  for w in shlex.split(self.template)]
         if http_port is not None:
@@ -602,8 +604,7 @@ def machine() -> str:
             model = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), "")
     except OSError:
         pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{platform.system()} {platform.release()} {platform.machine()}, {model}, {os.cpu_count()} cpus, load {load}"
+    return f"{platform.system()} {platform.release()} {platform.machine()}, {model}, {os.cpu_count()} cpus"
 
 
 # main
@@ -616,18 +617,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cold", action="append", default=[], metavar="NAME=VAR",
                         help="runner NAME unpacks into the folder environment variable VAR names: each cold "
                              "run points VAR at a fresh empty folder (pyz: SHIV_ROOT, binary: MCPRUN_CACHE)")
-    parser.add_argument("--baseline", help="runner the ratios compare with (default: 'fastmcp run' if given, "
+    parser.add_argument("--baseline", metavar="NAME", help="runner the ratios compare with (default: 'fastmcp run' if given, "
                                            "else the first runner)")
-    parser.add_argument("--floor", default="python server.py",
+    parser.add_argument("--floor", default="python server.py", metavar="NAME",
                         help="runner serving the file by itself, for the targets (default: %(default)s)")
     profile = parser.add_mutually_exclusive_group()
     profile.add_argument("--quick", action="store_const", dest="profile", const="quick",
-                         help="few runs: under 3 minutes on 2 cores with five runners")
+                         help="few runs: under 3 minutes on 2 idle cores with five runners")
     profile.add_argument("--full", action="store_const", dest="profile", const="full",
                          help="more runs for steadier medians (the default)")
-    parser.add_argument("--phases", default="warm,cold,http-start,calls,scaling",
+    parser.add_argument("--phases", metavar="LIST", default="warm,cold,http-start,calls,scaling",
                         help="comma-separated subset of: warm, cold, http-start, calls, scaling (default: all)")
-    parser.add_argument("--timeout", type=float, default=60, help="seconds any one step may take (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=60, metavar="SECONDS", help="seconds any one step may take (default: %(default)s)")
     parser.add_argument("--json", metavar="FILE", help="write the raw samples and the summary to FILE")
     args = parser.parse_args(argv)
     args.profile = args.profile or "full"
@@ -653,21 +654,26 @@ def main(argv=None) -> int:
     raw = {runner.name: {} for runner in runners}
     errors = []
     started = time.monotonic()
-    header = machine()
+    header, load_before = machine(), os.getloadavg()[0]
 
     def progress(text):
         print(f"[{time.monotonic() - started:6.1f}s] {text}", file=sys.stderr, flush=True)
 
+    broken = set()  # runners that failed the warm-up sit out the rest
+
     def interleave(key, runs, measure, only=None):
         for _ in range(runs):
             for runner in runners:
-                if only and not only(runner):
+                if runner.name in broken or (only and not only(runner)):
                     continue
                 try:
                     raw[runner.name].setdefault(key, []).append(measure(runner))
                 except (BenchError, OSError, ValueError, KeyError) as error:
-                    errors.append(f"{key}: {error}")
-                    progress(f"error: {key}: {error}")
+                    message = f"{key}: {error if isinstance(error, BenchError) else f'{runner.name}: {error!r}'}"
+                    errors.append(message)
+                    progress(f"error: {message}")
+                    if key == "warmup":
+                        broken.add(runner.name)
 
     progress("warm-up: one stdio start per runner (unpacks, fills the page cache)")
     interleave("warmup", 1, lambda r: stdio_start(r, 10, args.timeout))
@@ -677,7 +683,7 @@ def main(argv=None) -> int:
     if "cold" in phases:
         progress(f"stdio start, cold (fresh unpack folder): {profile['cold']} runs per runner with --cold")
         interleave("cold", profile["cold"], lambda r: cold_start(r, args.timeout), only=lambda r: r.cold_var)
-    if "http-start" in phases:
+    if "http-start" in phases and profile["http_start"]:
         progress(f"http start to initialize: {profile['http_start']} runs each")
         interleave("http_start", profile["http_start"], lambda r: http_start(r, args.timeout))
     if "calls" in phases:
@@ -696,7 +702,7 @@ def main(argv=None) -> int:
     table = summarize(runners, raw)
     print(f"## MCP runners side by side ({args.profile} profile)\n")
     print(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s")
-    print(f"- machine: {header}")
+    print(f"- machine: {header}, load average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     print(f"- harness: Python {platform.python_version()}; baseline: {baseline}")
     for runner in runners:
         versions = next((s["versions"] for s in raw[runner.name].get("stdio_session", [])), None)
