@@ -77,14 +77,17 @@ class Runner:
 
 
 class Served:
-    """A runner's process (a new session, so its whole tree can be found and killed), its stderr in a file."""
+    """A runner's process (a new session, so its whole tree can be found and killed), its output in a file."""
 
     def __init__(self, runner: Runner, tools: int, http_port: int | None = None, env: dict | None = None):
         self.runner = runner
         self.stderr = tempfile.TemporaryFile()
         full_env = dict(os.environ, BENCH_TOOLS=str(tools), **(env or {}))
         self.started = time.perf_counter()
-        self.process = subprocess.Popen(runner.argv(http_port), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        # over HTTP, stdout goes to the file too: a pipe nobody reads fills up (64 KiB of uvicorn's access
+        # log on stdout, about 1,100 calls) and blocks the server
+        stdout = subprocess.PIPE if http_port is None else self.stderr
+        self.process = subprocess.Popen(runner.argv(http_port), stdin=subprocess.PIPE, stdout=stdout,
                                         stderr=self.stderr, env=full_env, start_new_session=True)
         self.tree = TreeWatch(self.process.pid)
 
@@ -115,7 +118,8 @@ class Served:
                 continue
         for stream in (self.process.stdin, self.process.stdout):
             try:
-                stream.close()
+                if stream:
+                    stream.close()
             except OSError:
                 pass
         self.stderr.close()
@@ -668,7 +672,7 @@ def main(argv=None) -> int:
                     continue
                 try:
                     raw[runner.name].setdefault(key, []).append(measure(runner))
-                except (BenchError, OSError, ValueError, KeyError) as error:
+                except (BenchError, OSError, http.client.HTTPException, ValueError, LookupError, TypeError) as error:
                     message = f"{key}: {error if isinstance(error, BenchError) else f'{runner.name}: {error!r}'}"
                     errors.append(message)
                     progress(f"error: {message}")
@@ -711,11 +715,16 @@ def main(argv=None) -> int:
         cold = f"; cold: {runner.cold_var}=<empty folder>" if runner.cold_var else ""
         print(f"- {runner.name}: `{shlex.join(runner.argv())}` ({ran}{cold})")
     sessions = profile["rounds"] if "calls" in phases else 0
-    print(f"- runs: {profile['warm'] + sessions} warm / {profile['cold']} cold / "
-          f"{profile['http_start'] + sessions} http starts, "
-          f"{profile['rounds']}×{profile['calls']} stdio calls, {profile['rounds']}×{profile['http_calls']} http "
-          f"calls, {profile['clients']} clients × {profile['client_calls']} calls, "
-          f"{profile['payload_calls']} calls per payload, {profile['scale']} starts per tool count\n")
+    done = [f"{profile['warm'] * ('warm' in phases) + sessions} warm starts",
+            f"{profile['cold'] * ('cold' in phases)} cold starts",
+            f"{profile['http_start'] * ('http-start' in phases) + sessions} http starts"]
+    if sessions:
+        done += [f"{sessions}×{profile['calls']} stdio calls", f"{sessions}×{profile['http_calls']} http calls",
+                 f"{sessions}×{profile['clients']} clients × {profile['client_calls']} calls",
+                 f"{sessions}×{profile['payload_calls']} calls per payload size"]
+    if "scaling" in phases:
+        done.append(f"{profile['scale']} starts per tool count")
+    print(f"- runs per runner: {', '.join(done)}\n")
     print("Medians (latency: percentiles of all calls); in brackets the ratio to the baseline.\n")
     print(markdown(runners, table, baseline, profile["clients"]))
     checks = targets(runners, table, baseline, args.floor)
