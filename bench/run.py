@@ -19,6 +19,7 @@ import argparse
 import datetime
 import http.client
 import json
+import math
 import os
 import platform
 import selectors
@@ -87,9 +88,18 @@ class Served:
         # over HTTP, stdout goes to the file too: a pipe nobody reads fills up (64 KiB of uvicorn's access
         # log on stdout, about 1,100 calls) and blocks the server
         stdout = subprocess.PIPE if http_port is None else self.stderr
-        self.process = subprocess.Popen(runner.argv(http_port), stdin=subprocess.PIPE, stdout=stdout,
-                                        stderr=self.stderr, env=full_env, start_new_session=True)
-        self.tree = TreeWatch(self.process.pid)
+        try:
+            self.process = subprocess.Popen(runner.argv(http_port), stdin=subprocess.PIPE, stdout=stdout,
+                                            stderr=self.stderr, env=full_env, start_new_session=True)
+        except OSError:
+            self.stderr.close()
+            raise
+        try:
+            self.tree = TreeWatch(self.process.pid)
+        except BaseException:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+            raise
 
     def failure(self, what: str) -> BenchError:
         self.stderr.seek(0)
@@ -410,8 +420,9 @@ def stdio_session(runner: Runner, profile: dict, timeout: float) -> dict:
         cpu = served.tree.cpu_seconds()
         latencies, elapsed = _time_calls(lambda: _echo(client), profile["calls"])
         cpu = served.tree.cpu_seconds() - cpu
-        result = {"start": start, "versions": versions, "latency_ms": latencies, "calls_per_s": len(latencies) / elapsed,
-                  "cpu_s_per_1000": cpu / len(latencies) * 1000, "rss_mb": served.tree.peak_mb(), "payload_ms": {}}
+        result = {"start": start, "versions": versions, "latency_ms": latencies,
+                  "calls_per_s": len(latencies) / elapsed, "cpu_s_per_1000": cpu / len(latencies) * 1000,
+                  "rss_mb": served.tree.peak_mb(), "payload_ms": {}}
         for label, size in PAYLOADS.items():
             def call(size=size):
                 reply = client.request("tools/call", {"name": "payload", "arguments": {"size": size}})
@@ -463,7 +474,7 @@ def http_session(runner: Runner, profile: dict, timeout: float) -> dict:
                 pass
             begun, cpu = time.perf_counter(), served.tree.cpu_seconds()
             for thread in threads:
-                thread.join(timeout)
+                thread.join(max(0.0, begun + timeout - time.perf_counter()))
             elapsed, cpu = time.perf_counter() - begun, served.tree.cpu_seconds() - cpu
         finally:
             for each in clients:
@@ -495,8 +506,8 @@ def median(values):
 def percentile(values, share):
     if not values:
         return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))]
+    ordered = sorted(values)  # nearest rank
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
 
 
 def summarize(runners: list[Runner], raw: dict) -> dict:
@@ -592,7 +603,8 @@ def targets(runners: list[Runner], table: dict, baseline: str, floor: str) -> li
         # linear: 10x the tools at most 15x the tools/list time; start-up per tool no dearer than the baseline's
         list_100, list_1000 = (table[name][f"tools/list again, {n} tools (ms)"] for n in TOOL_COUNTS[1:])
         if list_100 and list_1000:
-            check(f"{name}: tools/list linear: 1000 tools ÷ 100 tools ≤ 15 (10× the tools)", list_1000 / list_100, 15)
+            check(f"{name}: tools/list linear: 1000 tools ÷ 100 tools ≤ 15 (10× the tools)",
+                  list_1000 / list_100, 15)
         start_10, start_1000 = table[name]["stdio start, warm (s)"], table[name]["stdio start, 1000 tools (s)"]
         base_10, base_1000 = table[baseline]["stdio start, warm (s)"], table[baseline]["stdio start, 1000 tools (s)"]
         if None not in (start_10, start_1000, base_10, base_1000) and base_1000 > base_10:
@@ -621,8 +633,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cold", action="append", default=[], metavar="NAME=VAR",
                         help="runner NAME unpacks into the folder environment variable VAR names: each cold "
                              "run points VAR at a fresh empty folder (pyz: SHIV_ROOT, binary: MCPRUN_CACHE)")
-    parser.add_argument("--baseline", metavar="NAME", help="runner the ratios compare with (default: 'fastmcp run' if given, "
-                                           "else the first runner)")
+    parser.add_argument("--baseline", metavar="NAME",
+                        help="runner the ratios compare with (default: 'fastmcp run' if given, else the first runner)")
     parser.add_argument("--floor", default="python server.py", metavar="NAME",
                         help="runner serving the file by itself, for the targets (default: %(default)s)")
     profile = parser.add_mutually_exclusive_group()
@@ -632,7 +644,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="more runs for steadier medians (the default)")
     parser.add_argument("--phases", metavar="LIST", default="warm,cold,http-start,calls,scaling",
                         help="comma-separated subset of: warm, cold, http-start, calls, scaling (default: all)")
-    parser.add_argument("--timeout", type=float, default=60, metavar="SECONDS", help="seconds any one step may take (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
+                        help="seconds any one step may take (default: %(default)s)")
     parser.add_argument("--json", metavar="FILE", help="write the raw samples and the summary to FILE")
     args = parser.parse_args(argv)
     args.profile = args.profile or "full"
