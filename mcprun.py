@@ -1998,6 +1998,15 @@ def ready_message(description: str, settings: Settings, sock: socket.socket, not
         f" ({', '.join(notes)})" if notes else "")
 
 
+def announcer(settings: Settings, sock: socket.socket, notes: tuple = ()) -> Any:
+    """Return what serve_http calls once the server is ready: log the ready line, tell systemd."""
+    def announce(description: str) -> None:
+        info(ready_message(description, settings, sock, notes))
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+
+    return announce
+
+
 # -- systemd: socket activation and readiness, no library needed
 
 
@@ -2444,6 +2453,7 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     On sock when given (systemd's, or a worker's shared one), else on one bound here. announce is
     called with the server's description once it is ready; by default it logs the ready line.
     """
+    import anyio
     import uvicorn
 
     tokens = read_auth_tokens(settings)
@@ -2460,11 +2470,7 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
                  "every tool; set --auth-token-file FILE or MCPRUN_AUTH_TOKEN (--require-auth makes this an error)")
     sock = sock or bind_socket(settings.host, settings.port)
     description = describe_server(server, target)
-    if announce is None:
-        def announce(description: str) -> None:
-            info(ready_message(description, settings, sock))
-            sd_notify(f"READY=1\nMAINPID={os.getpid()}")
-
+    announce = announce or announcer(settings, sock)
     gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description))
 
     from sse_starlette.sse import AppStatus
@@ -2476,6 +2482,10 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
             for listener in self.servers:  # stop accepting first
                 listener.close()
             sd_notify("STOPPING=1")
+            for _ in range(10):  # a connection accepted a moment ago: let its request arrive, to be answered
+                if not any(getattr(c, "cycle", False) is None for c in self.server_state.connections):
+                    break
+                await anyio.sleep(0.01)
             await gateway.drain(settings.graceful_timeout, lambda: self.force_exit)
             AppStatus.should_exit = True  # end any event stream the drain did not see
             self.config.timeout_graceful_shutdown = 1  # only idle connections are left to close
@@ -2675,7 +2685,7 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
     This process imports the bundled stack, not the server: each worker (a fork, so nothing is
     imported or unpacked twice) loads the server itself, so a replacement runs the code on disk.
     A worker that dies is replaced, after a growing pause if it died starting; if the first ones
-    cannot start, the first error ends the run. SIGTERM/SIGINT drain every worker (a second one
+    cannot start, the first error ends the run. SIGTERM/SIGINT drain every worker (a second SIGINT
     stops them at once); SIGHUP replaces them one at a time, each new one ready before an old one
     stops, so the socket never stops accepting.
     """
@@ -2696,7 +2706,6 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
     workers: list[Worker] = []
     state = {"generation": 0, "failures": 0, "next_start": 0.0, "announced": False, "reloading": False}
     stopped_at: float | None = None
-    stops = 0
 
     def start_worker() -> None:
         status_read, status_write = os.pipe()
@@ -2759,8 +2768,7 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
         ready = [w for w in active if w.ready]
         if not state["announced"] and len(ready) >= wanted:
             state["announced"] = True
-            info(ready_message(ready[0].description, settings, sock, notes))
-            sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+            announcer(settings, sock, notes)(ready[0].description)
         missing = wanted + (1 if old else 0) - len(active)  # during a reload, one new worker at a time
         if state["failures"] or old:
             missing = min(missing, 0 if any(not w.ready for w in active if w.generation == state["generation"]) else 1)
@@ -2779,15 +2787,16 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
                         info(f"SIGHUP: replacing the {wanted} workers one at a time")
                         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
                     continue
-                stops += 1
-                if stops == 1:
+                if stopped_at is None:
                     stopped_at = time.monotonic()
                     sd_notify("STOPPING=1")
                     signal_workers(signal.SIGTERM)
-                else:
-                    signal_workers(signal.SIGINT)  # uvicorn's second SIGINT: stop at once
+                    sock.close()  # once the workers close theirs too, new connections are refused, not left waiting
+                elif signum == signal.SIGINT:  # as with one process, only a second SIGINT forces: systemd may
+                    signal_workers(signal.SIGINT)  # SIGTERM every process of the service; uvicorn's stop-at-once
             for worker in workers:
-                _read_reports(worker)
+                if _read_reports(worker):  # it just became ready: starting works again
+                    state["failures"] = 0
             while workers:
                 try:
                     pid, status = os.waitpid(-1, os.WNOHANG)
@@ -2797,16 +2806,14 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
                     break
                 for worker in [w for w in workers if w.pid == pid]:
                     worker_exited(worker, status)
-            for worker in workers:
-                if worker.ready and worker.generation == state["generation"]:
-                    state["failures"] = 0
             if stopped_at is None:
                 balance()
             elif not workers:
                 return EXIT_OK
             elif time.monotonic() > stopped_at + settings.graceful_timeout + WORKER_KILL_GRACE:
                 signal_workers(signal.SIGKILL)
-            timeout = min(1.0, max(0.01, state["next_start"] - time.monotonic()))
+            pause = state["next_start"] - time.monotonic()
+            timeout = min(1.0, pause) if pause > 0 else 1.0
             select.select([wake_read, *(w.status for w in workers if w.status >= 0)], [], [], timeout)
             try:
                 while os.read(wake_read, 512):
@@ -2823,10 +2830,11 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
         sock.close()
 
 
-def _read_reports(worker: Worker) -> None:
-    """Read what a worker wrote on its status pipe: 'ready<TAB>description' or 'error<TAB>code<TAB>message'."""
+def _read_reports(worker: Worker) -> bool:
+    """Read a worker's reports ('ready<TAB>description', 'error<TAB>code<TAB>message'); True if it just became ready."""
     if worker.status < 0:
-        return
+        return False
+    was_ready = worker.ready
     try:
         while chunk := os.read(worker.status, 65536):
             worker.received += chunk
@@ -2842,6 +2850,7 @@ def _read_reports(worker: Worker) -> None:
         elif kind == "error":
             code, _, message = rest.partition("\t")
             worker.failure = (int(code), message)
+    return worker.ready and not was_ready
 
 
 def _exit_status(status: int) -> str:
@@ -3134,7 +3143,8 @@ def run(settings: Settings) -> int:
         restore_stdout(wire)
     if not settings.skip_env and not inspect.iscoroutinefunction(loaded):
         check_requirements(server_dependencies(loaded), settings, target.spec)
-    anyio.run(serve, loaded, settings, target, sock)
+    announce = announcer(settings, sock, ("socket from systemd",)) if sock else None
+    anyio.run(serve, loaded, settings, target, sock, announce)
     return EXIT_OK
 
 

@@ -16,8 +16,11 @@ async def pid() -> int:
 
 
 @mcp.tool
-async def slow_pid(seconds: float) -> int:
-    """Wait, then return the PID of the process that answers."""
+async def slow_pid(seconds: float, started: str = "") -> int:
+    """Wait, then return the PID of the process that answers; with started, first write 'started' to that file."""
+    if started:
+        with open(started, "w") as f:
+            f.write("started")
     await asyncio.sleep(seconds)
     return os.getpid()
 
