@@ -2019,7 +2019,7 @@ def systemd_socket() -> socket.socket | None:
     pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
-    if not (pid.isdigit() and int(pid) in _listen_pids() and count.isdigit() and int(count) >= 1):
+    if not (pid.isdigit() and int(pid) == os.getpid() and count.isdigit() and int(count) >= 1):
         return None
     if int(count) > 1:
         warn(f"systemd passed {count} sockets (LISTEN_FDS); serving on the first, fd {SD_LISTEN_FDS_START}")
@@ -2035,18 +2035,6 @@ def systemd_socket() -> socket.socket | None:
                          "ListenStream=PORT or ListenStream=ADDRESS:PORT in the .socket unit", EXIT_FAILURE)
     sock.set_inheritable(False)
     return sock
-
-
-def _listen_pids() -> set:
-    """Return the PIDs systemd may have named in LISTEN_PID for this process: its own, and in the
-    binary those of the launchers it runs under (staticx, then PyInstaller), which pass fd 3 on."""
-    pids = {os.getpid()}
-    if getattr(sys, "frozen", False):
-        pids.add(os.getppid())
-        launcher = _launcher_process()
-        if launcher:
-            pids.add(launcher[0])
-    return pids
 
 
 def sd_notify(state: str) -> None:

@@ -309,8 +309,7 @@ def test_sd_notify_reports_ready_then_stopping(token, workers):
         with serving(token, PID_SERVER, *workers, cwd=SERVERS, env=child_env(token, NOTIFY_SOCKET="@" + name)) as server:
             ready = notify.recv(4096).decode().split("\n")
             assert ready[0] == "READY=1" and re.fullmatch(r"MAINPID=\d+", ready[1]), ready
-            if len(mcprun_command()) > 1:  # not the binary, whose Python runs under two launchers
-                assert ready[1] == f"MAINPID={server.process.pid}"
+            assert ready[1] == f"MAINPID={server.process.pid}"  # the binary's launcher execs: one process
             assert isinstance(run_async(call_pid(server.url)), int)
             server.process.send_signal(signal.SIGTERM)
             assert notify.recv(4096) == b"STOPPING=1"  # nothing else in between: workers stay silent
