@@ -16,7 +16,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -27,8 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "tests" / "servers" / "pid_server.py"
-PYTHON = ROOT / ".venv" / "bin" / "python"
-READY = re.compile(r"ready: .* at (http://\S+)")
+BIN = Path(sys.executable).parent  # the Python running this (.venv/bin/python): its mcprun stack and fastmcp
 HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
@@ -85,22 +83,20 @@ def load(url: str, clients: int, seconds: float, new_connections: bool) -> tuple
     return sum(counts) / (time.monotonic() - began), sum(errors), pids
 
 
-def start(command: list[str], env: dict) -> tuple[subprocess.Popen, str]:
-    """Start a server; return it and its URL once ready (mcprun's ready line, or uvicorn's for fastmcp)."""
+def start(command: list[str], env: dict, url: str) -> subprocess.Popen:
+    """Start a server and return it once a call on url succeeds (bounded)."""
     process = subprocess.Popen(command, cwd=SERVER.parent, env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    parsed = http.client.urlsplit(url)
     deadline = time.monotonic() + 60
-    for line in process.stderr:
-        found = READY.search(line) or re.search(r"Uvicorn running on (http://\S+)", line)
-        if found:
-            url = found[1]
-            threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
-            return process, url if url.endswith("/mcp") else url.rstrip("/") + "/mcp"
-        if time.monotonic() > deadline:
-            break
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            call(http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=5), parsed.path, 0)
+            return process
+        except (OSError, http.client.HTTPException, ValueError, RuntimeError):
+            time.sleep(0.2)
     stop(process)
-    raise SystemExit(f"{' '.join(command)} did not become ready")
+    raise SystemExit(f"{' '.join(command)} did not serve {url}")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -125,13 +121,13 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated labels to run (e.g. 'workers 2,fastmcp run')")
     args = parser.parse_args()
     env = {**os.environ, "FASTMCP_CHECK_FOR_UPDATES": "off", "FASTMCP_TELEMETRY_MODE": "off"}
-    mcprun = [str(PYTHON), str(ROOT / "mcprun.py"), SERVER.name, "-t", "http", "--stateless",
+    mcprun = [sys.executable, str(ROOT / "mcprun.py"), SERVER.name, "-t", "http", "--stateless",
               "--no-access-log", "-l", "WARNING", "-p", str(args.port)]
     setups = [
         ("mcprun --workers 1", [*mcprun, "--workers", "1"]),
         ("mcprun --workers 2", [*mcprun, "--workers", "2"]),
         ("mcprun --workers auto", [*mcprun, "--workers", "auto"]),
-        ("fastmcp run", [str(ROOT / ".venv" / "bin" / "fastmcp"), "run", SERVER.name, "--transport", "http",
+        ("fastmcp run", [str(BIN / "fastmcp"), "run", SERVER.name, "--transport", "http",
                          "--port", str(args.port), "--log-level", "WARNING", "--stateless", "--no-banner"]),
     ]
     if args.only:
@@ -139,7 +135,8 @@ def main() -> int:
         setups = [(label, command) for label, command in setups if any(w in label for w in wanted)]
     results = {}
     for label, command in setups:
-        process, url = start(command, env)
+        url = f"http://127.0.0.1:{args.port}/mcp"
+        process = start(command, env, url)
         try:
             load(url, args.clients, args.warmup, args.new_connections)
             runs = [load(url, args.clients, args.seconds, args.new_connections) for _ in range(args.runs)]

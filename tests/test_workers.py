@@ -241,6 +241,8 @@ def test_first_workers_that_cannot_start_end_the_run_with_their_error(token):
     (["--workers", "2", "--stateless"], {}, "--workers 2 needs --transport http"),
     (["-t", "http", "--stateless", "--reload"], {"MCPRUN_WORKERS": "2"},
      "--reload and --workers 2 exclude each other"),
+    (["--script", "-t", "http", "--stateless", "-w", "2"], {},
+     "--workers 2 needs a server mcprun imports: with --script the code starts its own server"),
     (["-t", "http"], {"MCPRUN_WORKERS": "none"}, "MCPRUN_WORKERS='none': 'none' is not a number of workers"),
 ])
 def test_refused_combinations_are_one_line_errors(token, args, env, message):
