@@ -122,32 +122,41 @@ def main() -> int:
     args = parser.parse_args()
     env = {**os.environ, "FASTMCP_CHECK_FOR_UPDATES": "off", "FASTMCP_TELEMETRY_MODE": "off"}
     mcprun = [sys.executable, str(ROOT / "mcprun.py"), SERVER.name, "-t", "http", "--stateless",
-              "--no-access-log", "-l", "WARNING", "-p", str(args.port)]
+              "--no-access-log", "-l", "WARNING"]
     setups = [
         ("mcprun --workers 1", [*mcprun, "--workers", "1"]),
         ("mcprun --workers 2", [*mcprun, "--workers", "2"]),
         ("mcprun --workers auto", [*mcprun, "--workers", "auto"]),
-        ("fastmcp run", [str(BIN / "fastmcp"), "run", SERVER.name, "--transport", "http",
-                         "--port", str(args.port), "--log-level", "WARNING", "--stateless", "--no-banner"]),
+        ("fastmcp run", [str(BIN / "fastmcp"), "run", SERVER.name, "--transport", "http", "--log-level", "WARNING",
+                         "--stateless", "--no-banner"]),
     ]
     if args.only:
         wanted = [label.strip() for label in args.only.split(",")]
         setups = [(label, command) for label, command in setups if any(w in label for w in wanted)]
-    results = {}
-    for label, command in setups:
-        url = f"http://127.0.0.1:{args.port}/mcp"
-        process = start(command, env, url)
-        try:
+    # All servers run at once, each on its own port, idle until its turn; the runs are interleaved
+    # (round 1: each server, round 2: each server, ...) so load from elsewhere falls on all of them alike.
+    servers = []
+    try:
+        for index, (label, command) in enumerate(setups):
+            url = f"http://127.0.0.1:{args.port + index}/mcp"
+            servers.append((label, url, start([*command, "--port", str(args.port + index)], env, url)))
+        for label, url, _ in servers:
             load(url, args.clients, args.warmup, args.new_connections)
-            runs = [load(url, args.clients, args.seconds, args.new_connections) for _ in range(args.runs)]
-        finally:
+        runs: dict = {label: [] for label, _, _ in servers}
+        for _ in range(args.runs):
+            for label, url, _ in servers:
+                runs[label].append(load(url, args.clients, args.seconds, args.new_connections))
+    finally:
+        for _, _, process in servers:
             stop(process)
-        rate = statistics.median(r[0] for r in runs)
-        results[label] = (rate, sum(r[1] for r in runs), set().union(*(r[2] for r in runs)))
-        print(f"{label}: {rate:.0f} calls/s ({[round(r[0]) for r in runs]}), errors {results[label][1]}, "
+    results = {}
+    for label, measured in runs.items():
+        rate = statistics.median(r[0] for r in measured)
+        results[label] = (rate, sum(r[1] for r in measured), set().union(*(r[2] for r in measured)))
+        print(f"{label}: {rate:.0f} calls/s ({[round(r[0]) for r in measured]}), errors {results[label][1]}, "
               f"{len(results[label][2])} PIDs answered", file=sys.stderr)
     base = results.get("fastmcp run", (None,))[0]
-    print(f"\n{args.clients} clients, {args.seconds:g} s x {args.runs} runs (median), "
+    print(f"\n{args.clients} clients, {args.seconds:g} s x {args.runs} interleaved runs (median), "
           f"{'a new connection per call' if args.new_connections else 'keep-alive connections'}, "
           f"{os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable)\n")
     print("| server | calls/s | errors | PIDs answering | vs fastmcp run |")
