@@ -77,6 +77,14 @@ URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
 CHECK_TIMEOUT = 60.0  # seconds 'mcprun check' gives a server to start and list what it offers
 RELOAD_STOP_TIMEOUT = 5.0  # seconds a reloaded server gets to stop before SIGKILL
 RELOAD_EXTENSIONS = (".json", ".toml", ".yaml", ".yml", ".txt", ".md", ".html", ".env")
+DEFAULT_WORKERS = 1
+WORKER_BACKOFF = 0.5  # seconds before restarting a worker that died starting; doubled each time in a row
+WORKER_MAX_BACKOFF = 30.0
+WORKER_KILL_GRACE = 10.0  # seconds past --graceful-timeout before workers still running get SIGKILL
+SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+PARENT_POLL_INTERVAL = 1.0  # seconds between a worker's checks that its supervisor still runs
+SD_LISTEN_FDS_START = 3  # the first socket systemd passes (sd_listen_fds(3))
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 # Environment set before the bundled stack is imported: no update check, no telemetry.
 OFFLINE_ENVIRONMENT = {"FASTMCP_CHECK_FOR_UPDATES": "off"}
@@ -271,6 +279,7 @@ class Settings:
     log_level: str = DEFAULT_LOG_LEVEL
     show_banner: bool = True
     stateless: bool = False
+    workers: int = DEFAULT_WORKERS  # HTTP worker processes sharing one listening socket
     reload: bool = False
     reload_dirs: tuple = ()
     skip_source: bool = False
@@ -365,6 +374,43 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
 
 
+def parse_workers(text: str) -> int:
+    """argparse type: a number of worker processes, or 'auto' for the usable cores."""
+    if text.strip().lower() == "auto":
+        return usable_cores()
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1, 2, ... or auto)")
+    return workers
+
+
+def usable_cores() -> int:
+    """Return the cores this process may run on: its CPU affinity, capped by its cgroup v2 cpu.max quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:  # '0::/some/group' on cgroup v2; each level up to the root may set a quota
+        with open("/proc/self/cgroup") as f:
+            group = next((line[3:].strip() for line in f if line.startswith("0::")), "/")
+    except OSError:
+        group = "/"
+    folder = Path(CGROUP_ROOT + group.rstrip("/"))
+    for level in (folder, *folder.parents):
+        if not str(level).startswith(CGROUP_ROOT):
+            break
+        try:
+            quota, period = (level / "cpu.max").read_text().split()[:2]
+            if quota != "max":
+                cores = min(cores, -(-int(quota) // int(period)))  # 150000/100000: 2 cores, partly
+        except (OSError, ValueError):
+            continue
+    return max(1, cores)
+
+
 def parse_route(text: str) -> str:
     """argparse type: an HTTP route such as /healthz."""
     route = text if text.startswith("/") else "/" + text
@@ -383,6 +429,7 @@ _MERGED_OPTIONS = {
     "log_level": (parse_log_level, "MCPRUN_LOG_LEVEL", "log_level"),
     "show_banner": (bool, "MCPRUN_NO_BANNER", None),
     "stateless": (bool, "MCPRUN_STATELESS", None),
+    "workers": (parse_workers, "MCPRUN_WORKERS", None),
     "reload": (bool, "MCPRUN_RELOAD", None),
     "reload_dirs": ("paths", "MCPRUN_RELOAD_DIR", None),
     "skip_source": (bool, "MCPRUN_SKIP_SOURCE", None),
@@ -490,10 +537,32 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
         raise UsageError("-m and --script exclude each other: -m runs a module, --script a file")
     if settings.stateless and settings.transport == "sse":
         raise UsageError("--stateless needs --transport http: SSE has no stateless mode")
+    if settings.workers > 1:
+        check_workers(settings)
     if settings.auth_token is not None and settings.auth_token_file is not None:
         raise UsageError(f"both an auth token ({sources['auth_token']}) and a token file "
                          f"({sources['auth_token_file']}) are set: keep one")
     return settings
+
+
+def check_workers(settings: Settings) -> None:
+    """Refuse --workers N > 1 where several processes cannot serve one client correctly."""
+    option = f"--workers {settings.workers}"
+    if settings.transport == "stdio":
+        raise UsageError(f"{option} needs --transport http: over stdio one process serves the one client")
+    if settings.transport == "sse":
+        raise UsageError(f"{option} does not work with SSE: a client's event stream and the calls it posts must "
+                         "reach the same process; use --transport http --stateless, or one worker")
+    if settings.reload:
+        raise UsageError(f"--reload and {option} exclude each other: --reload restarts one development server; "
+                         "send SIGHUP to replace workers with the code on disk")
+    if settings.module or settings.script:
+        raise UsageError(f"{option} needs a server mcprun imports: with {'-m' if settings.module else '--script'} "
+                         "the code starts its own server")
+    if not settings.stateless:
+        raise UsageError(f"{option} needs --stateless: a streamable-HTTP session lives in one worker and the "
+                         "client's next request may reach another; add --stateless, or run one worker per "
+                         "replica with session affinity on the mcp-session-id header")
 
 
 def format_settings(settings: Settings, served: str = "") -> str:
@@ -1920,6 +1989,69 @@ def public_url(sock: socket.socket, settings: Settings) -> str:
     return f"http://{shown}:{port}{settings.http_path}"
 
 
+def ready_message(description: str, settings: Settings, sock: socket.socket, notes: tuple = ()) -> str:
+    """Return the one ready line: what is served, over what, and a URL a client here can use."""
+    kind = "SSE" if settings.transport == "sse" else "streamable HTTP"
+    if sock.getsockname()[0] in ("0.0.0.0", "::"):
+        notes = (*notes, "all interfaces")
+    return f"ready: serving {description} over {kind} at {public_url(sock, settings)}" + (
+        f" ({', '.join(notes)})" if notes else "")
+
+
+def announcer(settings: Settings, sock: socket.socket, notes: tuple = ()) -> Any:
+    """Return what serve_http calls once the server is ready: log the ready line, tell systemd."""
+    def announce(description: str) -> None:
+        info(ready_message(description, settings, sock, notes))
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+
+    return announce
+
+
+# -- systemd: socket activation and readiness, no library needed
+
+
+def systemd_socket() -> socket.socket | None:
+    """Take the listening socket systemd passes on fd 3 (socket activation), or return None.
+
+    systemd sets LISTEN_PID to the process it started, LISTEN_FDS to the number of sockets. The
+    variables are removed either way, so the server's own subprocesses don't take the socket too.
+    """
+    pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if not (pid.isdigit() and int(pid) == os.getpid() and count.isdigit() and int(count) >= 1):
+        return None
+    if int(count) > 1:
+        warn(f"systemd passed {count} sockets (LISTEN_FDS); serving on the first, fd {SD_LISTEN_FDS_START}")
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError as exc:
+        raise UsageError(f"LISTEN_FDS={count}, but fd {SD_LISTEN_FDS_START} is no socket ({exc.strerror or exc}); "
+                         "start mcprun from a systemd .socket unit, or unset LISTEN_FDS", EXIT_FAILURE) from None
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM or not listening:
+        sock.detach()
+        raise UsageError(f"systemd passed a socket mcprun cannot serve HTTP on (fd {SD_LISTEN_FDS_START}): use "
+                         "ListenStream=PORT or ListenStream=ADDRESS:PORT in the .socket unit", EXIT_FAILURE)
+    sock.set_inheritable(False)
+    return sock
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd the service's state (READY=1, STOPPING=1, ...) when it asked (NOTIFY_SOCKET); never fails."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket name
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        logging.getLogger("mcprun").debug("sd_notify %r to %s failed: %s", state, address, exc)
+
+
 # -- HTTP: the server's app behind mcprun's gateway (auth, origins, health, drain, logs)
 
 
@@ -2099,14 +2231,14 @@ class Gateway:
     the JSON content-type check; then the server's own app.
     """
 
-    def __init__(self, app: Any, settings: Settings, tokens: tuple, ready_line: str) -> None:
+    def __init__(self, app: Any, settings: Settings, tokens: tuple, on_ready: Any) -> None:
         from fastmcp.server.http import HostOriginGuardMiddleware
         from mcp.server.transport_security import RequestBodyLimitMiddleware
 
         self.server_app = app
         self.settings = settings
         self.sse = settings.transport == "sse"
-        self.ready_line = ready_line
+        self.on_ready = on_ready  # called once the server's lifespan has started
         guarded = RequestBodyLimitMiddleware(JsonOnly(app, settings), settings.max_body)
         if tokens:
             guarded = BearerAuth(guarded, tokens)
@@ -2145,7 +2277,7 @@ class Gateway:
             if message["type"] == "lifespan.startup.complete":
                 raise_inner_body_limits(self.server_app, self.settings.max_body)
                 self.ready = True
-                info(self.ready_line)
+                self.on_ready()
 
         await self.server_app(scope, receive, send_and_note)
 
@@ -2302,8 +2434,14 @@ class Gateway:
             await anyio.sleep(0.01)
 
 
-async def serve_http(server: Any, settings: Settings, target: Target) -> None:
-    """Serve over streamable HTTP or SSE with uvicorn on a socket bound here, behind mcprun's gateway."""
+async def serve_http(server: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
+                     announce: Any = None) -> None:
+    """Serve over streamable HTTP or SSE with uvicorn, behind mcprun's gateway.
+
+    On sock when given (systemd's, or a worker's shared one), else on one bound here. announce is
+    called with the server's description once it is ready; by default it logs the ready line.
+    """
+    import anyio
     import uvicorn
 
     tokens = read_auth_tokens(settings)
@@ -2314,15 +2452,14 @@ async def serve_http(server: Any, settings: Settings, target: Target) -> None:
     if not tokens and not own_auth:
         if settings.require_auth:
             raise UsageError("--require-auth: no token given; set MCPRUN_AUTH_TOKEN or --auth-token-file FILE")
-        if not is_loopback(settings.host):
-            warn(f"serving on {settings.host} without authentication: anyone who can reach the port can call "
+        host = sock.getsockname()[0] if sock else settings.host
+        if not is_loopback(host):
+            warn(f"serving on {host} without authentication: anyone who can reach the port can call "
                  "every tool; set --auth-token-file FILE or MCPRUN_AUTH_TOKEN (--require-auth makes this an error)")
-    sock = bind_socket(settings.host, settings.port)
-    url = public_url(sock, settings)
-    kind = "SSE" if settings.transport == "sse" else "streamable HTTP"
-    everywhere = " (all interfaces)" if settings.host in ("0.0.0.0", "::") else ""
-    gateway = Gateway(build_http_app(server, settings), settings, tokens,
-                      f"ready: serving {describe_server(server, target)} over {kind} at {url}{everywhere}")
+    sock = sock or bind_socket(settings.host, settings.port)
+    description = describe_server(server, target)
+    announce = announce or announcer(settings, sock)
+    gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description))
 
     from sse_starlette.sse import AppStatus
 
@@ -2332,6 +2469,11 @@ async def serve_http(server: Any, settings: Settings, target: Target) -> None:
         async def shutdown(self, sockets=None):
             for listener in self.servers:  # stop accepting first
                 listener.close()
+            sd_notify("STOPPING=1")
+            for _ in range(10):  # a connection accepted a moment ago: let its request arrive, to be answered
+                if not any(getattr(c, "cycle", False) is None for c in self.server_state.connections):
+                    break
+                await anyio.sleep(0.01)
             await gateway.drain(settings.graceful_timeout, lambda: self.force_exit)
             AppStatus.should_exit = True  # end any event stream the drain did not see
             self.config.timeout_graceful_shutdown = 1  # only idle connections are left to close
@@ -2349,8 +2491,9 @@ async def serve_http(server: Any, settings: Settings, target: Target) -> None:
         sock.close()
 
 
-async def serve(loaded: Any, settings: Settings, target: Target) -> None:
-    """Run the loaded server on the chosen transport until it stops."""
+async def serve(loaded: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
+                announce: Any = None) -> None:
+    """Run the loaded server on the chosen transport until it stops (HTTP: see serve_http for sock, announce)."""
     server = await await_factory(loaded) if inspect.iscoroutinefunction(loaded) else loaded
     settings = adopt_server_settings(settings, server)
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
@@ -2359,7 +2502,7 @@ async def serve(loaded: Any, settings: Settings, target: Target) -> None:
             info(f"serving {describe_server(server, target)} over stdio")
         await serve_stdio(server, settings)
     else:
-        await serve_http(server, settings, target)
+        await serve_http(server, settings, target, sock, announce)
 
 
 def run_module(settings: Settings) -> None:
@@ -2505,6 +2648,315 @@ def _stop_process(process: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+# -- lifecycle: worker processes ------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class Worker:
+    """One worker process, as its supervisor sees it."""
+
+    pid: int
+    status: int  # read end of the pipe the worker reports on: 'ready' and what it serves, or why it could not start
+    generation: int  # SIGHUP starts a new generation; older workers are replaced
+    ready: bool = False
+    stopping: bool = False
+    description: str = ""
+    failure: tuple | None = None  # (exit code, message) from a worker that could not start
+    received: bytes = b""
+
+
+def run_workers(settings: Settings, target: Target, sock: socket.socket | None) -> int:
+    """Serve HTTP from settings.workers processes sharing one listening socket, and look after them.
+
+    This process imports the bundled stack, not the server: each worker (a fork, so nothing is
+    imported or unpacked twice) loads the server itself, so a replacement runs the code on disk.
+    A worker that dies is replaced, after a growing pause if it died starting; if the first ones
+    cannot start, the first error ends the run. SIGTERM/SIGINT drain every worker (a second SIGINT
+    stops them at once); SIGHUP replaces them one at a time, each new one ready before an old one
+    stops, so the socket never stops accepting.
+    """
+    import select
+
+    notes = (f"{settings.workers} workers", *(("socket from systemd",) if sock else ()))
+    sock = sock or bind_socket(settings.host, settings.port)
+    wanted, supervisor = settings.workers, os.getpid()
+    signals: list[int] = []
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    previous_wakeup = signal.set_wakeup_fd(wake_write)
+    previous_handlers = {signum: signal.getsignal(signum) for signum in SUPERVISOR_SIGNALS}
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda signum, _: signals.append(signum))
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, so that a worker's exit wakes select()
+    workers: list[Worker] = []
+    state = {"generation": 0, "failures": 0, "next_start": 0.0, "announced": False, "reloading": False}
+    stopped_at: float | None = None
+
+    def start_worker() -> None:
+        status_read, status_write = os.pipe()
+        inherited = [wake_read, wake_write, status_read, *(w.status for w in workers if w.status >= 0)]
+        # Signals wait until the worker has its own handlers; Python 3.12+ warns of fork with threads
+        # (the binary's thread that watches its launcher), which the worker does not need.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            code = EXIT_FAILURE
+            try:
+                code = serve_worker(settings, target, sock, status_write, supervisor, inherited, blocked)
+            finally:
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        os.close(status_write)
+        os.set_blocking(status_read, False)
+        workers.append(Worker(pid, status_read, state["generation"]))
+
+    def signal_workers(signum: int, chosen: list | None = None) -> None:
+        for worker in workers if chosen is None else chosen:
+            try:
+                os.kill(worker.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def worker_exited(worker: Worker, status: int) -> None:
+        workers.remove(worker)
+        _read_reports(worker)
+        if worker.status >= 0:
+            os.close(worker.status)
+        if worker.stopping or stopped_at is not None:
+            return
+        how = _exit_status(status)
+        if worker.ready:
+            warn(f"worker {worker.pid} {how}; starting another")
+            return
+        code, message = worker.failure or (EXIT_FAILURE, f"a worker {how} before it was ready")
+        if not state["announced"]:
+            raise UsageError(message, code)
+        state["failures"] += 1
+        delay = min(WORKER_BACKOFF * 2 ** (state["failures"] - 1), WORKER_MAX_BACKOFF)
+        state["next_start"] = time.monotonic() + delay
+        warn(f"a new worker could not start: {message}; trying again in {delay:g} s")
+
+    def balance() -> None:
+        """Start and retire workers until `wanted` of the newest generation serve."""
+        active = [w for w in workers if not w.stopping]
+        old = [w for w in active if w.generation < state["generation"]]
+        if old and sum(w.ready for w in active) > wanted:  # a new one is ready: one old one may go
+            old[0].stopping = True
+            signal_workers(signal.SIGTERM, [old.pop(0)])
+            active = [w for w in workers if not w.stopping]
+        if state["reloading"] and not old:
+            state["reloading"] = False
+            info(f"reload: {wanted} workers replaced")
+            sd_notify("READY=1")
+        ready = [w for w in active if w.ready]
+        if not state["announced"] and len(ready) >= wanted:
+            state["announced"] = True
+            announcer(settings, sock, notes)(ready[0].description)
+        missing = wanted + (1 if old else 0) - len(active)  # during a reload, one new worker at a time
+        if state["failures"] or old:
+            missing = min(missing, 0 if any(not w.ready for w in active if w.generation == state["generation"]) else 1)
+        if missing > 0 and time.monotonic() >= state["next_start"]:
+            for _ in range(missing):
+                start_worker()
+
+    try:
+        while True:
+            while signals:
+                signum = signals.pop(0)
+                if signum == signal.SIGHUP:
+                    if stopped_at is None:
+                        state["generation"] += 1
+                        state["reloading"] = True
+                        info(f"SIGHUP: replacing the {wanted} workers one at a time")
+                        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+                    continue
+                if stopped_at is None:
+                    stopped_at = time.monotonic()
+                    sd_notify("STOPPING=1")
+                    signal_workers(signal.SIGTERM)
+                    sock.close()  # once the workers close theirs too, new connections are refused, not left waiting
+                elif signum == signal.SIGINT:  # as with one process, only a second SIGINT forces: systemd may
+                    signal_workers(signal.SIGINT)  # SIGTERM every process of the service; uvicorn's stop-at-once
+            for worker in workers:
+                if _read_reports(worker):  # it just became ready: starting works again
+                    state["failures"] = 0
+            while workers:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                for worker in [w for w in workers if w.pid == pid]:
+                    worker_exited(worker, status)
+            if stopped_at is None:
+                balance()
+            elif not workers:
+                return EXIT_OK
+            elif time.monotonic() > stopped_at + settings.graceful_timeout + WORKER_KILL_GRACE:
+                signal_workers(signal.SIGKILL)
+            pause = state["next_start"] - time.monotonic()
+            timeout = min(1.0, pause) if pause > 0 else 1.0
+            select.select([wake_read, *(w.status for w in workers if w.status >= 0)], [], [], timeout)
+            try:
+                while os.read(wake_read, 512):
+                    pass
+            except BlockingIOError:
+                pass
+    finally:
+        _stop_workers(workers)
+        signal.set_wakeup_fd(previous_wakeup)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+        for fd in (wake_read, wake_write):
+            os.close(fd)
+        sock.close()
+
+
+def _read_reports(worker: Worker) -> bool:
+    """Read a worker's reports ('ready<TAB>description', 'error<TAB>code<TAB>message'); True if it just became ready."""
+    if worker.status < 0:
+        return False
+    was_ready = worker.ready
+    try:
+        while chunk := os.read(worker.status, 65536):
+            worker.received += chunk
+        os.close(worker.status)  # end of file: the worker is ready (or gone) and closed its end
+        worker.status = -1
+    except BlockingIOError:
+        pass
+    *lines, worker.received = worker.received.split(b"\n")
+    for line in lines:
+        kind, _, rest = line.decode("utf-8", "replace").partition("\t")
+        if kind == "ready":
+            worker.ready, worker.description = True, rest
+        elif kind == "error":
+            code, _, message = rest.partition("\t")
+            worker.failure = (int(code), message)
+    return worker.ready and not was_ready
+
+
+def _exit_status(status: int) -> str:
+    """Say how a process ended, from its wait status."""
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _stop_workers(workers: list[Worker]) -> None:
+    """SIGTERM the workers left, then SIGKILL those still running after RELOAD_STOP_TIMEOUT; reap them all."""
+    deadline = time.monotonic() + RELOAD_STOP_TIMEOUT
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for worker in workers:
+            try:
+                os.kill(worker.pid, signum)
+            except ProcessLookupError:
+                pass
+        while workers and (signum == signal.SIGKILL or time.monotonic() < deadline):
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG if signum == signal.SIGTERM else 0)
+            except ChildProcessError:
+                workers.clear()
+                break
+            if pid == 0:
+                time.sleep(0.02)
+            workers[:] = [w for w in workers if w.pid != pid]
+    for worker in workers:
+        if worker.status >= 0:
+            os.close(worker.status)
+
+
+def serve_worker(settings: Settings, target: Target, sock: socket.socket, status: int, supervisor: int,
+                 inherited: list[int], blocked: set) -> int:
+    """In a forked worker: load the server and serve it on the shared socket; return the exit code.
+
+    It reports on the status pipe once ready, or why it could not start (the supervisor says so), and
+    drains and stops when the supervisor is gone.
+    """
+    import threading
+
+    import anyio
+
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until uvicorn takes it: stop at once while loading
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, lambda *_: None)  # a terminal's hang-up is the supervisor's to act on
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    for fd in inherited:
+        os.close(fd)
+    os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd
+    threading.Thread(target=_stop_without_supervisor, args=(supervisor,), daemon=True).start()
+    reporting = [status]
+
+    def report(line: str) -> None:
+        if reporting:
+            try:
+                os.write(reporting[0], (line + "\n").encode())
+            except OSError:
+                pass
+
+    def announce(description: str) -> None:
+        report(f"ready\t{description}")
+        os.close(reporting.pop())  # from now on, failures are this worker's to log
+
+    try:
+        loaded = load_server(settings, target)
+        if not settings.skip_env and not inspect.iscoroutinefunction(loaded):
+            check_requirements(server_dependencies(loaded), settings, target.spec)
+        anyio.run(_serve_sharing, loaded, settings, target, sock, announce)
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except SystemExit as exc:  # the server's code called sys.exit()
+        code = exc.code if isinstance(exc.code, int) else EXIT_FAILURE
+        report(f"error\t{code}\ta worker exited with code {code} while starting (see the lines above)")
+        return code
+    except BaseException as raised:
+        code, message = describe_failure(raised, settings.debug)
+        if reporting:
+            report(f"error\t{code}\t{message}")
+        else:
+            error(message)
+        return code
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+async def _serve_sharing(loaded: Any, settings: Settings, target: Target, sock: socket.socket, announce: Any) -> None:
+    """Serve on a socket shared with other workers, taking one new connection per wake-up.
+
+    asyncio accepts up to the backlog (2048) connections each time the socket is readable, so one
+    worker would take a whole burst, and keep-alive clients would stay on it. Taking one lets the
+    other workers, woken by the same connection, take the next ones.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    accept = getattr(loop, "_accept_connection", None)  # asyncio's selector loop; others keep their way
+    if accept is not None:
+        def accept_one(protocol_factory, listener, sslcontext=None, server=None, backlog=100, *args, **kwargs):
+            return accept(protocol_factory, listener, sslcontext, server, 1, *args, **kwargs)
+
+        loop._accept_connection = accept_one
+    await serve(loaded, settings, target, sock, announce)
+
+
+def _stop_without_supervisor(supervisor: int) -> None:
+    """In a worker: drain and stop, as SIGTERM does, once the supervisor is gone (killed with SIGKILL)."""
+    while os.getppid() == supervisor:
+        time.sleep(PARENT_POLL_INTERVAL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def not_imported(target: Target) -> str | None:
@@ -2669,6 +3121,9 @@ def run(settings: Settings) -> int:
     import anyio
 
     sys.argv = [str(target.path or target.spec), *settings.server_args]
+    sock = systemd_socket() if settings.transport != "stdio" else None
+    if settings.workers > 1:
+        return run_workers(settings, target, sock)
     wire = divert_stdout() if settings.transport == "stdio" else None
     try:
         loaded = load_server(settings, target)
@@ -2676,7 +3131,8 @@ def run(settings: Settings) -> int:
         restore_stdout(wire)
     if not settings.skip_env and not inspect.iscoroutinefunction(loaded):
         check_requirements(server_dependencies(loaded), settings, target.spec)
-    anyio.run(serve, loaded, settings, target)
+    announce = announcer(settings, sock, ("socket from systemd",)) if sock else None
+    anyio.run(serve, loaded, settings, target, sock, announce)
     return EXIT_OK
 
 
@@ -2706,6 +3162,10 @@ environment:
 signals (http/sse):
   SIGTERM, SIGINT  stop accepting, let calls in flight finish (--graceful-timeout), exit 0
   second SIGINT    stop at once
+  SIGHUP           with --workers: replace the workers one at a time, with the code on disk
+
+systemd: takes a listening socket from socket activation (LISTEN_FDS) and reports READY=1 and
+  STOPPING=1 to NOTIFY_SOCKET (Type=notify).
 
 exit codes:
   {EXIT_OK}  the server stopped cleanly
@@ -2757,6 +3217,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"route of the endpoint (default: {DEFAULT_HTTP_PATH} for http, {DEFAULT_SSE_PATH} for sse)")
     serving.add_argument("--stateless", action="store_true", default=None,
                          help="serve streamable HTTP without sessions (each request stands alone)")
+    serving.add_argument("-w", "--workers", type=parse_workers, metavar="N",
+                         help="processes serving http on one port, or 'auto' for one per usable core; "
+                              f"more than 1 needs --stateless (default: {DEFAULT_WORKERS})")
 
     security = parser.add_argument_group("http security")
     security.add_argument("--auth-token", metavar="TOKEN",
@@ -2865,6 +3328,21 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def describe_failure(raised: BaseException, debug: bool) -> tuple[int, str]:
+    """Return the exit code and the one error line for a failed run; print the traceback at DEBUG."""
+    exc = _unwrap(raised)
+    if isinstance(exc, UsageError):
+        if debug and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
+        user_code = exc.exit_code == EXIT_FAILURE and exc.__cause__ is not None  # a traceback to offer
+        hint = "; rerun with --log-level DEBUG for the traceback" if user_code and not debug else ""
+        return exc.exit_code, f"{exc}{hint}"
+    if debug:  # a failure in the server while it runs
+        traceback.print_exception(raised)
+    hint = "" if debug else "; rerun with --log-level DEBUG for the traceback"
+    return EXIT_FAILURE, f"the server failed: {_describe(exc)}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the mcprun command line; return the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -2904,19 +3382,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except Exception as raised:
-        exc = _unwrap(raised)
-        if isinstance(exc, UsageError):
-            if debug and exc.__cause__ is not None:
-                traceback.print_exception(exc.__cause__)
-            user_code = exc.exit_code == EXIT_FAILURE and exc.__cause__ is not None  # a traceback to offer
-            hint = "; rerun with --log-level DEBUG for the traceback" if user_code and not debug else ""
-            error(f"{exc}{hint}")
-            return exc.exit_code
-        if debug:  # a failure in the server while it runs
-            traceback.print_exception(raised)
-        hint = "" if debug else "; rerun with --log-level DEBUG for the traceback"
-        error(f"the server failed: {_describe(exc)}{hint}")
-        return EXIT_FAILURE
+        code, message = describe_failure(raised, debug)
+        error(message)
+        return code
 
 
 if __name__ == "__main__":
