@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -99,6 +100,17 @@ def run_cli(token: str, *args: str, cwd=None, env=None, timeout=60, input=None) 
     )
 
 
+def ready_line_of_json(line: str) -> str:
+    """Return a --log-format json line from mcprun as its text form ('mcprun: MESSAGE'), else ''."""
+    if not line.startswith("{"):
+        return ""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return ""
+    return f"mcprun: {entry.get('message', '')}" if entry.get("logger") == "mcprun" else ""
+
+
 class RunningServer:
     """An mcprun process serving HTTP or SSE, with its stderr collected in the background."""
 
@@ -113,7 +125,7 @@ class RunningServer:
     def _read(self) -> None:
         for line in self.process.stderr:
             self.lines.append(line)
-            match = READY.match(line)
+            match = READY.match(line) or READY.match(ready_line_of_json(line))
             if match and not self._ready.is_set():
                 self.url = match["url"]
                 self._ready.set()

@@ -272,7 +272,7 @@ def test_systemd_service_runs_as_systemd_starts_it(token, tmp_path, server_file,
     needs_feature("NOTIFY_SOCKET", "sd_notify")
     credentials, cache, notify = systemd_folders
     command, environment = systemd_command(SYSTEMD / "mcprun.service", server_file, credentials, cache, free_port())
-    env = child_env(token, **environment, NOTIFY_SOCKET=notify.path, TMPDIR=str(tmp_path))
+    env = child_env(token, **{**environment, "NOTIFY_SOCKET": notify.path, "TMPDIR": str(tmp_path)})
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     server = RunningServer(process)
