@@ -11,6 +11,8 @@ keeps to plain Python 3.6 syntax and the stdlib. What it adds to shiv's bootstra
 - one folder per build (mcprun_<build id>), whatever the archive is called, and the
   folders of other builds removed once no running mcprun uses them;
 - PYTHONPATH entries moved after the bundle, so they add packages but never shadow it;
+- at unpacking, bytecode compiled only for the ~1,100 modules a server start imports (listed by
+  packaging/serving_modules.py at build time), not all ~3,000: the rest compile on first import;
 - the archive read once (its index of ~3,700 names costs ~50 ms a read): shiv's bootstrap and
   mcprun's packed-server check get the open archive, and the archive leaves sys.path once
   unpacked, so importlib.metadata's version lookups no longer scan it.
@@ -117,6 +119,28 @@ def hold_and_clean(root, build_id):
     return in_use
 
 
+class ListedModulesOnly:
+    """Stands in for compileall in shiv's unpacking: compile the modules listed in mcprun_compile.txt."""
+
+    @staticmethod
+    def compile_dir(folder, quiet=0, workers=0):
+        import compileall
+        import concurrent.futures
+        import functools
+
+        site = os.path.join(str(folder), "site-packages")
+        try:
+            with open(os.path.join(site, "mcprun_compile.txt")) as listing:
+                files = [os.path.join(site, name) for name in listing.read().split()]
+        except OSError:
+            return compileall.compile_dir(folder, quiet=quiet, workers=workers)
+        compile_file = functools.partial(compileall.compile_file, quiet=quiet)
+        if workers == 1 or len(os.sched_getaffinity(0)) < 2:
+            return all([compile_file(path) for path in files])
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers or None) as pool:
+            return all(pool.map(compile_file, files, chunksize=32))
+
+
 def main():
     archive_path = sys.argv[0]
     archive = zipfile.ZipFile(archive_path)
@@ -146,6 +170,7 @@ def main():
 
     _bootstrap.cache_path = cache_path
     _bootstrap.current_zipfile = lambda: contextlib.nullcontext(archive)
+    _bootstrap.compileall = ListedModulesOnly
     _bootstrap.mcprun_archive = archive  # for mcprun's packed-server check
     _bootstrap.run = run
     _bootstrap.bootstrap()
