@@ -228,29 +228,28 @@ static void clean_others(const char *root, const char *keep)
         int partial = strncmp(name, ".mcprun-", 8) == 0 && strstr(name, ".tmp.");
         if ((!unpacked && !partial) || strcmp(name, keep) == 0)
             continue;
-        char id[ID_LENGTH + 1];
-        snprintf(id, sizeof id, "%s", name + (unpacked ? 7 : 8));
+        char *path = join(root, name);
+        if (partial) {  /* .mcprun-ID.tmp.PID: its unpacking process is gone */
+            pid_t pid = (pid_t)atol(strstr(name, ".tmp.") + 5);
+            if (pid > 0 && kill(pid, 0) != 0 && errno == ESRCH)
+                remove_tree(path);
+            free(path);
+            continue;
+        }
         char *lock_name, *lock_path;
-        if (asprintf(&lock_name, ".mcprun-%s.lock", id) < 0)
+        if (asprintf(&lock_name, ".%s.lock", name) < 0)
             fail("out of memory");
         lock_path = join(root, lock_name);
         int fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0) {
-            char *path = join(root, name);
-            if (partial) {  /* .mcprun-ID.tmp.PID: only when that unpacking process is gone */
-                pid_t pid = (pid_t)atol(strstr(name, ".tmp.") + 5);
-                if (pid > 0 && kill(pid, 0) != 0 && errno == ESRCH)
-                    remove_tree(path);
-            } else {
-                remove_tree(path);
-                unlink(lock_path);
-            }
-            free(path);
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0) {  /* no running mcprun holds that build */
+            remove_tree(path);
+            unlink(lock_path);
         }
         if (fd >= 0)
             close(fd);
         free(lock_path);
         free(lock_name);
+        free(path);
     }
     closedir(dir);
 }

@@ -332,10 +332,15 @@ def test_binary_cleans_older_builds_and_broken_unpacks_unless_in_use(token, tmp_
     for folder in (old, held, foreign):
         folder.mkdir(parents=True)
         (folder / ".complete").touch()
+    learn = subprocess.run([str(BINARY), "--version"], env=binary_cache_env(token, MCPRUN_CACHE=str(tmp_path / "id")),
+                           capture_output=True, text=True, timeout=120)
+    assert learn.returncode == 0, learn.stderr
+    [ours] = unpacked_builds(tmp_path / "id")
     finished = subprocess.Popen(["true"])
-    finished.wait()  # a run killed while unpacking left its half-made folder
-    broken = cache / f".mcprun-aaaaaaaaaaaaaaaa.tmp.{finished.pid}"
-    broken.mkdir()
+    finished.wait()  # runs killed while unpacking (this build and another) left half-made folders
+    broken = [cache / f".{ours}.tmp.{finished.pid}", cache / f".mcprun-aaaaaaaaaaaaaaaa.tmp.{finished.pid}"]
+    for folder in broken:
+        folder.mkdir()
     holder = os.open(cache / ".mcprun-fedcba9876543210.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(holder, fcntl.LOCK_SH)  # a running mcprun of that build
     try:
@@ -344,7 +349,7 @@ def test_binary_cleans_older_builds_and_broken_unpacks_unless_in_use(token, tmp_
     finally:
         os.close(holder)
     assert result.returncode == 0, result.stderr
-    assert not old.exists() and not broken.exists()
+    assert not old.exists() and not any(folder.exists() for folder in broken)
     assert held.exists() and foreign.exists()
     assert len(unpacked_builds(cache)) == 2  # ours and the held one
 
