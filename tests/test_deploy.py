@@ -331,6 +331,7 @@ def test_systemd_socket_activation(token, tmp_path, server_file, systemd_folders
 
 def _port_free(port: int) -> bool:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: TIME_WAIT doesn't count
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

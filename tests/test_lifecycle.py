@@ -33,7 +33,8 @@ def test_signal_stops_http_server_promptly_and_frees_port(token, transport, sign
         server.process.send_signal(signum)
         assert server.process.wait(15) == 0, server.stderr
         elapsed = time.monotonic() - started
-        with socket.socket() as probe:  # the port is free again
+        with socket.socket() as probe:  # the port is free again, for a server binding it as mcprun does
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT connections don't count
             probe.bind(("127.0.0.1", port_of(server.url)))
     assert elapsed < 15
 

@@ -91,7 +91,9 @@ def port_of(url: str) -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """True when a new server could listen on port, as mcprun binds (SO_REUSEADDR: TIME_WAIT doesn't count)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
