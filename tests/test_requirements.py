@@ -203,7 +203,8 @@ def test_uv_is_never_run_without_allow_network(token, tmp_path):
     result = run_cli(token, "server.py", "--with", "tabulate", cwd=tmp_path, env=env, input="")
     assert result.returncode == 1
     assert "tabulate (not installed; --with)" in one_error_line(result)
-    assert not (tmp_path / "uv-ran").exists() and not (tmp_path / "cache").exists()
+    assert not (tmp_path / "uv-ran").exists()
+    assert not list((tmp_path / "cache").glob("mcprun/uv-*"))  # (the binary unpacks itself there; uv's folder: none)
 
 
 def test_allow_network_lets_uv_fetch_what_with_names(token, tmp_path):
