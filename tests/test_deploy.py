@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import (ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command, run_async, serving,
+from conftest import (wait_for, ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command, run_async, serving,
                       started)
 
 DEPLOY = ROOT / "packaging" / "deploy"
@@ -96,15 +96,6 @@ async def call_tool(url: str, tool: str, arguments: dict | None = None, auth: st
 
     async with Client(url, auth=auth) as client:
         return (await client.call_tool(tool, arguments or {})).content[0].text
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout}s")
 
 
 def root_of(url: str) -> str:

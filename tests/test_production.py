@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import (DEMO_RESULT, INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, exercise_fastmcp, kill_token,
+from conftest import (wait_for, DEMO_RESULT, INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, exercise_fastmcp, kill_token,
                       mcprun_command, run_async, run_cli, serving, started, stdio_exchange, tools_call)
 
 PRODUCTION = "production_server.py"
@@ -99,15 +99,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout}s")
 
 
 # -- authentication -------------------------------------------------------------
