@@ -71,6 +71,7 @@ DEFAULT_LOG_FORMAT = "text"
 DEFAULT_HEALTH_PATH = "/healthz"
 DEFAULT_READY_PATH = "/readyz"
 DEFAULT_GRACEFUL_TIMEOUT = 10.0  # seconds in-flight requests get to finish after SIGTERM
+DRAIN_LINGER = 0.5  # seconds a drain keeps idle connections open after a call ends, for the client's follow-up
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # bytes in one HTTP request body
 SHUTDOWN_ERROR = {"code": -32000, "message": "server shutting down (mcprun); retry on another server"}
 URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
@@ -2258,6 +2259,7 @@ class Gateway:
         self.stopping = False
         self.flights: set[Flight] = set()
         self.pending: dict[str, set] = {}  # SSE: session -> ids whose response its stream still owes
+        self.last_call_ended = float("-inf")  # anyio clock
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -2328,6 +2330,8 @@ class Gateway:
                 await self.cancel_abandoned(scope, flight)
         finally:
             self.flights.discard(flight)
+            if not flight.stream:
+                self.last_call_ended = anyio.current_time()
             if flight.stream and self.sse and flight.session:
                 self.pending.pop(flight.session, None)
             if self.access:
@@ -2416,7 +2420,12 @@ class Gateway:
         return any(not flight.stream for flight in self.flights) or any(self.pending.values())
 
     async def drain(self, timeout: float, forced: Any) -> None:
-        """Stop taking streams, let calls finish for up to timeout seconds, then end what is left."""
+        """Stop taking streams, let calls finish for up to timeout seconds, then end what is left.
+
+        Connections stay open until no call has ended for DRAIN_LINGER seconds: clients follow a
+        call at once on the same connection (MCP SDKs list the tools to check a call's result),
+        and that request would otherwise meet a closed connection and a closed port.
+        """
         import anyio
 
         self.stopping = True
@@ -2424,7 +2433,8 @@ class Gateway:
         for flight in list(self.flights):
             if flight.stream and not self.sse:  # streamable HTTP's listening stream carries no call results
                 flight.cancel.cancel()
-        while self.busy() and not forced() and anyio.current_time() < deadline:
+        while ((self.busy() or anyio.current_time() < self.last_call_ended + DRAIN_LINGER)
+               and not forced() and anyio.current_time() < deadline):
             await anyio.sleep(0.05)
         for flight in list(self.flights):
             flight.cancel.cancel()

@@ -100,14 +100,14 @@ def run_cli(token: str, *args: str, cwd=None, env=None, timeout=60, input=None) 
     )
 
 
-def wait_for(predicate, timeout: float = 30, interval: float = 0.05):
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
     """Poll predicate until it returns something true (returned), or fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout}s")
+    raise AssertionError(f"{what} not met in {timeout}s")
 
 
 def ready_line_of_json(line: str) -> str:

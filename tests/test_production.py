@@ -285,6 +285,27 @@ def test_sigterm_lets_a_slow_call_finish_runs_lifespan_shutdown_and_exits_0(toke
     assert marks.read_text().split() == ["started", "slow-started", "slow-finished", "stopped"]
 
 
+def test_a_request_right_after_a_call_ends_in_the_drain_is_answered_on_its_connection(token, tmp_path):
+    # MCP clients follow a call at once (the SDKs list the tools to check its result): the drain
+    # must not close the connection between the two, or the client sees the call fail.
+    marks = tmp_path / "marks"
+    env = child_env(token, PRODUCTION_MARKS=str(marks))
+    with serving(token, PRODUCTION, "--stateless", cwd=SERVERS, env=env) as server:
+        with httpx.Client(timeout=15, headers=STREAM_HEADERS, limits=httpx.Limits(max_connections=1)) as one:
+            outcome: dict = {}
+            thread = threading.Thread(target=lambda: outcome.update(result=one.post(
+                server.url, json=tools_call(1, "slow", {"seconds": 2, "mark": True}))), daemon=True)
+            thread.start()
+            wait_for(lambda: marks.exists() and "slow-started" in marks.read_text())
+            server.process.send_signal(signal.SIGTERM)
+            thread.join(15)
+            assert "slept 2" in outcome["result"].text
+            time.sleep(0.2)  # a slow client; the drain polls every 0.05 s
+            follow_up = one.post(server.url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+            assert follow_up.status_code == 200 and '"slow"' in follow_up.text
+        assert server.process.wait(15) == 0, server.stderr
+
+
 @BOTH
 def test_sigterm_ends_a_hanging_call_with_a_clean_error_after_the_grace_period(token, transport):
     with serving(token, PRODUCTION, "--graceful-timeout", "1", transport=transport, cwd=SERVERS) as server:
