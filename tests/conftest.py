@@ -100,7 +100,7 @@ def run_cli(token: str, *args: str, cwd=None, env=None, timeout=60, input=None) 
     )
 
 
-def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
+def wait_for(predicate, timeout: float = 60, interval: float = 0.05, what: str = "condition"):
     """Poll predicate until it returns something true (returned), or fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -120,12 +120,12 @@ def test_a_killed_worker_is_replaced_and_calls_keep_succeeding(token):
         assert len(before) == 2
         caller = Caller(server.url)
         try:
-            wait_for(lambda: len(caller.pids) >= 5, timeout=60, what="calls before the kill")
+            wait_for(lambda: len(caller.pids) >= 5, what="calls before the kill")
             victim = sorted(before)[0]
             os.kill(victim, signal.SIGKILL)
             wait_for(lambda: f"worker {victim} was killed by SIGKILL; starting another" in server.stderr,
-                     timeout=60, what="the supervisor noticing")
-            wait_for(lambda: set(caller.pids) - before, timeout=60, what="a new worker answering")
+                     what="the supervisor noticing")
+            wait_for(lambda: set(caller.pids) - before, what="a new worker answering")
         finally:
             caller.stop()
         # each client loses at most the call it had in flight in the killed worker
@@ -148,7 +148,7 @@ def test_sigterm_lets_the_call_in_flight_finish_and_leaves_no_process(token, tmp
 
         thread = threading.Thread(target=slow_call, daemon=True)
         thread.start()
-        wait_for(started.exists, timeout=60, what="the call in flight")
+        wait_for(started.exists, what="the call in flight")
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(30) == 0, server.stderr
         thread.join(30)
@@ -165,7 +165,7 @@ def test_second_sigint_stops_the_workers_at_once(token, tmp_path):
                 run_async(call_pid(server.url, "slow_pid", {"seconds": 60, "started": str(started)}))
 
         threading.Thread(target=hanging_call, daemon=True).start()
-        wait_for(started.exists, timeout=60, what="the call in flight")
+        wait_for(started.exists, what="the call in flight")
         server.process.send_signal(signal.SIGINT)
         time.sleep(0.5)
         assert server.process.poll() is None  # draining, for up to 60 s
@@ -182,11 +182,11 @@ def test_sighup_replaces_workers_without_refusing_a_connection(token):
         before = answering_pids(server.url, 2)
         caller = Caller(server.url)
         try:
-            wait_for(lambda: len(caller.pids) >= 10, timeout=60, what="calls before SIGHUP")
+            wait_for(lambda: len(caller.pids) >= 10, what="calls before SIGHUP")
             server.process.send_signal(signal.SIGHUP)
-            wait_for(lambda: "mcprun: reload: 2 workers replaced" in server.stderr, timeout=60, what="the reload")
+            wait_for(lambda: "mcprun: reload: 2 workers replaced" in server.stderr, what="the reload")
             count = len(caller.pids)
-            wait_for(lambda: len(caller.pids) >= count + 10, timeout=60, what="calls after the reload")
+            wait_for(lambda: len(caller.pids) >= count + 10, what="calls after the reload")
         finally:
             caller.stop()
         assert caller.refused == 0
@@ -206,11 +206,11 @@ def test_sighup_with_broken_code_keeps_serving_then_picks_up_the_fix(token, tmp_
         server_file.write_text(source + "\ndef broken(:\n")
         server.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "mcprun: warning: a new worker could not start: syntax error in server.py" in server.stderr,
-                 timeout=60, what="the failed start")
+                 what="the failed start")
         assert run_async(call_pid(server.url)) in before  # the old workers still serve
-        wait_for(lambda: "trying again in 1 s" in server.stderr, timeout=60, what="a longer pause")
+        wait_for(lambda: "trying again in 1 s" in server.stderr, what="a longer pause")
         server_file.write_text(source.replace('"Pids"', '"Fixed"'))
-        wait_for(lambda: "mcprun: reload: 2 workers replaced" in server.stderr, timeout=60, what="the reload")
+        wait_for(lambda: "mcprun: reload: 2 workers replaced" in server.stderr, what="the reload")
         assert not answering_pids(server.url, 2) & before
         assert server.stop() == 0, server.stderr
 
