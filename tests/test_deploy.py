@@ -28,8 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import (wait_for, ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command, run_async, serving,
-                      started)
+from conftest import (ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command, run_async, serving,
+                      started, wait_for)
 
 DEPLOY = ROOT / "packaging" / "deploy"
 SYSTEMD = DEPLOY / "systemd"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import (wait_for, DEMO_RESULT, INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, exercise_fastmcp, kill_token,
-                      mcprun_command, run_async, run_cli, serving, started, stdio_exchange, tools_call)
+from conftest import (DEMO_RESULT, INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, exercise_fastmcp, kill_token,
+                      mcprun_command, run_async, run_cli, serving, started, stdio_exchange, tools_call, wait_for)
 
 PRODUCTION = "production_server.py"
 TOKEN = "t0ken-for-tests_0123456789"
