@@ -18,6 +18,7 @@ Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -91,6 +92,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 OFFLINE_ENVIRONMENT = {"FASTMCP_CHECK_FOR_UPDATES": "off"}
 OFFLINE_DEFAULTS = {"FASTMCP_TELEMETRY_MODE": "off", "FASTMCP_ENABLE_RICH_LOGGING": "false"}
 BUNDLED_PACKAGES = ("fastmcp", "mcp", "mcp_types", "pydantic", "starlette", "uvicorn", "anyio", "httpx")
+BUNDLE_ROOTS = ("fastmcp", "httpx")  # what mcprun carries (packaging/requirements.in), with all they need
 
 
 # -- errors ------------------------------------------------------------------
@@ -557,9 +559,6 @@ def check_workers(settings: Settings) -> None:
     if settings.reload:
         raise UsageError(f"--reload and {option} exclude each other: --reload restarts one development server; "
                          "send SIGHUP to replace workers with the code on disk")
-    if settings.module or settings.script:
-        raise UsageError(f"{option} needs a server mcprun imports: with {'-m' if settings.module else '--script'} "
-                         "the code starts its own server")
     if not settings.stateless:
         raise UsageError(f"{option} needs --stateless: a streamable-HTTP session lives in one worker and the "
                          "client's next request may reach another; add --stateless, or run one worker per "
@@ -594,10 +593,27 @@ def format_settings(settings: Settings, served: str = "") -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConsoleScript:
+    """A console script a distribution declares (entry_points.txt), as pip or uv would install it."""
+
+    name: str
+    value: str  # module:attribute
+    distribution: str
+    version: str
+    folder: str  # where the distribution is installed
+
+    @property
+    def where(self) -> str:
+        return f"{self.distribution} {self.version} in {_short_path(self.folder)}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Target:
     """What to serve and how it was found; user code is not imported yet.
 
-    kind is one of: file, import (pkg.module:obj), module (-m), script (--script), url, mcp_config.
+    kind is one of: file, import (pkg.module:obj), module (-m), script (--script or a file that is not .py),
+    entry_point (a console script), url, mcp_config. module, script and entry_point start their own server,
+    which mcprun catches (SELF_STARTING).
     """
 
     kind: str
@@ -606,6 +622,55 @@ class Target:
     module_name: str | None = None
     object_name: str | None = None
     url: str | None = None
+    script: ConsoleScript | None = None  # entry_point: the console script and where it comes from
+    pythonpath: tuple = ()  # folders the target itself implies (the packages beside pip's bin/ script)
+
+
+SELF_STARTING = ("module", "script", "entry_point")  # code that starts its own server, which mcprun catches
+
+
+def console_scripts(folders: tuple) -> list[ConsoleScript]:
+    """Return the console scripts of the distributions installed in these folders (reads metadata only)."""
+    import importlib.metadata
+
+    found = []
+    for folder in folders:
+        for distribution in importlib.metadata.distributions(path=[folder]):
+            for entry in distribution.entry_points.select(group="console_scripts"):
+                found.append(ConsoleScript(entry.name, entry.value.split("[")[0].strip(),
+                                           distribution.metadata["Name"], distribution.version, folder))
+    return found
+
+
+def find_console_script(name: str, scripts: list[ConsoleScript]) -> ConsoleScript | None:
+    """Return the console script called name, or the only one of the distribution called name, or None."""
+    from packaging.utils import canonicalize_name
+
+    for script in scripts:
+        if script.name == name:
+            return script
+    provided = [script for script in scripts if canonicalize_name(script.distribution) == canonicalize_name(name)]
+    if len({script.name for script in provided}) > 1:
+        raise UsageError(f"{name} has several console scripts: {', '.join(sorted(s.name for s in provided))}; "
+                         "give one of them as SPEC")
+    if provided:
+        info(f"{name} has one console script, {provided[0].name}: running it")
+        return provided[0]
+    return None
+
+
+_PIP_SCRIPT = re.compile(r"^from ([\w.]+) import ([\w.]+)\n.*^\s+sys\.exit\(\2\(\)\)", re.M | re.S)
+
+
+def _pip_script(path: Path) -> str | None:
+    """Return 'module:attribute' when path is a console-script wrapper pip wrote (DIR/bin/NAME), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = _PIP_SCRIPT.search(head) if head.startswith("#!") else None
+    return f"{found[1]}:{found[2]}" if found else None
 
 
 def _is_url(spec: str) -> bool:
@@ -661,11 +726,44 @@ def resolve_target(settings: Settings) -> Target:
     if not colon:
         file_part, object_part = spec, None
     looks_like_file = file_part.endswith(".py") or os.sep in file_part or "/" in file_part
-    if not looks_like_file and _is_dotted_name(file_part) and not Path(file_part).exists():
-        if object_part is not None and not _is_dotted_name(object_part):
+    if looks_like_file or Path(file_part).exists():
+        return _file_target(file_part, object_part, origin=None)
+    scripts = console_scripts(settings.pythonpath)
+    if object_part is None and (script := next((s for s in scripts if s.name == spec), None)):
+        return _entry_point_target(script, spec)  # as uvx NAME runs it, even where a module has that name too
+    if _is_dotted_name(file_part) and object_part is not None:
+        if not _is_dotted_name(object_part):
             raise UsageError(f"{object_part!r} in {spec!r} is not a Python name; use module:object")
+        if script := next((s for s in scripts if s.value == spec), None):
+            return _entry_point_target(script, spec)  # a console script's function: run as its script runs it
         return Target("import", spec, module_name=file_part, object_name=object_part)
-    return _file_target(file_part, object_part, origin=None)
+    if _is_dotted_name(file_part) and _importable(file_part, settings.pythonpath):
+        return Target("import", spec, module_name=file_part)
+    if object_part is None and (script := find_console_script(spec, scripts)):
+        return _entry_point_target(script, spec)
+    names = sorted({script.name for script in scripts})
+    where = (f"console scripts in the --pythonpath folders: {', '.join(names)}" if names else
+             "no console script in the --pythonpath folders" if settings.pythonpath else
+             f"no --pythonpath folder given: on a connected machine 'mcprun vendor {spec} -o deps' fetches a "
+             "package, then add --pythonpath deps")
+    raise UsageError(f"{spec!r} is no file, module or console script ({where}); "
+                     "give a .py file, module:object, a console script, fastmcp.json, mcp.json or an http(s):// URL")
+
+
+def _importable(name: str, pythonpath: tuple) -> bool:
+    """Tell whether the top-level module of a dotted name can be found, without importing anything."""
+    top = name.split(".")[0]
+    folders = [os.getcwd(), *sys.path, *pythonpath]
+    return top in sys.modules or importlib.machinery.PathFinder.find_spec(top, folders) is not None
+
+
+def _entry_point_target(script: ConsoleScript, spec: str, path: Path | None = None) -> Target:
+    """Build a Target for a console script: its module and attribute, and the file pip wrote for it."""
+    module_name, _, object_name = script.value.partition(":")
+    installed = Path(script.folder, "bin", script.name)
+    return Target("entry_point", spec, path=path or (installed if installed.is_file() else None),
+                  module_name=module_name, object_name=object_name or None, script=script,
+                  pythonpath=(script.folder,))
 
 
 def _file_target(file_part: str, object_part: str | None, origin: Path | None) -> Target:
@@ -689,6 +787,14 @@ def _file_target(file_part: str, object_part: str | None, origin: Path | None) -
             "fastmcp.json, mcp.json or an http(s):// URL"
         )
     label = _short_path(path)
+    if path.suffix == "" and object_part is None:  # a script: pip's console-script wrapper, or any other
+        if value := _pip_script(path):
+            root = path.resolve().parent.parent  # pip install --target DIR writes DIR/bin/NAME
+            folder = str(next(root.glob("lib/python3*/site-packages"), root))  # or a venv's, or --prefix's
+            script = next((s for s in console_scripts((folder,)) if s.name == path.name), None)
+            return _entry_point_target(script or ConsoleScript(path.name, value, "?", "?", folder), label,
+                                       path=path.resolve())
+        return Target("script", label, path=path.resolve())
     return Target("file", f"{label}:{object_part}" if object_part else label,
                   path=path.resolve(), object_name=object_part)
 
@@ -705,8 +811,9 @@ def _version_of(distribution: str) -> str:
         return "not installed"
 
 
-def prepare_process(settings: Settings) -> None:
-    """Set up this process before user code runs: offline defaults, config env and cwd, logging."""
+def prepare_process(settings: Settings, target: Target) -> None:
+    """Set up this process before user code runs: offline defaults, config env and cwd, logging, the mappings
+    and the --pythonpath folders (with those the target implies)."""
     os.environ.update(OFFLINE_ENVIRONMENT)
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -736,9 +843,8 @@ def prepare_process(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     warnings.showwarning = one_line_warnings()
     if settings.compat:
-        install_compat(settings)
-    add_pythonpath(settings.pythonpath)
-    restore_child_environment()
+        install_compat()
+    add_pythonpath(tuple(dict.fromkeys((*settings.pythonpath, *target.pythonpath))))
 
 
 
@@ -814,6 +920,9 @@ def configure_logging(level: str, log_format: str = DEFAULT_LOG_FORMAT) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    own = logging.getLogger("mcprun")  # its own handler: a server that sets up logging again can't restyle it
+    own.handlers[:] = [handler]
+    own.propagate = False
     fastmcp_logger = logging.getLogger("fastmcp")
     fastmcp_logger.handlers.clear()  # fastmcp installs its own at import
     fastmcp_logger.propagate = True
@@ -845,6 +954,47 @@ def restore_stdout(wire: int | None) -> None:
     os.close(wire)
 
 
+@dataclasses.dataclass(frozen=True)
+class Wire:
+    """The stdio protocol stream on private descriptors, while fd 0 reads end-of-file and fd 1 writes to stderr."""
+
+    stdin: int
+    stdout: int
+
+    def streams(self) -> tuple:
+        """Return the stdin and stdout the SDK's stdio_server() takes, over the private descriptors."""
+        import io
+
+        import anyio
+
+        reader = io.TextIOWrapper(os.fdopen(self.stdin, "rb", closefd=False), encoding="utf-8", errors="replace")
+        writer = io.TextIOWrapper(os.fdopen(self.stdout, "wb", closefd=False), encoding="utf-8")
+        return anyio.wrap_file(reader), anyio.wrap_file(writer)
+
+
+def take_wire() -> Wire:
+    """Keep stdin and stdout for the protocol alone, from now until mcprun exits.
+
+    The protocol moves to private descriptors; fd 0 then reads end-of-file and fd 1 writes to
+    stderr, so what the server prints or reads, when it is imported, in its lifespan, in a tool,
+    in a child process or at exit, buffered or not, misses the wire.
+    """
+    import fcntl
+
+    sys.stdout.flush()
+    try:
+        wire = Wire(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3), fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3))
+    except OSError as exc:
+        raise UsageError(f"stdio needs an open stdin and stdout ({exc.strerror}): start mcprun from an MCP client, "
+                         "or serve with --transport http") from None
+    empty, closed = os.pipe()  # reads as end-of-file, even where there is no /dev/null (an empty chroot)
+    os.close(closed)
+    os.dup2(empty, 0)
+    os.close(empty)
+    os.dup2(2, 1)
+    return wire
+
+
 # -- compatibility: servers written for older generations of the stack -------
 #
 # mcp 2.x renamed mcp 1.x's high-level server (mcp.server.fastmcp.FastMCP -> mcp.server.mcpserver.MCPServer)
@@ -870,9 +1020,6 @@ _legacy_request = contextvars.ContextVar("mcprun_legacy_request", default=None) 
 
 class LegacyImports(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """A sys.meta_path finder serving mcp.server.fastmcp[.*] from the bundled mcp.server.mcpserver[.*]."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings  # what FastMCP.run() in a server file serves with
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname == LEGACY_PACKAGE or fullname.startswith(LEGACY_PACKAGE + "."):
@@ -902,9 +1049,9 @@ class LegacyImports(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__dict__.update(legacy_names(module.__name__))
 
 
-def install_compat(settings: Settings) -> None:
+def install_compat() -> None:
     """Make mcp 1.x names importable and usable (inert until a server file uses them)."""
-    sys.meta_path.insert(0, LegacyImports(settings))
+    sys.meta_path.insert(0, LegacyImports())
     import mcp.shared.exceptions
     from mcp.server.lowlevel.server import Server
     from mcp.server.mcpserver import Context
@@ -990,19 +1137,14 @@ def legacy_fastmcp_classes() -> tuple:
                 stateless_http=stateless_http, transport_security=transport_security, event_store=event_store,
                 retry_interval=retry_interval)
 
-        def run(self, transport="stdio", mount_path=None) -> None:
+        def run(self, transport="stdio", mount_path=None) -> None:  # mcprun catches the server it starts
             import anyio
 
-            anyio.run(serve_from_server_file, self, transport)
+            anyio.run({"stdio": self.run_stdio_async, "sse": self.run_sse_async}.get(
+                transport, self.run_streamable_http_async))
 
-        async def run_stdio_async(self) -> None:
-            await serve_from_server_file(self, "stdio")
-
-        async def run_sse_async(self, mount_path=None) -> None:
-            await serve_from_server_file(self, "sse")
-
-        async def run_streamable_http_async(self) -> None:
-            await serve_from_server_file(self, "http")
+        async def run_sse_async(self, mount_path=None) -> None:  # 1.x took a mount path
+            await MCPServer.run_sse_async(self)
 
         def sse_app(self, mount_path=None, **options):
             chosen = {"sse_path": self.settings.sse_path, "message_path": self.settings.message_path,
@@ -1257,15 +1399,6 @@ def _takes_argument(func: Any) -> bool:
         return False
 
 
-async def serve_from_server_file(server: Any, transport: str) -> None:
-    """Serve for a server file that calls mcp 1.x's FastMCP.run() itself (--script, -m)."""
-    finder = next((f for f in sys.meta_path if isinstance(f, LegacyImports)), None)
-    settings = finder.settings if finder else Settings(spec=None)
-    if settings.sources.get("transport", "default") == "default":
-        settings = dataclasses.replace(settings, transport="http" if transport == "streamable-http" else transport)
-    await serve(server, settings, Target("script", settings.spec or "server"))
-
-
 def server_path(server: Any) -> str:
     """Say how mcprun serves this server object, for the DEBUG log."""
     kind = server_kind(server)
@@ -1286,15 +1419,17 @@ def adopt_server_settings(settings: Settings, server: Any) -> Settings:
                   "path": chosen.sse_path if settings.transport == "sse" else chosen.streamable_http_path}
     else:
         wanted = dict(getattr(server, "_mcprun_chosen", None) or {})
-    if not wanted:
-        return settings
+    return _where_unset(settings, wanted, "the server's constructor")
+
+
+def _where_unset(settings: Settings, wanted: dict, source: str) -> Settings:
+    """Return settings with the wanted values for the options the user left at their defaults."""
     changes = {name: value for name, value in wanted.items()
                if settings.sources.get(name, "default") == "default" and value != getattr(settings, name)
                and not (name == "path" and value == settings.http_path)}
     if not changes:
         return settings
-    return dataclasses.replace(settings, **changes,
-                               sources={**settings.sources, **dict.fromkeys(changes, "the server's constructor")})
+    return dataclasses.replace(settings, **changes, sources={**settings.sources, **dict.fromkeys(changes, source)})
 
 
 # -- requirements: what a server declares it needs, checked offline -----------
@@ -1392,21 +1527,57 @@ def project_requirements(path: Path, origin: str) -> list:
     return [(text, f"{origin} ({_short_path(path)})") for text in project.get("dependencies") or []]
 
 
-def bundled_distributions(pythonpath: tuple = ()) -> dict:
-    """Return {canonical name: version} of the distributions this mcprun carries (not --pythonpath ones)."""
+@functools.cache
+def bundled_distributions() -> dict:
+    """Return {canonical name: version} of what this mcprun carries: BUNDLE_ROOTS and all they need.
+
+    Walked through the requirements, not listed from sys.path, so that neither --pythonpath folders
+    nor the packages of the python3 that runs the zipapp (or of the venv that runs the source) count.
+    """
     import importlib.metadata
 
+    from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    found = {}
-    for distribution in importlib.metadata.distributions():
-        location = str(distribution.locate_file(""))
-        if distribution.metadata["Name"] and not any(location.startswith(folder) for folder in pythonpath):
-            found.setdefault(canonicalize_name(distribution.metadata["Name"]), distribution.version)
+    found: dict = {}
+    todo, seen = [(root, "") for root in BUNDLE_ROOTS], set()
+    while todo:
+        name, extra = todo.pop()
+        if (canonicalize_name(name), extra) in seen:
+            continue
+        seen.add((canonicalize_name(name), extra))
+        try:
+            distribution = importlib.metadata.distribution(name)  # the first on sys.path: the bundle's own
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found[canonicalize_name(name)] = distribution.version
+        for text in distribution.requires or ():
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": extra}):
+                todo += [(requirement.name, wanted) for wanted in ("", *requirement.extras)]
     return found
 
 
-def requirement_problems(declared: Declared, compat: bool, pythonpath: tuple = ()) -> list[str]:
+def bundled_extras() -> dict:
+    """Return {canonical name: {extra: [requirement, ...]}}: what each bundled distribution's extras add."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    found: dict = {}
+    for name in bundled_distributions():
+        distribution = importlib.metadata.distribution(name)
+        requirements = [Requirement(text) for text in distribution.requires or ()]
+        for extra in distribution.metadata.get_all("Provides-Extra") or ():
+            added = [r for r in requirements if r.marker and r.marker.evaluate({"extra": extra})
+                     and not r.marker.evaluate({"extra": ""})]
+            for requirement in added:
+                requirement.marker = None  # the extra was asked for: what it adds stands alone
+            found.setdefault(name, {})[extra] = [str(requirement) for requirement in added]
+    return found
+
+
+def requirement_problems(declared: Declared, compat: bool) -> list[str]:
     """Check declared requirements against what is importable here; return one phrase per problem."""
     import importlib.metadata
 
@@ -1441,7 +1612,7 @@ def requirement_problems(declared: Declared, compat: bool, pythonpath: tuple = (
                 problems.append(f"{requirement} (not installed; {origin})")
             continue
         if requirement.specifier and not requirement.specifier.contains(have, prereleases=True):
-            bundle = bundle if bundle is not None else bundled_distributions(pythonpath)
+            bundle = bundle if bundle is not None else bundled_distributions()
             bundled = " in the bundle, which --pythonpath cannot replace" if name in bundle else ""
             problems.append(f"{requirement} (have {have}{bundled}; {origin})")
     return problems
@@ -1449,7 +1620,7 @@ def requirement_problems(declared: Declared, compat: bool, pythonpath: tuple = (
 
 def check_requirements(declared: Declared, settings: Settings, where: str) -> None:
     """Raise one UsageError listing every declared requirement this mcprun cannot meet."""
-    problems = requirement_problems(declared, settings.compat, settings.pythonpath)
+    problems = requirement_problems(declared, settings.compat)
     if not problems:
         return
     missing = [text for text, _ in declared.requirements if any(problem.startswith(f"{text} (not installed;")
@@ -1508,93 +1679,329 @@ def server_dependencies(server: Any) -> Declared:
 
 
 # -- vendoring: a folder of the packages a server needs, made on a connected machine
+#
+# 'mcprun vendor' runs the user's own pip (with the user's index, proxy and configuration) for the
+# target machine's Python and wheel tags. To pip, the bundle counts as installed: PIP_WITH_MAPPINGS
+# drops every requirement the bundle meets as pip reads it (requirements on mcp and fastmcp count as
+# met at any depth, since the mappings serve mcp 1.x and fastmcp 2/3), so pip fetches only what is
+# missing; a requirement the bundle does not meet meets the bundle's version as a constraint, and
+# pip reports the conflict. What the user names is pinned to its newest release first, so that pip
+# never falls back to an older one in silence.
 
 MANIFEST = "MANIFEST"
-DEFAULT_VENDOR_PLATFORM = "manylinux_2_28_x86_64"  # RHEL 8's glibc; pip takes older manylinux wheels too
+DEFAULT_MANYLINUX = "manylinux_2_28"  # RHEL 8's glibc, and every manylinux tag below it (2_17 = manylinux2014 ...)
+DEFAULT_RESOLVE_TIMEOUT = 300.0  # seconds pip gets for each resolution of what vendor installs
+MINIMUM_PIP = (22, 2)  # install --dry-run --report
+SERVED_BY_MAPPINGS = ("mcp", "fastmcp")  # requirements on these count as met while the mappings are on
+PIP_WITH_MAPPINGS = """\
+import json, os, runpy, sys
+bundle = json.loads(os.environ.pop("MCPRUN_BUNDLE", "") or "null")
+if bundle:  # the bundle counts as installed: drop what it meets wherever pip reads a distribution's requirements
+    from pip._internal.metadata import base
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
+    if "iter_dependencies" not in vars(base.BaseDistribution):
+        sys.exit("mcprun: this pip reads requirements elsewhere; upgrade it: python3 -m pip install -U pip")
+    versions, extras, mapped = bundle["versions"], bundle["extras"], set(bundle["mapped"])
+    def missing(requirement):
+        name = canonicalize_name(requirement.name)
+        if name not in versions or not (name in mapped or requirement.specifier.contains(versions[name], True)):
+            yield requirement  # not bundled, or in conflict with the bundle (pip says so against the constraint)
+            return
+        for extra in requirement.extras:  # what the bundled package's extras add
+            for text in extras.get(name, {}).get(canonicalize_name(extra), ()):
+                marker = f"; {requirement.marker}" if requirement.marker else ""
+                yield from missing(Requirement(text + marker))
+    def lifted(iter_dependencies):
+        def iter_missing(self, extras=()):
+            for requirement in iter_dependencies(self, extras):
+                yield from missing(requirement)
+        return iter_missing
+    def patch(cls):
+        if "iter_dependencies" in vars(cls):
+            cls.iter_dependencies = lifted(vars(cls)["iter_dependencies"])
+    classes = list(base.BaseDistribution.__subclasses__())
+    while classes:
+        patch(classes[0])
+        classes[1:1] = classes.pop(0).__subclasses__()
+    base.BaseDistribution.__init_subclass__ = classmethod(lambda cls, **kw: patch(cls))
+sys.argv[0] = "pip"
+runpy.run_module("pip", run_name="__main__", alter_sys=True)
+"""
 
 
-def vendor(settings: Settings, output: str, python_version: str | None, platform_tag: str | None) -> int:
-    """mcprun vendor: install what a server needs, and the bundle lacks, into a folder for --pythonpath."""
+def default_platform() -> str:
+    """Return the wheel platform vendor installs for by default: this machine's architecture, glibc 2.28."""
+    return f"{DEFAULT_MANYLINUX}_{platform.machine()}"
+
+
+def platform_ladder(tag: str) -> list[str]:
+    """Return every platform tag a machine of tag takes wheels for: manylinux_2_28_x86_64 takes
+    manylinux_2_28 down to manylinux_2_17 (manylinux2014) and manylinux1, and linux_x86_64."""
+    legacy = {"manylinux2014": (2, 17), "manylinux2010": (2, 12), "manylinux1": (2, 5)}
+    found = re.fullmatch(r"(manylinux_(\d+)_(\d+)|manylinux2014|manylinux2010|manylinux1|musllinux_1_(\d+))_(\w+)",
+                         tag)
+    if not found:
+        return [tag]
+    arch = found[5]
+    if found[4] is not None:  # musllinux_1_2 takes musllinux_1_1 too
+        return [f"musllinux_1_{minor}_{arch}" for minor in range(int(found[4]), 0, -1)]
+    major, minor = (int(found[2]), int(found[3])) if found[2] else legacy[found[1]]
+    tags = [f"manylinux_{major}_{m}_{arch}" for m in range(minor, 4, -1)]
+    tags += [f"{name}_{arch}" for name, (_, m) in legacy.items() if m <= minor]
+    return [*tags, f"linux_{arch}"]
+
+
+def vendor_requirements(settings: Settings) -> list:
+    """Return (requirement, origin) for the vendor command's items: package names or pins, requirements
+    files, or a server spec whose declared needs count (fastmcp.json environment, # /// script)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    found = []
+    for item in (settings.spec, *settings.server_args):
+        if item.endswith(".txt"):
+            found += read_requirements_file(Path(item), item)
+            continue
+        if item.endswith((".py", ".json")) or "/" in item or Path(item).exists():
+            config = settings.config if item == settings.spec else (
+                load_server_config(Path(item)) if item.endswith(".json") and not _is_mcp_config(Path(item)) else None)
+            item_settings = dataclasses.replace(settings, spec=item, config=config, with_packages=())
+            found += declared_requirements(item_settings, resolve_target(item_settings)).requirements
+            continue
+        try:
+            Requirement(item)
+        except InvalidRequirement:
+            raise UsageError(f"{item!r} is no package, requirements file or server file to vendor") from None
+        found.append((item, "command line"))
+    return found + [(text, "--with") for text in settings.with_packages]
+
+
+def vendor(settings: Settings, output: str, python_version: str | None, platform_tag: str | None,
+           resolve_timeout: float | None = None) -> int:
+    """mcprun vendor: install what the named packages or server need, and the bundle lacks, into a folder."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     if not output:
         raise UsageError("mcprun vendor needs -o DIR, the folder to fill")
-    spec = settings.spec or ""
-    if spec.endswith(".txt"):
-        declared = Declared(tuple(read_requirements_file(Path(spec), spec)))
-        declared = Declared(declared.requirements + tuple((text, "--with") for text in settings.with_packages))
-    else:
-        declared = declared_requirements(settings, resolve_target(settings))
+    declared = vendor_requirements(settings)
     python_version = python_version or "%d.%d" % sys.version_info[:2]
-    platform_tag = platform_tag or DEFAULT_VENDOR_PLATFORM
+    platform_tag = platform_tag or default_platform()
     bundle = bundled_distributions()
-    wanted, conflicts = [], []
-    for text, origin in declared.requirements:
+    mapped = SERVED_BY_MAPPINGS if settings.compat else ()
+    wanted, served, conflicts = [], [], []
+    for text, origin in declared:
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
-        if name in bundle:
-            if requirement.specifier and not requirement.specifier.contains(bundle[name], prereleases=True) \
-                    and not (settings.compat and name in ("mcp", "fastmcp")):
-                conflicts.append(f"{text} (the bundle has {bundle[name]}; {origin})")
+        if name not in bundle:
+            wanted.append(requirement)
             continue
-        wanted.append(text)
+        if requirement.specifier and not requirement.specifier.contains(bundle[name], prereleases=True):
+            if name in mapped:
+                served.append(f"{text} ({origin})")
+            else:
+                conflicts.append(f"{text} ({origin}; the bundle has {requirement.name} {bundle[name]})")
+        if requirement.extras:  # the packages its extras add
+            wanted.append(Requirement(f"{requirement.name}[{','.join(sorted(requirement.extras))}]"))
     if conflicts:
         raise UsageError(f"cannot vendor {', '.join(conflicts)}: a --pythonpath folder never replaces bundled "
                          "packages", EXIT_FAILURE)
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
-    pins = []
+    resolved, wheels = [], {}
     if wanted:
-        pip = find_pip()
-        target_options = ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
-                          "--platform", platform_tag]
-        with tempfile.TemporaryDirectory(prefix="mcprun-vendor-") as scratch:
-            constraints = Path(scratch, "bundle.txt")  # resolve around the bundle's versions
-            constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(bundle.items())))
-            report = Path(scratch, "report.json")
-            run_pip(pip, "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-                    "--target", str(Path(scratch, "unused")), "--constraint", str(constraints), *target_options,
-                    *wanted)
-            resolved = json.loads(report.read_text())["install"]
-            pins = sorted({(item["metadata"]["name"], item["metadata"]["version"]) for item in resolved
-                           if canonicalize_name(item["metadata"]["name"]) not in bundle})
-            wheels = Path(scratch, "wheels")
-            requirements = [f"{name}=={version}" for name, version in pins]
-            run_pip(pip, "download", "--no-deps", "--quiet", "--dest", str(wheels), *target_options, *requirements)
-            run_pip(pip, "install", "--no-deps", "--no-index", "--quiet", "--upgrade", "--find-links", str(wheels),
-                    "--target", str(folder), *target_options, *requirements)
-            hashes = {canonicalize_name(path.name.split("-")[0]): (path.name, hashlib.sha256(path.read_bytes()).hexdigest())
-                      for path in wheels.glob("*.whl")}
+        resolved, wheels = install_with_pip(wanted, folder, python_version, platform_ladder(platform_tag), bundle,
+                                            mapped, resolve_timeout or DEFAULT_RESOLVE_TIMEOUT)
+    served += served_requirements(resolved, bundle, mapped)
     lines = [f"# made by mcprun {__version__} vendor: packages for --pythonpath, beside the bundle",
              f"python {python_version}", f"platform {platform_tag}"]
-    for name, version in pins:
-        wheel, digest = hashes.get(canonicalize_name(name), ("?", "?"))
-        lines.append(f"{name} {version} sha256={digest} {wheel}")
+    lines += [f"{item['metadata']['name']} {item['metadata']['version']} sha256={wheels[item['metadata']['name']][1]} "
+              f"{wheels[item['metadata']['name']][0]}" for item in resolved]
     (folder / MANIFEST).write_text("\n".join(lines) + "\n")
-    info(f"vendored {len(pins)} package(s) into {folder} for CPython {python_version} on {platform_tag}: "
-         f"{', '.join(f'{n} {v}' for n, v in pins) or 'nothing (the bundle has it all)'}")
+    named = [f"{item['metadata']['name']} {item['metadata']['version']}" for item in resolved if item.get("requested")]
+    others = [f"{item['metadata']['name']} {item['metadata']['version']}" for item in resolved if not item.get("requested")]
+    what = ", ".join(named) or "nothing (the bundle has it all)"
+    if others:
+        shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+        what += f" and {len(others)} package{'s' if len(others) > 1 else ''} {'they' if len(named) > 1 else 'it'} " \
+                f"need{'' if len(named) > 1 else 's'} ({shown})"
+    mappings = f"; served by mcprun's mappings, not vendored: {', '.join(dict.fromkeys(served))}" if served else ""
+    info(f"vendored {what} into {folder} for CPython {python_version} on {platform_tag}{mappings}")
     return EXIT_OK
 
 
+def served_requirements(resolved: list, bundle: dict, mapped: tuple) -> list[str]:
+    """Return the requirements on mcp/fastmcp, of the resolved distributions, that the bundle's versions don't
+    meet and the mappings serve: 'mcp<2 (arxiv-mcp-server 0.8.2)'."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found = []
+    for item in resolved:
+        for text in item["metadata"].get("requires_dist") or ():
+            requirement = Requirement(text)
+            name = canonicalize_name(requirement.name)
+            if name in mapped and requirement.specifier and not requirement.specifier.contains(
+                    bundle[name], prereleases=True) and (requirement.marker is None or requirement.marker.evaluate(
+                    {"extra": ""})):
+                found.append(f"{requirement.name}{requirement.specifier} ({item['metadata']['name']} "
+                             f"{item['metadata']['version']})")
+    return found
+
+
+def install_with_pip(wanted: list, folder: Path, python_version: str, tags: list, bundle: dict, mapped: tuple,
+                     timeout: float) -> tuple[list, dict]:
+    """Resolve wanted with the user's pip for the target, around the bundle, and install the result into folder
+    (no dependency the bundle has); return pip's report of what was installed and {name: (wheel, sha256)}."""
+    from packaging.utils import canonicalize_name
+
+    pip = find_pip()
+    target = ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
+              *[option for tag in tags for option in ("--platform", tag)]]
+    beside = {"MCPRUN_BUNDLE": json.dumps({"versions": bundle, "extras": bundled_extras(), "mapped": mapped})}
+    with tempfile.TemporaryDirectory(prefix="mcprun-vendor-") as scratch:
+        constraints = Path(scratch, "bundle.txt")  # resolve around the bundle's versions
+        constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(bundle.items())))
+        resolve = ["install", "--dry-run", "--ignore-installed", "--target", str(Path(scratch, "unused")), *target]
+        unpinned = [requirement for requirement in wanted if _pinned(requirement, None) is None]
+        newest = resolve_with_pip(pip, [*resolve, "--no-deps"], unpinned, scratch, timeout, beside) if unpinned else []
+        pinned = [_pinned(requirement, newest) or requirement for requirement in wanted]
+        try:
+            resolved = resolve_with_pip(pip, [*resolve, "--constraint", str(constraints)], pinned, scratch, timeout,
+                                        beside)
+        except UsageError as exc:
+            raise UsageError(f"{exc}{_what_fits(pip, resolve, constraints, wanted, pinned, scratch, timeout, beside)}",
+                             exc.exit_code) from None
+        resolved = [item for item in resolved if canonicalize_name(item["metadata"]["name"]) not in bundle]
+        wheels = Path(scratch, "wheels")
+        pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in resolved]
+        run_pip(pip, "download", "--no-deps", "--quiet", "--dest", str(wheels), *target, *pins)
+        run_pip(pip, "install", "--no-deps", "--no-index", "--quiet", "--upgrade", "--find-links", str(wheels),
+                "--target", str(folder), *target, *pins)
+        found = {canonicalize_name(path.name.split("-")[0]): (path.name, hashlib.sha256(path.read_bytes()).hexdigest())
+                 for path in wheels.glob("*.whl")}
+        return resolved, {item["metadata"]["name"]: found.get(canonicalize_name(item["metadata"]["name"]), ("?", "?"))
+                          for item in resolved}
+
+
+def _pinned(requirement: Any, newest: list | None) -> Any:
+    """Return the requirement as it is when it names one release (or a URL); else pinned to the release pip
+    picked for it alone in newest (its newest), or None."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    if requirement.url or any(spec.operator in ("==", "===") for spec in requirement.specifier):
+        return requirement
+    version = next((item["metadata"]["version"] for item in newest or ()
+                    if canonicalize_name(item["metadata"]["name"]) == canonicalize_name(requirement.name)), None)
+    extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+    marker = f"; {requirement.marker}" if requirement.marker else ""
+    return Requirement(f"{requirement.name}{extras}=={version}{marker}") if version else None
+
+
+def _what_fits(pip: list, resolve: list, constraints: Path, wanted: list, pinned: list, scratch: str, timeout: float,
+               beside: dict) -> str:
+    """After a conflict at the newest releases: say which older release of what the user named would fit."""
+    if [str(r) for r in wanted] == [str(r) for r in pinned]:
+        return ""
+    try:
+        fits = resolve_with_pip(pip, [*resolve, "--constraint", str(constraints)], wanted, scratch, timeout, beside)
+    except UsageError:
+        return ""
+    older = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in fits
+             if item.get("requested") and all(str(r) != f"{item['metadata']['name']}=={item['metadata']['version']}"
+                                               for r in pinned)]
+    return f"; an older release would fit: vendor {' '.join(repr(pin) for pin in older)}" if older else ""
+
+
+def resolve_with_pip(pip: list, options: list, requirements: list, scratch: str, timeout: float,
+                     environment: dict) -> list:
+    """Run a pip resolution (install --dry-run --report), with environment added to its own and bounded by
+    timeout; return the report's install list."""
+    report = Path(scratch, "report.json")
+    report.unlink(missing_ok=True)
+    try:
+        result = run_pip(pip, *options, "--report", str(report), *map(str, requirements), timeout=timeout,
+                         environment=environment, check=False)
+    except subprocess.TimeoutExpired as exc:
+        said = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+        raise UsageError(f"pip did not resolve {' '.join(map(str, requirements))} within {timeout:g} s "
+                         f"({_slow_part(said)}); or give it longer with --resolve-timeout SECONDS",
+                         EXIT_FAILURE) from None
+    if result.returncode != 0:
+        said = result.stdout + result.stderr
+        conflict = _conflict(said)
+        if conflict:
+            raise UsageError(f"cannot vendor {' '.join(map(str, requirements))}: {conflict}", EXIT_FAILURE)
+        raise UsageError(f"pip install failed: {_last_error(said)}", EXIT_FAILURE)
+    return json.loads(report.read_text())["install"]
+
+
+def _conflict(said: str) -> str:
+    """Return pip's 'The conflict is caused by' lines as one phrase, the bundle's pins named as such."""
+    lines = said.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "The conflict is caused by:"), None)
+    if start is None:
+        return ""
+    causes = []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        cause = line.strip()
+        if found := re.fullmatch(r"The user requested \(constraint\) (\S+)==(\S+)", cause):
+            cause = f"the bundle has {found[1]} {found[2]}, which a --pythonpath folder cannot replace"
+        causes.append(cause.replace("The user requested ", "you asked for "))
+    return "; ".join(causes[:4]) + (f" (and {len(causes) - 4} more)" if len(causes) > 4 else "")
+
+
+def _slow_part(said: str) -> str:
+    """Say what pip was busy with when it ran out of time, from its progress lines."""
+    looking = list(dict.fromkeys(re.findall(r"pip is looking at multiple versions of (\S+) to determine", said)))
+    if looking:
+        return (f"it was trying one release after another of {', '.join(looking[:4])}: pin "
+                f"{'them' if len(looking) > 1 else 'it'}, e.g. '{looking[0]}==VERSION'")
+    collecting = re.findall(r"^Collecting (\S+)", said, re.M)
+    last = f"it had got to {collecting[-1]}; " if collecting else ""
+    return f"{last}pin what you vendor, e.g. 'NAME==VERSION'"
+
+
+def _last_error(said: str) -> str:
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else "")
+
+
 def find_pip() -> list[str]:
-    """Return a command running pip, for vendoring on a connected machine."""
+    """Return the command that runs the user's pip: this Python's (source, zipapp), else python3/python on PATH."""
     pythons = [] if getattr(sys, "frozen", False) else [sys.executable]
     pythons += [found for name in ("python3", "python") if (found := shutil.which(name))]
-    for python in pythons:
-        if subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0:
-            return [python, "-m", "pip"]
+    too_old = []
+    for python in dict.fromkeys(pythons):
+        result = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL)
+        version = re.match(r"pip (\d+)\.(\d+)", result.stdout)
+        if result.returncode == 0 and version and tuple(map(int, version.groups())) >= MINIMUM_PIP:
+            return [python, "-c", PIP_WITH_MAPPINGS]
+        if version:
+            too_old.append(f"{python} has pip {version[1]}.{version[2]}")
+    if too_old:
+        raise UsageError(f"mcprun vendor needs pip {'.'.join(map(str, MINIMUM_PIP))} or newer ({'; '.join(too_old)}): "
+                         f"run '{pythons[0]} -m pip install --user --upgrade pip'", EXIT_FAILURE)
     raise UsageError("mcprun vendor needs pip on this machine (e.g. 'apt install python3-pip'); it runs on a "
                      "connected machine, never on the air-gapped one", EXIT_FAILURE)
 
 
-def run_pip(pip: list[str], *args: str) -> None:
-    """Run pip, turning its failure into one error line (its own last line)."""
-    result = subprocess.run([*pip, *args, "--disable-pip-version-check"], capture_output=True, text=True)
+def run_pip(pip: list[str], *args: str, timeout: float | None = None, environment: dict | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run pip in the user's environment (plus environment); with check, turn its failure into one error line
+    (its own last error line)."""
+    result = subprocess.run([*pip, *args], capture_output=True, text=check, timeout=timeout, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(environment or {})})
+    if not check:
+        return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"),
+                                           result.stderr.decode(errors="replace"))
     if result.returncode != 0:
-        said = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        reason = next((line for line in reversed(said) if line.startswith("ERROR")), said[-1] if said else "")
-        raise UsageError(f"pip {args[0]} failed: {reason}", EXIT_FAILURE)
+        raise UsageError(f"pip {args[0]} failed: {_last_error(result.stderr or result.stdout)}", EXIT_FAILURE)
+    return result
 
 
 def check_vendored_for_here(folder: str) -> None:
@@ -1620,42 +2027,59 @@ PACK_FOLDER = "mcprun_pack/"  # inside the zipapp: pack.json, server/ (the serve
 PACK_SKIPPED = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", "node_modules"}
 
 
-def pack(settings: Settings, output: str, python_version: str | None, platform_tag: str | None) -> int:
-    """mcprun pack: copy mcprun.pyz and add the server's folder and its vendored packages to it."""
+def pack(settings: Settings, output: str, python_version: str | None, platform_tag: str | None,
+         resolve_timeout: float | None = None) -> int:
+    """mcprun pack: copy mcprun.pyz and add the server's folder (or the package named) and its vendored packages."""
     import zipfile
 
     if not output:
         raise UsageError("mcprun pack needs -o FILE, the zipapp to write")
-    target = resolve_target(settings)
-    if target.kind not in ("file", "script") and not settings.config:
-        raise UsageError(f"mcprun pack takes a server file or fastmcp.json, not {target.kind} {target.spec!r}")
+    spec = settings.spec or ""
+    named = not settings.config and not (spec.endswith(".py") or "/" in spec or ":" in spec or Path(spec).exists())
+    root = None
+    if not named:
+        target = resolve_target(settings)
+        if target.kind not in ("file", "script") and not settings.config:
+            raise UsageError(f"mcprun pack takes a server file, fastmcp.json or a package, not {target.kind} "
+                             f"{target.spec!r}")
+        entry = Path(os.path.abspath(spec.split(":")[0] if settings.config else target.path))
+        root = _package_root(entry)[0] if (entry.parent / "__init__.py").exists() else entry.parent
+        if settings.config and not Path(target.path).resolve().is_relative_to(root.resolve()):
+            raise UsageError(f"{spec}: the server {target.path} lies outside the config's folder; "
+                             "pack a folder that holds both")
+        spec = str(entry.relative_to(root)) + (f":{target.object_name}" if target.object_name and not settings.config
+                                               else "")
     base = find_zipapp()
-    entry = Path(os.path.abspath(settings.spec.split(":")[0] if settings.config else target.path))
-    root = _package_root(entry)[0] if (entry.parent / "__init__.py").exists() else entry.parent
-    if settings.config and not Path(target.path).resolve().is_relative_to(root.resolve()):
-        raise UsageError(f"{settings.spec}: the server {target.path} lies outside the config's folder; "
-                         "pack a folder that holds both")
-    spec = str(entry.relative_to(root)) + (f":{target.object_name}" if target.object_name and not settings.config
-                                           else "")
     output_path = Path(output).resolve()
     with tempfile.TemporaryDirectory(prefix="mcprun-pack-") as scratch:
         deps = Path(scratch, "deps")
-        vendor(settings, str(deps), python_version, platform_tag)
-        shutil.copyfile(base, output_path)
-        files = [(path, f"server/{path.relative_to(root)}") for path in sorted(root.rglob("*"))
-                 if path.is_file() and path != output_path and not PACK_SKIPPED & set(path.relative_to(root).parts)]
+        vendor(settings, str(deps), python_version, platform_tag, resolve_timeout)
+        files = [] if root is None else [
+            (path, f"server/{path.relative_to(root)}") for path in sorted(root.rglob("*"))
+            if path.is_file() and path != output_path and not PACK_SKIPPED & set(path.relative_to(root).parts)]
         files += [(path, f"deps/{path.relative_to(deps)}") for path in sorted(deps.rglob("*")) if path.is_file()]
+        manifest = {"spec": spec}
+        if named:  # run by its console script, found in the packed packages
+            from packaging.requirements import Requirement
+
+            script = find_console_script(Requirement(spec).name, console_scripts((str(deps),)))
+            if script is None:
+                raise UsageError(f"{spec} has no console script to run; pack a server file that imports it")
+            manifest = {"script": script.name}
+            spec = script.name
         digest = hashlib.sha256()
         for path, name in files:
             digest.update(name.encode() + b"\0" + path.read_bytes())
-        manifest = {"spec": spec, "id": digest.hexdigest()[:16], "mcprun": __version__}
+        manifest.update(id=digest.hexdigest()[:16], mcprun=__version__)
+        shutil.copyfile(base, output_path)
         with zipfile.ZipFile(output_path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(PACK_FOLDER + "pack.json", json.dumps(manifest))
             for path, name in files:
                 archive.write(path, PACK_FOLDER + name)
     output_path.chmod(0o755)
     size = output_path.stat().st_size / 1e6
-    info(f"packed {spec} from {_short_path(root)} ({len(files)} files) into {_short_path(output_path)} "
+    source = f"from {_short_path(root)} " if root else ""
+    info(f"packed {spec} {source}({len(files)} files) into {_short_path(output_path)} "
          f"({size:.1f} MB): run it with 'python3 {_short_path(output_path)} [options]'")
     return EXIT_OK
 
@@ -1700,7 +2124,7 @@ def unpack_packed_server(argv: list[str]) -> list[str]:
             shutil.rmtree(scratch, ignore_errors=True)
     os.environ["MCPRUN_PACKED"] = "1"  # a reloaded child gets its argv as it is
     command = argv[:1] if argv[:1] and argv[0] in COMMANDS else []
-    added = [str(folder / "server" / manifest["spec"])]
+    added = [manifest["script"]] if "script" in manifest else [str(folder / "server" / manifest["spec"])]
     if (folder / "deps").is_dir():
         added += ["--pythonpath", str(folder / "deps")]
     return [*command, *added, *argv[len(command):]]
@@ -1748,7 +2172,7 @@ def import_server_module(target: Target) -> Any:
         module_name = target.module_name
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
-        label = f"module '{module_name}'"
+        label = f"console script {target.spec!r}" if target.kind == "entry_point" else f"module '{module_name}'"
     try:
         if target.kind == "file" and "." not in module_name:
             spec = importlib.util.spec_from_file_location(module_name, path)
@@ -1781,7 +2205,7 @@ def import_server_module(target: Target) -> Any:
             raise UsageError(f"{label} imports {exc.name!r}, which the bundled {bundled} "
                              f"{_version_of(bundled.replace('_', '-'))} does not have: {_first_line(exc)}",
                              EXIT_FAILURE) from exc
-        raise UsageError(not_installed(label, exc.name), EXIT_FAILURE) from exc
+        raise UsageError(not_installed(label, exc.name, target.script), EXIT_FAILURE) from exc
     except Exception as exc:
         raise UsageError(f"importing {label} failed: {_describe(exc)}", EXIT_FAILURE) from exc
 
@@ -1792,9 +2216,13 @@ def syntax_error(exc: SyntaxError, label: str) -> UsageError:
     return UsageError(f"syntax error in {where}: {exc.msg}", EXIT_FAILURE)
 
 
-def not_installed(label: str, module: str) -> str:
+def not_installed(label: str, module: str, script: ConsoleScript | None = None) -> str:
     """Say that label imports a module mcprun lacks, and how to vendor it for this Python."""
     python = "%d.%d" % sys.version_info[:2]
+    if script and script.version != "?":
+        return (f"{label} imports {module!r}, which is not installed: {script.folder} lacks what "
+                f"{script.distribution} {script.version} needs; on a connected machine run 'mcprun vendor "
+                f"{script.distribution}=={script.version} --python-version {python} -o DIR', then add --pythonpath DIR")
     return (f"{label} imports {module!r}, which is not installed: mcprun bundles fastmcp, mcp, httpx and their "
             f"dependencies only; on a connected machine run 'pip install --target DIR --python-version {python} "
             f"--only-binary=:all: PACKAGE' (the package that provides {module!r}), then add --pythonpath DIR")
@@ -1849,9 +2277,20 @@ def find_server_object(module: Any, target: Target) -> tuple[str, Any]:
         f"; none found either — create one (mcp = FastMCP(...)) or name a factory with {target.spec}:NAME"
     )
     if not found and _has_main_block(module):
-        hint = f"; it starts its own server under 'if __name__ == \"__main__\"': run it with --script"
+        hint = "; it starts its own server under 'if __name__ == \"__main__\"': run it with --script"
+    scripts = [] if found or target.kind != "import" else _scripts_of(module.__name__)
+    if scripts:
+        hint = f"; it belongs to console script {scripts[0]}, which starts the server: run 'mcprun {scripts[0]}'"
     tried = ", ".join(SERVER_NAMES) + (f" ({'; '.join(unsupported)})" if unsupported else "")
     raise UsageError(f"no server object in {label}: tried {tried}{hint}")
+
+
+def _scripts_of(module_name: str) -> list[str]:
+    """Return the console scripts (of the distributions on sys.path) that run a function of this module."""
+    import importlib.metadata
+
+    return sorted({entry.name for entry in importlib.metadata.entry_points(group="console_scripts")
+                   if entry.value.split(":")[0].strip() == module_name})
 
 
 def _has_main_block(module: Any) -> bool:
@@ -1863,7 +2302,8 @@ def _has_main_block(module: Any) -> bool:
 
 
 def _is_factory(obj: Any) -> bool:
-    return inspect.isfunction(obj) or inspect.iscoroutinefunction(obj) or inspect.ismethod(obj)
+    """A function, method or other callable (a click command, say) that may return or start a server."""
+    return callable(obj) and not inspect.isclass(obj)
 
 
 def _check_factory_signature(name: str, factory: Any) -> None:
@@ -1879,15 +2319,18 @@ def _check_factory_signature(name: str, factory: Any) -> None:
                          "mcprun calls factories with none: give them defaults")
 
 
-def _checked_server(name: str, obj: Any) -> Any:
+def _checked_server(name: str, obj: Any, module: Any = None) -> Any:
     if server_kind(obj) is None:
-        raise UsageError(f"factory {name!r} returned {_a_type(obj)}, not an MCP server (FastMCP, MCPServer or a low-level Server); "
-                         "make it return one")
+        servers = [n for n, value in vars(module).items() if server_kind(value) is not None] if module else []
+        hint = f"; or serve its server object: {module.__name__}:{servers[0]}" if servers else ""
+        raise UsageError(f"factory {name!r} returned {_a_type(obj)}, not an MCP server (FastMCP, MCPServer or a "
+                         f"low-level Server) and started none; make it return one{hint}")
     return obj
 
 
-def load_server(settings: Settings, target: Target) -> Any:
-    """Import user code and return a server, or an async factory to await in the event loop."""
+def load_server(settings: Settings, target: Target, catcher: Catcher) -> Any:
+    """Import user code and return a server, an async factory to await in the event loop, or None when the
+    code started a server itself (catcher took it: at import, or in a function named as SPEC)."""
     if target.kind == "url":
         check_url_reachable(target.url)
         from fastmcp.server import create_proxy
@@ -1901,6 +2344,8 @@ def load_server(settings: Settings, target: Target) -> Any:
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{target.path}: {_first_line(exc)}") from exc
     module = import_server_module(target)
+    if catcher.started:  # its module-level code started the server
+        return None
     name, obj = find_server_object(module, target)
     if server_kind(obj) is not None:
         return obj
@@ -1908,19 +2353,22 @@ def load_server(settings: Settings, target: Target) -> Any:
     if inspect.iscoroutinefunction(obj):
         return obj
     try:
-        result = obj()
+        result = obj()  # a factory, or a command-line entry point that starts a server: caught
+    except SystemExit as exc:
+        return ended_early(f"{name!r} in {target.spec}", exc, catcher)
     except Exception as exc:
         raise UsageError(f"factory {name!r} raised {_describe(exc)}", EXIT_FAILURE) from exc
-    return _checked_server(name, result)
+    return None if catcher.started else _checked_server(name, result, module)
 
 
-async def await_factory(factory: Any) -> Any:
-    """Await an async factory inside the serving event loop, so its resources live there."""
+async def await_factory(factory: Any, catcher: Catcher) -> Any:
+    """Await an async factory inside the serving event loop, so its resources live there; None when it
+    started a server itself (catcher took it)."""
     try:
         result = await factory()
     except Exception as exc:
         raise UsageError(f"factory {factory.__name__!r} raised {_describe(exc)}", EXIT_FAILURE) from exc
-    return _checked_server(factory.__name__, result)
+    return None if catcher.started else _checked_server(factory.__name__, result, inspect.getmodule(factory))
 
 
 def check_url_reachable(url: str) -> None:
@@ -1935,6 +2383,186 @@ def check_url_reachable(url: str) -> None:
                          EXIT_FAILURE) from None
 
 
+# -- servers that start themselves: caught where they start, served as mcprun was asked
+#
+# Console scripts, -m modules and --script files start their own server: FastMCP.run(), MCPServer.run(),
+# run_stdio_async(), a low-level Server.run() over stdio_server(), at module level or inside main()
+# under asyncio.run or anyio.run. mcprun catches the server object where it starts and serves it
+# itself, on the transport, address and gateway the user chose (where the user chose none, those the
+# code asked for). Whatever mcprun itself serves runs with _driving set, and is let through.
+
+_driving = contextvars.ContextVar("mcprun_driving", default=None)  # while mcprun serves: a Wire on stdio, else True
+
+
+class Catcher:
+    """Where the servers that code starts itself go: on_start(server, transport, options)."""
+
+    def __init__(self, on_start: Any) -> None:
+        self.on_start = on_start
+        self.started = 0
+
+    async def start(self, server: Any, transport: str, options: dict) -> None:
+        self.started += 1
+        transport = "http" if transport == "streamable-http" else transport
+        await self.on_start(server, transport, {name: value for name, value in options.items() if value is not None})
+
+
+class StartedItself(BaseException):
+    """Raised through the user's code to stop it once the server it started has been looked at (check)."""
+
+    def __init__(self, server: Any, report: dict | None = None) -> None:
+        super().__init__()
+        self.server, self.report = server, report
+
+
+def catch_started_servers(catcher: Catcher) -> None:
+    """Send every server that code starts itself to catcher, once per process.
+
+    Patched: the run methods of fastmcp's FastMCP and the SDK's MCPServer; stdio_server(), which,
+    called by the code itself, yields streams that carry nothing (the names fastmcp and the SDK
+    imported too); and a low-level Server.run() over those streams. This is the one place that
+    replaces upstream attributes; a name that moved fails here, loudly.
+    """
+    import fastmcp
+    import fastmcp.server.mixins.transport
+    import mcp.server.mcpserver.server
+    import mcp.server.stdio
+    from mcp.server.lowlevel.server import Server
+    from mcp.server.mcpserver import MCPServer
+
+    def caught(owner: type, method: str, options_of: Any) -> None:
+        original = getattr(owner, method)
+
+        async def start(self, *args, **options):
+            if _driving.get() is not None:  # mcprun serves this server itself
+                return await original(self, *args, **options)
+            transport, chosen = options_of(*args, **options)
+            await catcher.start(self, transport, chosen)
+
+        setattr(owner, method, functools.wraps(original)(start))
+
+    def http(host=None, port=None, log_level=None, path=None, *_, stateless_http=None, stateless=None, sse_path=None,
+             streamable_http_path=None, **__):
+        return {"host": host, "port": port, "path": path or sse_path or streamable_http_path,
+                "stateless": stateless_http if stateless_http is not None else stateless}
+
+    caught(fastmcp.FastMCP, "run_async", lambda transport=None, show_banner=None, **options: (
+        transport or fastmcp.settings.transport, http(**options)))
+    caught(fastmcp.FastMCP, "run_stdio_async", lambda *_, **__: ("stdio", {}))
+    caught(fastmcp.FastMCP, "run_http_async", lambda show_banner=True, transport="http", *args, **options: (
+        transport, http(*args, **options)))
+    caught(MCPServer, "run_stdio_async", lambda: ("stdio", {}))
+    caught(MCPServer, "run_sse_async", lambda **options: ("sse", http(**options)))
+    caught(MCPServer, "run_streamable_http_async", lambda **options: ("http", http(**options)))
+
+    original_stdio_server, original_run, placeholders = mcp.server.stdio.stdio_server, Server.run, set()
+
+    @contextlib.asynccontextmanager
+    async def stdio_server(stdin=None, stdout=None):
+        wire = _driving.get()
+        if stdin is None and stdout is None and not isinstance(wire, Wire):
+            import anyio  # the code starts a stdio transport of its own: mcprun serves its server instead
+
+            to_server, read_stream = anyio.create_memory_object_stream(0)
+            write_stream, unread = anyio.create_memory_object_stream(0)
+            to_server.close()
+            unread.close()
+            placeholders.add(read_stream)
+            try:
+                yield read_stream, write_stream
+            finally:
+                placeholders.discard(read_stream)
+            return
+        if stdin is None and stdout is None:
+            stdin, stdout = wire.streams()
+        async with original_stdio_server(stdin, stdout) as streams:
+            yield streams
+
+    async def run(self, read_stream, write_stream, initialization_options, *args, **options):
+        if read_stream not in placeholders:
+            return await original_run(self, read_stream, write_stream, initialization_options, *args, **options)
+        self.create_initialization_options = lambda *_, **__: initialization_options  # as the code chose them
+        await catcher.start(self, "stdio", {})
+
+    Server.run = functools.wraps(original_run)(run)
+    for module in (mcp.server.stdio, mcp.server.mcpserver.server, fastmcp.server.mixins.transport):
+        if getattr(module, "stdio_server", None) is not original_stdio_server:
+            raise RuntimeError(f"mcprun: {module.__name__}.stdio_server moved; mcprun's stdio needs updating")
+        module.stdio_server = stdio_server
+
+
+def adopt_started(settings: Settings, transport: str, options: dict) -> Settings:
+    """Take the transport, host, port, path and stateless mode the code started its server with, where the
+    user chose none."""
+    return _where_unset(settings, {"transport": transport, **options}, "the server's code")
+
+
+def run_self_starting(settings: Settings, target: Target, catcher: Catcher) -> None:
+    """Run code that starts its own server as python would run it, sys.argv as it would see it: a module
+    (-m), a script file (--script, or a file that is not .py) or a console script. The server it starts
+    goes to catcher; a script that starts none but defines a server object has that served instead."""
+    import runpy
+
+    label = {"module": f"module {target.spec!r}", "entry_point": f"console script {target.spec!r}"}.get(
+        target.kind, _short_path(target.path) if target.path else target.spec)
+    sys.argv = [str(target.path or target.spec), *settings.server_args]
+    defined: dict = {}
+    try:
+        if target.kind == "module":
+            if "" not in sys.path:
+                sys.path.insert(0, "")
+            runpy.run_module(target.spec, run_name="__main__", alter_sys=True)
+        elif target.kind == "script":
+            sys.path.insert(0, str(target.path.parent))
+            defined = runpy.run_path(str(target.path), run_name="__main__")
+        else:
+            entry = import_server_module(target)
+            for attribute in (target.object_name or "").split(".") if target.object_name else ():
+                entry = getattr(entry, attribute)
+            result = entry()
+            if not catcher.started and server_kind(result) is not None:  # it returned a server to serve
+                defined = {"server": result}
+            elif not catcher.started and result not in (None, 0):
+                raise SystemExit(result)  # console scripts run sys.exit(main())
+    except SystemExit as exc:
+        ended_early(label, exc, catcher)
+        return
+    except ImportError as exc:
+        if target.kind == "module" and (exc.name is None or f"{target.spec}.".startswith(f"{exc.name}.")):
+            # runpy's own errors carry no name: the module (or its __main__) was not found
+            raise UsageError(f"cannot run module {target.spec!r}: {_first_line(exc)}; check the name, or run "
+                             "mcprun from the folder that holds it (or add --pythonpath DIR)") from None
+        if not isinstance(exc, ModuleNotFoundError) or target.kind == "entry_point":
+            raise
+        raise UsageError(not_installed(label, exc.name), EXIT_FAILURE) from exc
+    except SyntaxError as exc:
+        raise syntax_error(exc, label) from exc
+    if catcher.started:
+        return
+    servers = [value for name, value in defined.items() if not name.startswith("_") and server_kind(value)]
+    if servers:
+        import anyio
+
+        anyio.run(catcher.start, servers[0], settings.transport, {})
+        return
+    raise UsageError(f"{label} ended without starting an MCP server mcprun can serve (FastMCP.run(), "
+                     "MCPServer.run(), a low-level Server.run() over stdio_server()); a program that writes the "
+                     "protocol itself cannot be served by mcprun", EXIT_FAILURE)
+
+
+def ended_early(label: str, exc: SystemExit, catcher: Catcher) -> None:
+    """The code called sys.exit(): fine once its server has run, or with code 0 (--help, --version);
+    else one error line with its exit code."""
+    if catcher.started or exc.code in (None, 0):
+        if not catcher.started:
+            warn(f"{label} exited without starting a server")
+        return None
+    if isinstance(exc.code, int):
+        raise UsageError(f"{label} exited with code {exc.code} before it started a server (its own message is "
+                         "above)", exc.code)
+    raise UsageError(f"{label}: {exc.code}", EXIT_FAILURE)
+
+
 # -- transports --------------------------------------------------------------
 
 
@@ -1942,21 +2570,25 @@ def describe_server(server: Any, target: Target) -> str:
     return f"{getattr(server, 'name', None) or 'server'!r} from {target.spec}"
 
 
-async def serve_stdio(server: Any, settings: Settings) -> None:
-    """Serve over stdin/stdout; the SDK's stdio transport keeps stray output off the wire."""
-    kind = server_kind(server)
-    if kind == "fastmcp":
-        # no log_level: fastmcp would reinstall its own handler; configure_logging() set the level
-        await server.run_stdio_async(show_banner=False, stateless=settings.stateless)
-    elif kind == "sdk":
-        from mcp.server.mcpserver import MCPServer
+async def serve_stdio(server: Any, settings: Settings, wire: Wire) -> None:
+    """Serve over the wire that take_wire() kept: every stdio_server() mcprun drives reads and writes it."""
+    token = _driving.set(wire)
+    try:
+        kind = server_kind(server)
+        if kind == "fastmcp":
+            # no log_level: fastmcp would reinstall its own handler; configure_logging() set the level
+            await server.run_stdio_async(show_banner=False, stateless=settings.stateless)
+        elif kind == "sdk":
+            from mcp.server.mcpserver import MCPServer
 
-        await MCPServer.run_stdio_async(server)  # not an mcp 1.x FastMCP's own, which would come back here
-    else:
-        from mcp.server.stdio import stdio_server
+            await MCPServer.run_stdio_async(server)  # not an mcp 1.x FastMCP's own, which would come back here
+        else:
+            from mcp.server.stdio import stdio_server
 
-        async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+            async with stdio_server(*wire.streams()) as (read_stream, write_stream):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+    finally:
+        _driving.reset(token)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -2495,69 +3127,25 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     # uvicorn drains on SIGTERM, then re-raises it to the previous handler: make that one
     # a no-op so a clean shutdown exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
+    token = _driving.set(True)
     try:
         await DrainingServer(config).serve(sockets=[sock])
     finally:
+        _driving.reset(token)
         sock.close()
 
 
-async def serve(loaded: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
-                announce: Any = None) -> None:
-    """Run the loaded server on the chosen transport until it stops (HTTP: see serve_http for sock, announce)."""
-    server = await await_factory(loaded) if inspect.iscoroutinefunction(loaded) else loaded
+async def serve(server: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
+                announce: Any = None, wire: Wire | None = None) -> None:
+    """Run the server on the chosen transport until it stops (stdio: on wire; HTTP: see serve_http)."""
     settings = adopt_server_settings(settings, server)
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":
         if settings.show_banner and settings.log_level in ("DEBUG", "INFO"):
             info(f"serving {describe_server(server, target)} over stdio")
-        await serve_stdio(server, settings)
+        await serve_stdio(server, settings, wire or take_wire())
     else:
         await serve_http(server, settings, target, sock, announce)
-
-
-def run_module(settings: Settings) -> None:
-    """Run a module in-process as 'python -m NAME' would, with the server args."""
-    import runpy
-
-    import fastmcp
-
-    ignored = [f"--{n}" for n in ("transport", "host", "port", "path") if settings.sources.get(n) != "default"]
-    if ignored:
-        warn(f"with -m the module starts its own server: {', '.join(ignored)} apply only "
-             "where it calls FastMCP.run() without them")
-    fastmcp.settings.transport = settings.transport
-    fastmcp.settings.host, fastmcp.settings.port = settings.host, settings.port
-    fastmcp.settings.show_server_banner = settings.show_banner
-    if settings.path:
-        fastmcp.settings.streamable_http_path = fastmcp.settings.sse_path = settings.http_path
-    sys.argv = [settings.spec, *settings.server_args]
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        runpy.run_module(settings.spec, run_name="__main__", alter_sys=True)
-    except ImportError as exc:
-        # runpy's own errors carry no name: the module (or its __main__) was not found
-        if exc.name is None or f"{settings.spec}.".startswith(f"{exc.name}."):
-            raise UsageError(f"cannot run module {settings.spec!r}: {_first_line(exc)}; check the name, "
-                             "or run mcprun from the folder that holds it") from None
-        if not isinstance(exc, ModuleNotFoundError):
-            raise
-        raise UsageError(not_installed(f"module {settings.spec!r}", exc.name), EXIT_FAILURE) from exc
-
-
-def run_script(settings: Settings, target: Target) -> None:
-    """Run a server file as __main__ (python server.py would), with the bundled stack and compat in place."""
-    import runpy
-
-    sys.argv = [str(target.path), *settings.server_args]
-    sys.path.insert(0, str(target.path.parent))
-    label = _short_path(target.path)
-    try:
-        runpy.run_path(str(target.path), run_name="__main__")
-    except SyntaxError as exc:
-        raise syntax_error(exc, label) from exc
-    except ModuleNotFoundError as exc:
-        raise UsageError(not_installed(label, exc.name), EXIT_FAILURE) from exc
 
 
 # -- the running program: source, zipapp or binary ---------------------------
@@ -2605,6 +3193,41 @@ def restore_child_environment() -> None:
 
 
 # -- lifecycle: reload, run -------------------------------------------------
+
+
+def launch(settings: Settings, target: Target, serve_server: Any) -> None:
+    """Load the target and serve its server with serve_server(server, settings), an async function.
+
+    A server that the code starts itself (a console script, -m, --script, a function named as
+    SPEC, a module that calls run() when imported) is caught and served the same way.
+    """
+    import anyio
+
+    async def started(server: Any, transport: str, options: dict) -> None:
+        await _serve_checked(server, adopt_started(settings, transport, options), target, serve_server)
+
+    catcher = Catcher(started)
+    catch_started_servers(catcher)
+    if target.kind in SELF_STARTING:
+        run_self_starting(settings, target, catcher)
+        return
+    sys.argv = [str(target.path or target.spec), *settings.server_args]
+    loaded = load_server(settings, target, catcher)
+    if loaded is not None:
+        anyio.run(_serve_loaded, loaded, settings, target, serve_server, catcher)
+
+
+async def _serve_loaded(loaded: Any, settings: Settings, target: Target, serve_server: Any, catcher: Catcher) -> None:
+    server = await await_factory(loaded, catcher) if inspect.iscoroutinefunction(loaded) else loaded
+    if server is not None:
+        await _serve_checked(server, settings, target, serve_server)
+
+
+async def _serve_checked(server: Any, settings: Settings, target: Target, serve_server: Any) -> None:
+    """Check what the server object declares it needs (FastMCP(dependencies=...)), then serve it."""
+    if not settings.skip_env:
+        check_requirements(server_dependencies(server), settings, target.spec)
+    await serve_server(server, settings)
 
 
 def run_with_reload(settings: Settings, target: Target) -> int:
@@ -2894,8 +3517,6 @@ def serve_worker(settings: Settings, target: Target, sock: socket.socket, status
     """
     import threading
 
-    import anyio
-
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until uvicorn takes it: stop at once while loading
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -2920,10 +3541,7 @@ def serve_worker(settings: Settings, target: Target, sock: socket.socket, status
         os.close(reporting.pop())  # from now on, failures are this worker's to log
 
     try:
-        loaded = load_server(settings, target)
-        if not settings.skip_env and not inspect.iscoroutinefunction(loaded):
-            check_requirements(server_dependencies(loaded), settings, target.spec)
-        anyio.run(_serve_sharing, loaded, settings, target, sock, announce)
+        launch(settings, target, lambda server, chosen: _serve_sharing(server, chosen, target, sock, announce))
         return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
@@ -2943,7 +3561,7 @@ def serve_worker(settings: Settings, target: Target, sock: socket.socket, status
         sys.stderr.flush()
 
 
-async def _serve_sharing(loaded: Any, settings: Settings, target: Target, sock: socket.socket, announce: Any) -> None:
+async def _serve_sharing(server: Any, settings: Settings, target: Target, sock: socket.socket, announce: Any) -> None:
     """Serve on a socket shared with other workers, taking one new connection per wake-up.
 
     asyncio accepts up to the backlog (2048) connections each time the socket is readable, so one
@@ -2959,7 +3577,7 @@ async def _serve_sharing(loaded: Any, settings: Settings, target: Target, sock: 
             return accept(protocol_factory, listener, sslcontext, server, 1, *args, **kwargs)
 
         loop._accept_connection = accept_one
-    await serve(loaded, settings, target, sock, announce)
+    await serve(server, settings, target, sock, announce)
 
 
 def _stop_without_supervisor(supervisor: int) -> None:
@@ -2971,30 +3589,37 @@ def _stop_without_supervisor(supervisor: int) -> None:
 
 def not_imported(target: Target) -> str | None:
     """Say how a target mcprun does not import is served (it starts its own server, or is a proxy); else None."""
-    return {"module": f"{target.spec}, a module that starts its own server (-m)",
-            "script": f"{target.spec}, a file that starts its own server (--script)",
+    if target.kind == "entry_point":
+        return (f"console script {target.script.name} ({target.script.value} from {target.script.where}), which "
+                "starts its own server: caught and served by mcprun")
+    return {"module": f"{target.spec}, a module that starts its own server (-m): caught and served by mcprun",
+            "script": f"{target.spec}, a file that starts its own server: caught and served by mcprun",
             "url": f"a proxy to {target.spec}", "mcp_config": f"a proxy to the servers in {target.spec}"}.get(target.kind)
-
-
-def load_quietly(settings: Settings, target: Target) -> Any:
-    """Import user code and load the server with stdout pointed at stderr, for a report on stdout."""
-    wire = divert_stdout()
-    try:
-        return load_server(settings, target)
-    finally:
-        restore_stdout(wire)
 
 
 def served_by(settings: Settings) -> str:
     """For --print-config: the server the spec names and the path mcprun serves it by (imports it)."""
+    async def stop(server: Any, transport: str, options: dict) -> None:
+        raise StartedItself(server)
+
     try:
         target = resolve_target(settings)
         if described := not_imported(target):
             return described
-        prepare_process(settings)
-        loaded = load_quietly(settings, target)
+        prepare_process(settings, target)
+        catcher = Catcher(stop)
+        catch_started_servers(catcher)
+        wire = divert_stdout()
+        try:
+            loaded = load_server(settings, target, catcher)
+        finally:
+            restore_stdout(wire)
     except UsageError as exc:
         return f"cannot load: {exc}"
+    except StartedItself as started:
+        return f"{describe_server(started.server, target)}: {server_path(started.server)}, started by its own code"
+    if loaded is None:
+        return f"{target.spec}: exited without starting a server"
     if inspect.iscoroutinefunction(loaded):
         return f"an async factory in {target.spec} (called when serving)"
     return f"{describe_server(loaded, target)}: {server_path(loaded)}"
@@ -3002,30 +3627,28 @@ def served_by(settings: Settings) -> str:
 
 def check(settings: Settings, as_json: bool = False) -> int:
     """mcprun check: do everything serving would do up to the first request, then report; 0 if it would serve."""
-    import anyio
-
     report: dict = {"ok": False, "spec": settings.spec}
     try:
         target = resolve_target(settings)
-        prepare_process(settings)
+        prepare_process(settings, target)
         declared = declared_requirements(settings, target)
         report["requirements"] = [{"requirement": text, "from": origin} for text, origin in declared.requirements]
         if not settings.skip_env:
             check_requirements(declared, settings, settings.spec if settings.config else target.spec)
-        if described := not_imported(target):
-            report.update(ok=True, path=described)
+        if target.kind in ("url", "mcp_config"):
+            report.update(ok=True, path=not_imported(target))
         else:
             wire = divert_stdout()  # the server's own prints stay out of the report
             try:
-                loaded = load_server(settings, target)
-                server = anyio.run(await_factory, loaded) if inspect.iscoroutinefunction(loaded) else loaded
-                own = server_dependencies(server)
-                report["requirements"] += [{"requirement": text, "from": origin} for text, origin in own.requirements]
-                if not settings.skip_env:
-                    check_requirements(own, settings, target.spec)
-                report.update(anyio.run(inventory, server), path=server_path(server), ok=True)
+                server, found = inspect_target(settings, target)
             finally:
                 restore_stdout(wire)
+            own = server_dependencies(server)
+            report["requirements"] += [{"requirement": text, "from": origin} for text, origin in own.requirements]
+            if not settings.skip_env:
+                check_requirements(own, settings, target.spec)
+            started = f", started by {not_imported(target).split(', which')[0]}" if target.kind in SELF_STARTING else ""
+            report.update(found, path=server_path(server) + started, ok=True)
     except UsageError as exc:
         report["error"] = str(exc)
         error(str(exc))
@@ -3034,6 +3657,36 @@ def check(settings: Settings, as_json: bool = False) -> int:
     else:
         print(format_report(report))
     return EXIT_OK if report["ok"] else EXIT_FAILURE
+
+
+def inspect_target(settings: Settings, target: Target) -> tuple[Any, dict]:
+    """Load the target as serving would, or run it until it starts its server, and list what the server offers
+    (in the code's own event loop, for a server it starts itself); return the server and the list."""
+    import anyio
+
+    found: list = []  # kept here too: some code swallows what it runs into (asyncio.gather(return_exceptions))
+
+    async def look(server: Any, transport: str, options: dict) -> None:
+        found.append(StartedItself(server, await inventory(server)))
+        raise found[-1]
+
+    catcher = Catcher(look)
+    catch_started_servers(catcher)
+    try:
+        if target.kind in SELF_STARTING:
+            run_self_starting(settings, target, catcher)
+        else:
+            sys.argv = [str(target.path or target.spec), *settings.server_args]
+            loaded = load_server(settings, target, catcher)
+            if inspect.iscoroutinefunction(loaded):
+                loaded = anyio.run(await_factory, loaded, catcher)
+            if loaded is not None:
+                return loaded, anyio.run(inventory, loaded)
+    except StartedItself:
+        pass
+    if found:
+        return found[0].server, found[0].report
+    raise UsageError(f"{target.spec} exited without starting a server", EXIT_FAILURE)
 
 
 async def inventory(server: Any) -> dict:
@@ -3116,33 +3769,18 @@ def run(settings: Settings) -> int:
             warn("--reload does not work with SSE (sessions are lost on restart); running without it")
         else:
             return run_with_reload(settings, target)
-    prepare_process(settings)
+    prepare_process(settings, target)
     if not settings.skip_env:
         declared = declared_requirements(settings, target)
-        if settings.allow_network and requirement_problems(declared, settings.compat, settings.pythonpath):
+        if settings.allow_network and requirement_problems(declared, settings.compat):
             settings = fetch_with_uv(settings)
         check_requirements(declared, settings, settings.spec if settings.config else target.spec)
-    if target.kind == "module":
-        run_module(settings)
-        return EXIT_OK
-    if target.kind == "script":
-        run_script(settings, target)
-        return EXIT_OK
-    import anyio
-
-    sys.argv = [str(target.path or target.spec), *settings.server_args]
+    wire = take_wire() if settings.transport == "stdio" else None
     sock = systemd_socket() if settings.transport != "stdio" else None
     if settings.workers > 1:
         return run_workers(settings, target, sock)
-    wire = divert_stdout() if settings.transport == "stdio" else None
-    try:
-        loaded = load_server(settings, target)
-    finally:
-        restore_stdout(wire)
-    if not settings.skip_env and not inspect.iscoroutinefunction(loaded):
-        check_requirements(server_dependencies(loaded), settings, target.spec)
     announce = announcer(settings, sock, ("socket from systemd",)) if sock else None
-    anyio.run(serve, loaded, settings, target, sock, announce)
+    launch(settings, target, lambda server, chosen: serve(server, chosen, target, sock, announce, wire))
     return EXIT_OK
 
 
@@ -3160,10 +3798,24 @@ examples:
   mcprun check server.py --json             preflight: would it serve? its tools, resources, prompts
   mcprun vendor server.py -o deps           (connected machine) fetch what the server needs, for
                                             --pythonpath deps on the offline one
+  mcprun vendor mcp-server-git -o deps      (connected machine) a server from PyPI, by name or NAME==X.Y
+  mcprun mcp-server-git --pythonpath deps -t http -- --repository /srv/repo
+                                            (offline) run its console script, as uvx would, over HTTP
   mcprun pack server.py -o server.pyz       (connected machine) one zipapp: mcprun, the server's
                                             folder and its packages; python3 server.pyz serves it
   MCPRUN_AUTH_TOKEN=$(cat /etc/mcp-token) mcprun server.py -t http --host 0.0.0.0
                                             serve on every interface; clients send the bearer token
+
+how SPEC is found, in this order:
+  http(s)://...    a proxy to that remote server
+  NAME.json        a fastmcp.json, or an mcp.json (mcpServers: one proxy for them all)
+  a file           server.py[:obj] (its mcp, server or app, or that object or factory); a file
+                   without .py is run as a script: pip's DIR/bin/NAME runs its console script
+  module[:obj]     an import string, when the module is found (current folder, --pythonpath)
+  NAME             a console script of a package in a --pythonpath folder (or the only one of
+                   the package called NAME); an unknown name lists the console scripts there
+  code that starts its own server (a console script, -m, --script, main() calling mcp.run()) is
+  caught where it starts and served on the transport, address and gateway mcprun is given
 
 environment:
   MCPRUN_<OPTION> sets an option (MCPRUN_PORT=9000, MCPRUN_NO_BANNER=1, MCPRUN_AUTH_TOKEN=..., ...);
@@ -3196,8 +3848,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "spec", nargs="?", metavar="SPEC",
-        help="server.py[:obj], pkg.module:obj, fastmcp.json, mcp.json or an http(s):// URL "
-             f"(default: ./{CONFIG_FILE_NAME})",
+        help="server.py[:obj], pkg.module:obj, a console script, fastmcp.json, mcp.json or an http(s):// URL "
+             f"(default: ./{CONFIG_FILE_NAME}); see 'how SPEC is found' below",
     )
     parser.add_argument("server_args", nargs="*", metavar="ARG", help="arguments for the server (also after --)")
     parser.add_argument("-m", "--module", action="store_true",
@@ -3209,13 +3861,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true",
                         help="with 'mcprun check': print the report as JSON")
     vendoring = parser.add_argument_group(
-        "mcprun vendor SPEC|requirements.txt -o DIR, mcprun pack SPEC -o FILE (on a connected machine)")
+        "mcprun vendor PACKAGE...|requirements.txt|SPEC -o DIR, mcprun pack SPEC|PACKAGE -o FILE (on a connected "
+        "machine)")
     vendoring.add_argument("-o", "--output", metavar="PATH",
                            help="vendor: the folder to install into, for --pythonpath; pack: the zipapp to write")
     vendoring.add_argument("--python-version", metavar="X.Y",
                            help="Python of the machine that will run it (default: this mcprun's)")
     vendoring.add_argument("--platform", metavar="TAG",
-                           help=f"wheel platform of that machine (default: {DEFAULT_VENDOR_PLATFORM})")
+                           help=f"wheel platform of that machine; older manylinux tags count too (default: "
+                                f"{DEFAULT_MANYLINUX}_ARCH, this machine's ARCH)")
+    vendoring.add_argument("--resolve-timeout", type=parse_seconds, metavar="SECONDS",
+                           help=f"give up when pip takes longer to resolve (default: {DEFAULT_RESOLVE_TIMEOUT:g})")
 
     serving = parser.add_argument_group("serving")
     serving.add_argument("-t", "--transport", choices=TRANSPORTS, metavar="{stdio,http,streamable-http,sse}",
@@ -3323,8 +3979,10 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
     args.command = command
     if args.json and command != "check":
         build_parser().error("--json goes with 'mcprun check'")
-    if (args.output or args.python_version or args.platform) and command not in ("vendor", "pack"):
-        build_parser().error("-o/--output, --python-version and --platform go with 'mcprun vendor' or 'mcprun pack'")
+    if (args.output or args.python_version or args.platform or args.resolve_timeout is not None) \
+            and command not in ("vendor", "pack"):
+        build_parser().error("-o/--output, --python-version, --platform and --resolve-timeout go with "
+                             "'mcprun vendor' or 'mcprun pack'")
     return args
 
 
@@ -3365,6 +4023,7 @@ def main(argv: list[str] | None = None) -> int:
         multiprocessing.freeze_support()  # a worker a server started with multiprocessing: runs, then exits
         if argv[:1] == ["-c"]:
             return run_python_code(argv[1:])
+    restore_child_environment()  # what mcprun starts (pip, the server's children) gets the user's environment
     args = parse_command_line(argv)
     if args.version:
         print(version_line())
@@ -3375,6 +4034,9 @@ def main(argv: list[str] | None = None) -> int:
                       log_format if log_format in LOG_FORMATS else DEFAULT_LOG_FORMAT)
     debug = level == "DEBUG"
     try:
+        if args.command in ("vendor", "pack") and args.spec is None and not Path(CONFIG_FILE_NAME).is_file():
+            raise UsageError(f"mcprun {args.command} needs what to {args.command}: packages (mcp-server-git, "
+                             "'excel-mcp-server==2.2.2'), a requirements file or a server file")
         settings = load_settings(args, os.environ)
         if settings.print_config:
             print(format_settings(settings, served=served_by(settings)))
@@ -3382,9 +4044,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return check(settings, as_json=args.json)
         if args.command == "vendor":
-            return vendor(settings, args.output, args.python_version, args.platform)
+            return vendor(settings, args.output, args.python_version, args.platform, args.resolve_timeout)
         if args.command == "pack":
-            return pack(settings, args.output, args.python_version, args.platform)
+            return pack(settings, args.output, args.python_version, args.platform, args.resolve_timeout)
         return run(settings)
     except KeyboardInterrupt:
         return EXIT_OK

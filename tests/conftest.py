@@ -100,6 +100,20 @@ def run_cli(token: str, *args: str, cwd=None, env=None, timeout=60, input=None) 
     )
 
 
+def error_line(result, code: int, *fragments: str, warnings: int = 0) -> str:
+    """Check a failed run: exit code, stderr is one error line (after `warnings` warning lines)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == ""
+    assert len(lines) == warnings + 1, result.stderr
+    assert all(line.startswith("mcprun: warning: ") for line in lines[:-1]), result.stderr
+    assert lines[-1].startswith("mcprun: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], f"{fragment!r} not in {lines[-1]!r}"
+    return lines[-1]
+
+
 def wait_for(predicate, timeout: float = 60, interval: float = 0.05, what: str = "condition"):
     """Poll predicate until it returns something true (returned), or fail after timeout seconds."""
     deadline = time.monotonic() + timeout

@@ -6,24 +6,10 @@ import socket
 import time
 
 import pytest
-from conftest import SERVERS, child_env, run_cli
+from conftest import SERVERS, child_env, error_line, run_cli
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
 DEBUG_HINT = "rerun with --log-level DEBUG for the traceback"
-
-
-def error_line(result, code: int, *fragments: str, warnings: int = 0) -> str:
-    """Check a failed run: exit code, stderr is one error line (after `warnings` warning lines)."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stdout == ""
-    assert len(lines) == warnings + 1, result.stderr
-    assert all(line.startswith("mcprun: warning: ") for line in lines[:-1]), result.stderr
-    assert lines[-1].startswith("mcprun: error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[-1], f"{fragment!r} not in {lines[-1]!r}"
-    return lines[-1]
 
 
 def argparse_error(result, *fragments: str) -> str:
@@ -49,8 +35,12 @@ def closed_port() -> int:
 
 SPEC_ERRORS = {
     "file missing": (["nope.py"], EXIT_USAGE, ["nope.py: no such file"]),
-    "neither file nor module": (["server.txt"], EXIT_USAGE,
-                                ["'server.txt' is neither a file nor a module", "give a .py file, module:object"]),
+    "neither file nor module nor console script": (["server.txt"], EXIT_USAGE, [
+        "'server.txt' is no file, module or console script (no --pythonpath folder given: on a connected machine "
+        "'mcprun vendor server.txt -o deps' fetches a package, then add --pythonpath deps)",
+        "give a .py file, module:object, a console script"]),
+    "no console script of that name": (["mcp-server-nowhere", "--pythonpath", "broken"], EXIT_USAGE, [
+        "'mcp-server-nowhere' is no file, module or console script (no console script in the --pythonpath folders)"]),
     "unsupported URL scheme": (["ftp://x"], EXIT_USAGE,
                                ["unsupported URL scheme 'ftp' in 'ftp://x'", "http:// and https://"]),
     "URL without host": (["http://:80/mcp"], EXIT_USAGE, ["'http://:80/mcp' is not a valid URL: it has no host"]),
@@ -80,6 +70,9 @@ SPEC_ERRORS = {
                                     "make it return one"]),
     "async factory returns None": (["broken/factories.py:returns_none_async"], EXIT_USAGE,
                                    ["factory 'returns_none_async' returned None, not an MCP server"]),
+    "entry point that starts nothing": (["cli_app:does_nothing"], EXIT_USAGE, [
+        "factory 'does_nothing' returned None, not an MCP server (FastMCP, MCPServer or a low-level Server) and "
+        "started none; make it return one"]),
 }
 
 
@@ -144,13 +137,42 @@ def test_missing_dependency(token):
                "on a connected machine run 'pip install --target DIR --python-version", "then add --pythonpath DIR")
 
 
+def test_entry_point_refusing_its_arguments(token):
+    # argparse says why in its own words; mcprun adds its one line and passes the exit code on
+    result = run_cli(token, "cli_app:main", "--", "--no-such-option", cwd=SERVERS, input="")
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines[0].startswith("usage: cli-app [-h] [--greeting GREETING]")
+    assert lines[-1] == ("mcprun: error: 'main' in cli_app:main exited with code 2 before it started a server (its "
+                         "own message is above)")
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_program_that_writes_the_protocol_itself_is_refused(token, transport):
+    result = run_cli(token, "--script", "broken/hand_written.py", "-t", transport, "-p", "0", cwd=SERVERS, input="")
+    error_line(result, EXIT_FAILURE,
+               "broken/hand_written.py ended without starting an MCP server mcprun can serve (FastMCP.run(), "
+               "MCPServer.run(), a low-level Server.run() over stdio_server()); a program that writes the protocol "
+               "itself cannot be served by mcprun")
+
+
+def test_check_of_a_module_that_does_not_exist_fails(token):
+    result = run_cli(token, "check", "-m", "nosuchmod_xyz", cwd=SERVERS)
+    assert result.returncode == EXIT_FAILURE, result.stderr
+    assert result.stderr == ("mcprun: error: cannot run module 'nosuchmod_xyz': No module named nosuchmod_xyz; check "
+                             "the name, or run mcprun from the folder that holds it (or add --pythonpath DIR)\n")
+    assert result.stdout.startswith("mcprun check: it would not serve\n")
+
+
 # -- -m module ---------------------------------------------------------------
 
 MODULE_ERRORS = {
     "missing module name": (["-m"], EXIT_USAGE, ["-m needs a module name, e.g. 'mcprun -m my_package.server'"]),
     "invalid module name": (["-m", "1bad"], EXIT_USAGE, ["-m needs a module name such as", "not '1bad'"]),
     "module not found": (["-m", "nosuchmod_xyz"], EXIT_USAGE,
-                         ["cannot run module 'nosuchmod_xyz': No module named nosuchmod_xyz", "check the name"]),
+                         ["cannot run module 'nosuchmod_xyz': No module named nosuchmod_xyz", "check the name",
+                          "(or add --pythonpath DIR)"]),
     "module imports missing package": (["-m", "broken.import_missing_dependency"], EXIT_FAILURE, [
         "module 'broken.import_missing_dependency' imports 'not_installed_pkg_xyz', which is not installed",
         "then add --pythonpath DIR"]),

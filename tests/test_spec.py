@@ -1,19 +1,18 @@
 """Every spec form, end to end: fastmcp's Client on stdio, http and sse; the SDK client on a subset."""
 
-import contextlib
+import json
 import os
 import re
 import platform
-import socket
 import subprocess
 import sys
-import time
+import urllib.request
 from importlib.metadata import version
 
 import pytest
 from conftest import (
-    DEMO_RESULT, ROOT, SERVERS, START_TIMEOUT, RunningServer, child_env, exercise_fastmcp, exercise_sdk,
-    free_port, kill_token, mcprun_command, run_async, run_cli, serving, started, stdio_transport,
+    DEMO_RESULT, ROOT, SERVERS, child_env, exercise_fastmcp, exercise_sdk, run_async, run_cli, serving, started,
+    stdio_transport,
 )
 
 # id -> (mcprun arguments, folder to run it from)
@@ -33,6 +32,7 @@ SPECS = {
     "module:async_factory": (["named_objects:create_server_async"], SERVERS),
     "sdk file": (["sdk_server.py"], SERVERS),
     "sdk file:name": (["sdk_server.py:server"], SERVERS),
+    "file that starts its server when imported": (["runs_at_import.py"], SERVERS),
 }
 # The official SDK client runs against these too (every transport); fastmcp's Client against all.
 SDK_CLIENT_SPECS = ("file default app", "file:async_factory", "package file from another cwd", "pkg.module", "sdk file")
@@ -71,51 +71,40 @@ def test_sdk_server_defaults_to_stdio(token):
 # -- -m: the module starts its own server -------------------------------------
 
 
-@contextlib.contextmanager
-def serving_module(token: str, *args: str, port: int, cwd):
-    """Start 'mcprun -m ...' and yield once port accepts connections.
-
-    The module runs its own server (mcp.run()), so there is no mcprun ready line to wait for.
-    """
-    process = subprocess.Popen(
-        [*mcprun_command(), *args], cwd=cwd, env=child_env(token), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    server = RunningServer(process)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mcprun -m did not listen on port {port}; stderr:\n{server.stderr}")
-            time.sleep(0.05)
-        yield server
-    finally:
-        server.stop()
-        kill_token(token)
-
-
-def test_module_stdio(token):
-    assert run_async(exercise_fastmcp(stdio_transport(token, "-m", "runnable_module", cwd=SERVERS))) == DEMO_RESULT
-
-
-def test_module_stdio_sdk_client(token, monkeypatch):
-    monkeypatch.chdir(SERVERS)
-    assert run_async(exercise_sdk("stdio", ["-m", "runnable_module"], token)) == DEMO_RESULT
-
-
 @pytest.mark.parametrize("transport, route", [("http", "/mcp"), ("sse", "/sse")])
 def test_module_http_and_sse(token, transport, route):
-    # mcprun hands -t/-p to fastmcp.settings, which the module's bare mcp.run() reads.
-    port = free_port()
-    with serving_module(token, "-m", "runnable_module", "-t", transport, "-p", str(port), port=port,
-                        cwd=SERVERS) as server:
-        url = f"http://127.0.0.1:{port}{route}"
-        assert run_async(exercise_fastmcp(url)) == DEMO_RESULT
-        assert run_async(exercise_sdk(transport, url)) == DEMO_RESULT
-    assert server.stderr.startswith("mcprun: warning: with -m the module starts its own server")
+    # The module's bare mcp.run() is caught: mcprun serves that server on its own transport and port, gateway included.
+    with serving(token, "-m", "runnable_module", transport=transport, cwd=SERVERS) as server:
+        assert server.url.endswith(route)
+        assert run_async(exercise_fastmcp(server.url)) == DEMO_RESULT
+        assert run_async(exercise_sdk(transport, server.url)) == DEMO_RESULT
+        health = urllib.request.urlopen(server.url.replace(route, "/healthz"), timeout=10).read()
+    assert json.loads(health) == {"status": "ok"}
+    assert "mcprun: ready: serving 'Demo' from runnable_module over " in server.stderr
+    assert "warning" not in server.stderr
+
+
+# -- command-line entry points named as SPEC (module:function) ------------------
+
+
+async def greeting(target) -> str:
+    from fastmcp import Client
+
+    async with Client(target) as client:
+        return (await client.call_tool("greet", {})).content[0].text
+
+
+def test_entry_point_function_over_stdio_sees_its_arguments(token):
+    transport = stdio_transport(token, "cli_app:main", "--", "--greeting", "bonjour", cwd=SERVERS)
+    assert run_async(greeting(transport)) == "bonjour"
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+def test_entry_point_function_is_served_on_the_transport_mcprun_is_given(token, transport):
+    # main() calls mcp.run() (stdio); mcprun catches the server and serves it, gateway included, where it is told
+    with started(token, "cli_app:main", "-t", transport, "-p", "0", "--", "--greeting", "hej", cwd=SERVERS) as server:
+        assert run_async(greeting(server.url)) == "hej"
+    assert "mcprun: ready: serving 'CLI app' from cli_app:main over " in server.stderr
 
 
 # -- server arguments, 'run', --version ----------------------------------------

@@ -1,11 +1,23 @@
 """stdio hygiene: only protocol messages reach stdout, whatever the server prints."""
 
 import json
+import subprocess
 
+import pytest
 from conftest import (
-    INITIALIZE, INITIALIZED, SERVERS, exercise_fastmcp, mcprun_command, run_async, stdio_exchange,
+    INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, exercise_fastmcp, mcprun_command, run_async, stdio_exchange,
     stdio_transport, tools_call,
 )
+
+MCP1_PYTHON = ROOT / ".venv-mcp1" / "bin" / "python"
+PRINTS = ("print in the lifespan, at start", "print inside a tool call", "print in the lifespan, at stop")
+
+
+def buffered_env(token: str) -> dict:
+    """A client's environment: no PYTHONUNBUFFERED, so the server's stdout is block-buffered, as MCP clients start it."""
+    env = child_env(token)
+    env.pop("PYTHONUNBUFFERED", None)
+    return env
 
 
 def test_prints_at_import_and_in_tools_go_to_stderr(token):
@@ -42,3 +54,26 @@ def test_banner_goes_to_stderr_and_no_banner_removes_it(token):
     hidden = stdio_exchange([*command, "--no-banner"], [INITIALIZE], token, cwd=SERVERS)
     assert "mcprun: serving" not in hidden.stderr
     assert json.loads(hidden.stdout)["id"] == 1
+
+
+def test_buffered_prints_never_reach_the_wire(token):
+    # a print that sits in the buffer until exit reached the client once the SDK gave fd 1 back to the wire
+    result = stdio_exchange([*mcprun_command(), "printer.py"],
+                            [INITIALIZE, INITIALIZED, tools_call(2, "shout", {"text": "a"}),
+                             tools_call(3, "shout", {"text": "b"})], token, cwd=SERVERS, env=buffered_env(token))
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == [1, 2, 3]  # every line is protocol
+    for printed in PRINTS:
+        assert printed in result.stderr
+
+
+@pytest.mark.skipif(not MCP1_PYTHON.exists(), reason="run './build test' to create .venv-mcp1")
+def test_mcp1_client_over_stdio_with_a_tool_that_prints(token):
+    calls = [["shout", {"text": "first"}], ["echo", {"text": "x"}], ["shout", {"text": "second"}]]
+    result = subprocess.run([str(MCP1_PYTHON), str(ROOT / "tests" / "clients" / "mcp1_client.py"), "session",
+                             "stdio", json.dumps(calls), *mcprun_command(), "printer.py"], cwd=SERVERS,
+                            env=buffered_env(token), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Failed to parse JSONRPC message" not in result.stderr
+    assert json.loads(result.stdout)["results"] == [{"text": "FIRST", "error": False}, {"text": "x", "error": False},
+                                                    {"text": "SECOND", "error": False}]

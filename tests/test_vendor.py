@@ -1,21 +1,29 @@
 """mcprun vendor on a connected machine, then the server runs offline with --pythonpath DIR.
 
-Vendoring reaches the package index (pip, as the user asked); serving then runs inside a network
-namespace with no interfaces. The server needs a pure package, a compiled one and one with a
-dependency of its own, plus httpx, which the bundle carries and vendor must leave out.
+Vendoring reaches the package index (the user's own pip, as the user asked); serving then runs
+inside a network namespace with no interfaces. The server file needs a pure package, a compiled one
+and one with a dependency of its own, plus httpx, which the bundle carries and vendor must leave out.
+The bad inputs (a real conflict with the bundle, a resolution past the bound, requirements on old
+mcp/fastmcp deep in the tree) use small packages made here and offered to that pip the way a user's
+own configuration would offer a local index (PIP_FIND_LINKS, PIP_NO_INDEX), so they are exact.
+The corpus of real servers vendored by name is tests/test_corpus.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import INITIALIZE, INITIALIZED, child_env, mcprun_command, run_cli, stdio_exchange, tools_call
+from conftest import (
+    INITIALIZE, INITIALIZED, child_env, error_line, mcprun_command, run_cli, stdio_exchange, tools_call,
+)
 
 SERVER = '''# /// script
 # dependencies = ["tabulate>=0.9", "msgpack>=1", "python-slugify", "httpx"]
@@ -33,12 +41,32 @@ def pack(text: str) -> str:
     return f"{len(msgpack.packb(text))} {slugify.slugify(text)} {tabulate.tabulate([[1, 2]], tablefmt='plain')}"
 '''
 PACKAGES = {"msgpack", "python-slugify", "tabulate", "text-unidecode"}
+VERSION = r"[0-9][0-9a-z.]*"
 needs_unshare = pytest.mark.skipif(not shutil.which("unshare"), reason="unshare not installed")
+UNDER_TEST = os.environ.get("MCPRUN_UNDER_TEST", "")
 
 
-def vendor_env(token: str) -> dict:
+def vendor_env(token: str, **extra: str) -> dict:
     """The test venv's python (it has pip) first on PATH: vendor runs pip from PATH when it is a binary."""
-    return child_env(token, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return child_env(token, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra)
+
+
+def make_wheel(folder: Path, name: str, version: str, requires: tuple = ()) -> None:
+    """Write a minimal pure wheel of name==version that requires these."""
+    dist = f"{name.replace('-', '_')}-{version}"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    metadata += "".join(f"Requires-Dist: {requirement}\n" for requirement in requires)
+    with zipfile.ZipFile(folder / f"{dist}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{name.replace('-', '_')}.py", "")
+        wheel.writestr(f"{dist}.dist-info/METADATA", metadata)
+        wheel.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+                                                  "Tag: py3-none-any\n")
+        wheel.writestr(f"{dist}.dist-info/RECORD", "")
+
+
+def local_index(token: str, folder: Path) -> dict:
+    """The environment of a user whose pip takes packages from folder only."""
+    return vendor_env(token, PIP_FIND_LINKS=str(folder), PIP_NO_INDEX="1")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +86,9 @@ def vendored(tmp_path_factory):
 
 def test_vendor_installs_what_the_bundle_lacks_and_writes_a_manifest(vendored):
     folder, result = vendored
-    assert "mcprun: vendored 4 package(s) into deps for CPython 3." in result.stderr
+    assert re.fullmatch(rf"mcprun: vendored tabulate {VERSION}, msgpack {VERSION}, python-slugify {VERSION} and 1 "
+                        rf"package they need \(text-unidecode {VERSION}\) into deps for CPython 3\.1\d on "
+                        r"manylinux_2_28_x86_64\n", result.stderr), result.stderr
     manifest = (folder / "deps" / "MANIFEST").read_text().splitlines()
     assert manifest[1].startswith("python 3.") and manifest[2] == "platform manylinux_2_28_x86_64"
     entries = {line.split()[0]: line.split() for line in manifest[3:]}
@@ -105,18 +135,132 @@ def test_folder_for_another_python_is_refused(token, vendored):
     assert "vendor again with 'mcprun vendor ... --python-version 3." in result.stderr
 
 
-def test_vendor_refuses_to_replace_bundled_packages(token, tmp_path):
+# -- what vendor resolves: the newest release, the whole tag ladder, old mcp/fastmcp served ------------
+
+
+def test_a_package_with_only_manylinux2014_wheels_is_vendored(token, tmp_path):
+    # protobuf ships manylinux2014 (= manylinux_2_17) wheels only; the default target, manylinux_2_28, takes them
+    result = run_cli(token, "vendor", "protobuf==7.36.2", "-o", "deps", cwd=tmp_path, env=vendor_env(token),
+                     timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"mcprun: vendored protobuf 7\.36\.2 into deps for CPython 3\.1\d on manylinux_2_28_x86_64\n",
+                        result.stderr), result.stderr
+    wheel = (tmp_path / "deps" / "MANIFEST").read_text().splitlines()[3].split()[3]
+    assert wheel.endswith("-manylinux2014_x86_64.whl"), wheel
+
+
+def test_an_unpinned_name_gets_its_newest_release(token, tmp_path):
+    newest = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d",
+                             str(tmp_path / "pip"), "mcp-server-time"], capture_output=True, text=True, timeout=300)
+    assert newest.returncode == 0, newest.stderr
+    version = next((tmp_path / "pip").glob("*.whl")).name.split("-")[1]
+    result = run_cli(token, "vendor", "mcp-server-time", "-o", "deps", cwd=tmp_path, env=vendor_env(token),
+                     timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"mcprun: vendored mcp-server-time {version} and "), result.stderr
+
+
+def test_old_mcp_and_fastmcp_deep_in_the_tree_are_served_not_backtracked(token, tmp_path):
+    # Without the mappings counting, pip would fall back to deep-server 1.0, the one release that needs no old mcp.
+    index = tmp_path / "index"
+    index.mkdir()
+    make_wheel(index, "deep-server", "1.0")
+    make_wheel(index, "deep-server", "2.0", ("old-toolkit>=1",))
+    make_wheel(index, "old-toolkit", "1.3", ("mcp<2", "fastmcp==2.7.0", "pydantic>=2"))
+    result = run_cli(token, "vendor", "deep-server", "-o", "deps", cwd=tmp_path, env=local_index(token, index),
+                     timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"mcprun: vendored deep-server 2\.0 and 1 package it needs \(old-toolkit 1\.3\) into deps for "
+                        r"CPython 3\.1\d on manylinux_2_28_x86_64; served by mcprun's mappings, not vendored: mcp<2 "
+                        r"\(old-toolkit 1\.3\), fastmcp==2\.7\.0 \(old-toolkit 1\.3\)\n", result.stderr), result.stderr
+    assert sorted(path.name for path in (tmp_path / "deps").glob("*.dist-info")) == [
+        "deep_server-2.0.dist-info", "old_toolkit-1.3.dist-info"]
+
+
+# -- bad inputs: one line each, exit 1 ---------------------------------------------------------------
+
+
+def test_a_real_conflict_names_both_sides_and_the_release_that_fits(token, tmp_path):
+    index = tmp_path / "index"
+    index.mkdir()
+    make_wheel(index, "picky-server", "1.0", ("pydantic>=2",))
+    make_wheel(index, "picky-server", "2.0", ("picky-models>=1",))
+    make_wheel(index, "picky-models", "1.0", ("pydantic<2.12",))
+    result = run_cli(token, "vendor", "picky-server", "-o", "deps", cwd=tmp_path, env=local_index(token, index),
+                     timeout=300)
+    line = error_line(result, 1)
+    assert re.fullmatch(r"mcprun: error: cannot vendor picky-server==2\.0: picky-models 1\.0 depends on pydantic<2\.12; "
+                        r"the bundle has pydantic 2\.\d+\.\d+, which a --pythonpath folder cannot replace; an older "
+                        r"release would fit: vendor 'picky-server==1\.0'", line), line
+
+
+def test_a_requirement_the_bundle_does_not_meet_is_refused(token, tmp_path):
     (tmp_path / "old.py").write_text('# /// script\n# dependencies = ["pydantic<2"]\n# ///\n')
     result = run_cli(token, "vendor", "old.py", "-o", "deps", cwd=tmp_path, env=vendor_env(token))
-    assert result.returncode == 1
-    assert result.stderr.startswith("mcprun: error: cannot vendor pydantic<2 (the bundle has 2.")
+    line = error_line(result, 1)
+    assert re.fullmatch(r"mcprun: error: cannot vendor pydantic<2 \(old\.py \(# /// script\); the bundle has pydantic "
+                        r"2\.\d+\.\d+\): a --pythonpath folder never replaces bundled packages", line), line
     assert not (tmp_path / "deps").exists()
+
+
+def test_a_resolution_past_the_bound_says_what_to_pin(token, tmp_path):
+    # slow-lib has 1,500 releases, none installable: pip tries one after another, ~10 ms each here
+    index = tmp_path / "index"
+    index.mkdir()
+    make_wheel(index, "slow-server", "1.0", ("slow-lib",))
+    for release in range(1, 1501):
+        make_wheel(index, "slow-lib", f"{release}.0", (f"slow-base=={release}",))
+    result = run_cli(token, "vendor", "slow-server==1.0", "-o", "deps", "--resolve-timeout", "4", cwd=tmp_path,
+                     env=local_index(token, index), timeout=300)
+    assert error_line(result, 1) == (
+        "mcprun: error: pip did not resolve slow-server==1.0 within 4 s (it was trying one release after another of "
+        "slow-lib: pin it, e.g. 'slow-lib==VERSION'); or give it longer with --resolve-timeout SECONDS")
+
+
+def test_pip_is_found_through_a_shell_script_on_path(token, tmp_path):
+    # pyenv's python3 is a bash script: it must run in the user's environment, not the binary's own libraries'
+    (tmp_path / "bin").mkdir()
+    shim = tmp_path / "bin" / "python3"
+    shim.write_text(f'#!/bin/bash\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    env = child_env(token, PATH=f"{tmp_path / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    result = run_cli(token, "vendor", "tabulate", "-o", "deps", cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(rf"mcprun: vendored tabulate {VERSION} into deps for CPython 3\.1\d on "
+                        r"manylinux_2_28_x86_64\n", result.stderr), result.stderr
+
+
+def test_vendor_without_pip_says_how_to_get_it(token, tmp_path):
+    if not UNDER_TEST:
+        pytest.skip("the source runs under a Python that has its packages, pip among them")
+    command = mcprun_command()
+    (tmp_path / "bin").mkdir()
+    env = child_env(token, PATH=str(tmp_path / "bin"))  # the binary: no python on PATH at all
+    if len(command) > 1:  # the zipapp: run by a python that has no pip, the only one on PATH
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+        command = [str(tmp_path / "venv" / "bin" / "python3"), *command[1:]]
+        env["PATH"] = str(tmp_path / "venv" / "bin")
+    result = subprocess.run([*command, "vendor", "tabulate", "-o", "deps"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert error_line(result, 1) == (
+        "mcprun: error: mcprun vendor needs pip on this machine (e.g. 'apt install python3-pip'); it runs on a "
+        "connected machine, never on the air-gapped one")
 
 
 def test_vendor_needs_an_output_folder(token, tmp_path):
     result = run_cli(token, "vendor", "x.txt", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "mcprun vendor needs -o DIR" in result.stderr
+    assert error_line(result, 2) == "mcprun: error: mcprun vendor needs -o DIR, the folder to fill"
+
+
+def test_vendor_needs_something_to_vendor(token, tmp_path):
+    result = run_cli(token, "vendor", "-o", "deps", cwd=tmp_path)
+    assert error_line(result, 2, "mcprun vendor needs what to vendor: packages (mcp-server-git")
+
+
+def test_vendor_refuses_what_is_no_requirement(token, tmp_path):
+    result = run_cli(token, "vendor", "not a package!", "-o", "deps", cwd=tmp_path)
+    assert error_line(result, 2) == \
+        "mcprun: error: 'not a package!' is no package, requirements file or server file to vendor"
 
 
 # -- mcprun pack: one zipapp with the server and its packages ----------------------------------
@@ -149,7 +293,23 @@ def test_packed_zipapp_serves_from_an_empty_folder_offline(token, vendored, tmp_
     assert list(fresh.iterdir()) == [fresh / "server.pyz"]  # nothing written beside it
 
 
+@needs_unshare
+def test_a_package_packed_by_name_serves_its_console_script_offline(token, tmp_path):
+    result = run_cli(token, "pack", "mcp-server-time==2026.10.19", "-o", str(tmp_path / "time.pyz"), cwd=tmp_path,
+                     env=vendor_env(token), timeout=300)
+    if result.returncode != 0 and "mcprun pack builds on mcprun.pyz" in result.stderr:
+        pytest.skip("run ./build first: pack builds on dist/mcprun.pyz")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("mcprun: packed mcp-server-time (")
+    env = child_env(token, SHIV_ROOT=str(tmp_path / "cache"))
+    served = stdio_exchange(["unshare", "--net", str(tmp_path / "time.pyz"), "--", "--local-timezone", "UTC"],
+                            [INITIALIZE, INITIALIZED, tools_call(2, "get_current_time", {"timezone": "UTC"})],
+                            token, cwd=tmp_path, env=env)
+    assert served.returncode == 0, served.stderr
+    assert json.loads(json.loads(served.stdout.splitlines()[-1])["result"]["content"][0]["text"])["timezone"] == "UTC"
+
+
 def test_pack_takes_a_server_file(token, tmp_path):
     result = run_cli(token, "pack", "https://example.org/mcp", "-o", str(tmp_path / "x.pyz"), cwd=tmp_path)
-    assert result.returncode == 2
-    assert "mcprun pack takes a server file or fastmcp.json, not url" in result.stderr
+    assert error_line(result, 2) == \
+        "mcprun: error: mcprun pack takes a server file, fastmcp.json or a package, not url 'https://example.org/mcp'"

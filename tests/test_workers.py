@@ -114,6 +114,17 @@ def test_two_workers_answer_concurrent_clients(token):
         assert server.stop() == 0, server.stderr
 
 
+def test_a_server_that_starts_itself_is_served_by_every_worker(token, tmp_path):
+    # each worker runs the script, whose own mcp.run() mcprun catches and serves on the shared socket
+    (tmp_path / "starts_itself.py").write_text(
+        (SERVERS / "pid_server.py").read_text() + '\n\nif __name__ == "__main__":\n    mcp.run(transport="sse")\n')
+    with serving(token, "--script", "starts_itself.py", *WORKERS, cwd=tmp_path) as server:
+        assert re.search(r"^mcprun: ready: serving 'Pids' from starts_itself.py over streamable HTTP at "
+                         r"http://127\.0\.0\.1:\d+/mcp \(2 workers\)$", server.stderr, re.M), server.stderr
+        assert len(answering_pids(server.url, 2)) == 2
+        assert server.stop() == 0, server.stderr
+
+
 def test_a_killed_worker_is_replaced_and_calls_keep_succeeding(token):
     with serving(token, PID_SERVER, *WORKERS, cwd=SERVERS) as server:
         before = answering_pids(server.url, 2)
@@ -233,8 +244,6 @@ def test_first_workers_that_cannot_start_end_the_run_with_their_error(token):
     (["--workers", "2", "--stateless"], {}, "--workers 2 needs --transport http"),
     (["-t", "http", "--stateless", "--reload"], {"MCPRUN_WORKERS": "2"},
      "--reload and --workers 2 exclude each other"),
-    (["--script", "-t", "http", "--stateless", "-w", "2"], {},
-     "--workers 2 needs a server mcprun imports: with --script the code starts its own server"),
     (["-t", "http"], {"MCPRUN_WORKERS": "none"}, "MCPRUN_WORKERS='none': 'none' is not a number of workers"),
 ])
 def test_refused_combinations_are_one_line_errors(token, args, env, message):

@@ -3,6 +3,8 @@
     python mcp1_client.py stdio COMMAND [ARGS...]
     python mcp1_client.py http|sse URL
     python mcp1_client.py call http|sse URL TOOL   (prints 'calling', then the tool's text)
+    python mcp1_client.py session stdio|http|sse CALLS COMMAND...|URL
+        (CALLS: a JSON list of [tool, arguments]; prints the tool names and each call's text and error flag)
 
 MCP1_BEARER, when set, is sent as 'Authorization: Bearer ...'.
 """
@@ -58,7 +60,23 @@ async def exercise(kind, target):
     }
 
 
+async def session(kind, calls, target):
+    async with open_streams(kind, target) as (read_stream, write_stream, *_):
+        async with ClientSession(read_stream, write_stream) as session:
+            await session.initialize()
+            tools = sorted(tool.name for tool in (await session.list_tools()).tools)
+            results = []
+            for tool, arguments in calls:
+                result = await session.call_tool(tool, arguments)
+                results.append({"text": next((c.text for c in result.content if hasattr(c, "text")), None),
+                                "error": result.isError})
+    return {"tools": tools, "results": results}
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "session":
+        print(json.dumps(asyncio.run(asyncio.wait_for(session(sys.argv[2], json.loads(sys.argv[3]), sys.argv[4:]), 90))))
+        sys.exit()
     if sys.argv[1] == "call":
         print(asyncio.run(call(*sys.argv[2:5])))
         sys.exit()
