@@ -2130,6 +2130,142 @@ def unpack_packed_server(argv: list[str]) -> list[str]:
     return [*command, *added, *argv[len(command):]]
 
 
+# -- servers that start themselves: caught where they start, served as mcprun was asked
+#
+# Console scripts, -m modules and --script files start their own server: FastMCP.run(), MCPServer.run(),
+# run_stdio_async(), a low-level Server.run() over stdio_server(), at module level or inside main()
+# under asyncio.run or anyio.run. mcprun catches the server object where it starts and serves it
+# itself, on the transport, address and gateway the user chose (where the user chose none, those the
+# code asked for). Whatever mcprun itself serves runs with _driving set, and is let through.
+
+_driving = contextvars.ContextVar("mcprun_driving", default=None)  # while mcprun serves: a Wire on stdio, else True
+
+
+class Catcher:
+    """Where the servers that code starts itself go: on_start(server, transport, options).
+
+    A failure to serve is kept as well as raised: the code that started the server may catch it
+    (except Exception: print, sys.exit(1)), and mcprun must still say it in its one line.
+    """
+
+    def __init__(self, on_start: Any) -> None:
+        self.on_start = on_start
+        self.started = 0
+        self.failure: Exception | None = None
+
+    async def start(self, server: Any, transport: str, options: dict) -> None:
+        self.started += 1
+        transport = "http" if transport == "streamable-http" else transport
+        try:
+            await self.on_start(server, transport, {name: value for name, value in options.items()
+                                                     if value is not None})
+        except Exception as exc:
+            self.failure = exc
+            raise
+
+    def raise_failure(self) -> None:
+        """Raise what serving the caught server failed with, if it did."""
+        if self.failure is not None:
+            raise self.failure
+
+
+class StartedItself(BaseException):
+    """Raised through the user's code to stop it once the server it started has been looked at (check)."""
+
+    def __init__(self, server: Any, report: dict | None = None) -> None:
+        super().__init__()
+        self.server, self.report = server, report
+
+
+def catch_started_servers(catcher: Catcher) -> None:
+    """Send every server that code starts itself to catcher, once per process.
+
+    Patched: the run methods of fastmcp's FastMCP and the SDK's MCPServer; stdio_server(), which,
+    called by the code itself, yields streams that carry nothing (the names fastmcp and the SDK
+    imported too); and a low-level Server.run() over those streams. This is the one place that
+    replaces upstream attributes; a name that moved fails here, loudly.
+    """
+    import fastmcp
+    import fastmcp.server.mixins.transport
+    import mcp.server.mcpserver.server
+    import mcp.server.stdio
+    from mcp.server.lowlevel.server import Server
+    from mcp.server.mcpserver import MCPServer
+
+    def caught(owner: type, method: str, options_of: Any) -> None:
+        original = getattr(owner, method)
+
+        async def start(self, *args, **options):
+            if _driving.get() is not None:  # mcprun serves this server itself
+                return await original(self, *args, **options)
+            transport, chosen = options_of(*args, **options)
+            await catcher.start(self, transport, chosen)
+
+        setattr(owner, method, functools.wraps(original)(start))
+
+    def http(host=None, port=None, log_level=None, path=None, *_, stateless_http=None, stateless=None, sse_path=None,
+             streamable_http_path=None, **__):
+        return {"host": host, "port": port, "path": path or sse_path or streamable_http_path,
+                "stateless": stateless_http if stateless_http is not None else stateless}
+
+    caught(fastmcp.FastMCP, "run_async", lambda transport=None, show_banner=None, **options: (
+        transport or fastmcp.settings.transport, http(**options)))
+    caught(fastmcp.FastMCP, "run_stdio_async", lambda *_, **__: ("stdio", {}))
+    caught(fastmcp.FastMCP, "run_http_async", lambda show_banner=True, transport="http", *args, **options: (
+        transport, http(*args, **options)))
+    caught(MCPServer, "run_stdio_async", lambda: ("stdio", {}))
+    caught(MCPServer, "run_sse_async", lambda **options: ("sse", http(**options)))
+    caught(MCPServer, "run_streamable_http_async", lambda **options: ("http", http(**options)))
+
+    original_stdio_server, original_run, placeholders = mcp.server.stdio.stdio_server, Server.run, set()
+
+    @contextlib.asynccontextmanager
+    async def stdio_server(stdin=None, stdout=None):
+        wire = _driving.get()
+        if stdin is None and stdout is None and not isinstance(wire, Wire):
+            import anyio  # the code starts a stdio transport of its own: mcprun serves its server instead
+
+            to_server, read_stream = anyio.create_memory_object_stream(0)
+            write_stream, unread = anyio.create_memory_object_stream(0)
+            to_server.close()
+            unread.close()
+            placeholders.add(read_stream)
+            try:
+                yield read_stream, write_stream
+            finally:
+                placeholders.discard(read_stream)
+            return
+        if stdin is None and stdout is None:
+            stdin, stdout = wire.streams()
+        async with original_stdio_server(stdin, stdout) as streams:
+            yield streams
+
+    async def run(self, read_stream, write_stream, initialization_options, *args, **options):
+        if read_stream not in placeholders:
+            return await original_run(self, read_stream, write_stream, initialization_options, *args, **options)
+        self.create_initialization_options = lambda *_, **__: initialization_options  # as the code chose them
+        await catcher.start(self, "stdio", {})
+
+    Server.run = functools.wraps(original_run)(run)
+    for module in (mcp.server.stdio, mcp.server.mcpserver.server, fastmcp.server.mixins.transport):
+        if getattr(module, "stdio_server", None) is not original_stdio_server:
+            raise RuntimeError(f"mcprun: {module.__name__}.stdio_server moved; mcprun's stdio needs updating")
+        module.stdio_server = stdio_server
+
+
+def ended_early(label: str, exc: SystemExit, catcher: Catcher) -> None:
+    """The code called sys.exit(): fine once its server has run, or with code 0 (--help, --version);
+    else one error line with its exit code."""
+    if catcher.started or exc.code in (None, 0):
+        if not catcher.started:
+            warn(f"{label} exited without starting a server")
+        return None
+    if isinstance(exc.code, int):
+        raise UsageError(f"{label} exited with code {exc.code} before it started a server (its own message is "
+                         "above)", exc.code)
+    raise UsageError(f"{label}: {exc.code}", EXIT_FAILURE)
+
+
 # -- the server object: import the user's code, find the server, load it -------
 
 
@@ -2383,112 +2519,7 @@ def check_url_reachable(url: str) -> None:
                          EXIT_FAILURE) from None
 
 
-# -- servers that start themselves: caught where they start, served as mcprun was asked
-#
-# Console scripts, -m modules and --script files start their own server: FastMCP.run(), MCPServer.run(),
-# run_stdio_async(), a low-level Server.run() over stdio_server(), at module level or inside main()
-# under asyncio.run or anyio.run. mcprun catches the server object where it starts and serves it
-# itself, on the transport, address and gateway the user chose (where the user chose none, those the
-# code asked for). Whatever mcprun itself serves runs with _driving set, and is let through.
-
-_driving = contextvars.ContextVar("mcprun_driving", default=None)  # while mcprun serves: a Wire on stdio, else True
-
-
-class Catcher:
-    """Where the servers that code starts itself go: on_start(server, transport, options)."""
-
-    def __init__(self, on_start: Any) -> None:
-        self.on_start = on_start
-        self.started = 0
-
-    async def start(self, server: Any, transport: str, options: dict) -> None:
-        self.started += 1
-        transport = "http" if transport == "streamable-http" else transport
-        await self.on_start(server, transport, {name: value for name, value in options.items() if value is not None})
-
-
-class StartedItself(BaseException):
-    """Raised through the user's code to stop it once the server it started has been looked at (check)."""
-
-    def __init__(self, server: Any, report: dict | None = None) -> None:
-        super().__init__()
-        self.server, self.report = server, report
-
-
-def catch_started_servers(catcher: Catcher) -> None:
-    """Send every server that code starts itself to catcher, once per process.
-
-    Patched: the run methods of fastmcp's FastMCP and the SDK's MCPServer; stdio_server(), which,
-    called by the code itself, yields streams that carry nothing (the names fastmcp and the SDK
-    imported too); and a low-level Server.run() over those streams. This is the one place that
-    replaces upstream attributes; a name that moved fails here, loudly.
-    """
-    import fastmcp
-    import fastmcp.server.mixins.transport
-    import mcp.server.mcpserver.server
-    import mcp.server.stdio
-    from mcp.server.lowlevel.server import Server
-    from mcp.server.mcpserver import MCPServer
-
-    def caught(owner: type, method: str, options_of: Any) -> None:
-        original = getattr(owner, method)
-
-        async def start(self, *args, **options):
-            if _driving.get() is not None:  # mcprun serves this server itself
-                return await original(self, *args, **options)
-            transport, chosen = options_of(*args, **options)
-            await catcher.start(self, transport, chosen)
-
-        setattr(owner, method, functools.wraps(original)(start))
-
-    def http(host=None, port=None, log_level=None, path=None, *_, stateless_http=None, stateless=None, sse_path=None,
-             streamable_http_path=None, **__):
-        return {"host": host, "port": port, "path": path or sse_path or streamable_http_path,
-                "stateless": stateless_http if stateless_http is not None else stateless}
-
-    caught(fastmcp.FastMCP, "run_async", lambda transport=None, show_banner=None, **options: (
-        transport or fastmcp.settings.transport, http(**options)))
-    caught(fastmcp.FastMCP, "run_stdio_async", lambda *_, **__: ("stdio", {}))
-    caught(fastmcp.FastMCP, "run_http_async", lambda show_banner=True, transport="http", *args, **options: (
-        transport, http(*args, **options)))
-    caught(MCPServer, "run_stdio_async", lambda: ("stdio", {}))
-    caught(MCPServer, "run_sse_async", lambda **options: ("sse", http(**options)))
-    caught(MCPServer, "run_streamable_http_async", lambda **options: ("http", http(**options)))
-
-    original_stdio_server, original_run, placeholders = mcp.server.stdio.stdio_server, Server.run, set()
-
-    @contextlib.asynccontextmanager
-    async def stdio_server(stdin=None, stdout=None):
-        wire = _driving.get()
-        if stdin is None and stdout is None and not isinstance(wire, Wire):
-            import anyio  # the code starts a stdio transport of its own: mcprun serves its server instead
-
-            to_server, read_stream = anyio.create_memory_object_stream(0)
-            write_stream, unread = anyio.create_memory_object_stream(0)
-            to_server.close()
-            unread.close()
-            placeholders.add(read_stream)
-            try:
-                yield read_stream, write_stream
-            finally:
-                placeholders.discard(read_stream)
-            return
-        if stdin is None and stdout is None:
-            stdin, stdout = wire.streams()
-        async with original_stdio_server(stdin, stdout) as streams:
-            yield streams
-
-    async def run(self, read_stream, write_stream, initialization_options, *args, **options):
-        if read_stream not in placeholders:
-            return await original_run(self, read_stream, write_stream, initialization_options, *args, **options)
-        self.create_initialization_options = lambda *_, **__: initialization_options  # as the code chose them
-        await catcher.start(self, "stdio", {})
-
-    Server.run = functools.wraps(original_run)(run)
-    for module in (mcp.server.stdio, mcp.server.mcpserver.server, fastmcp.server.mixins.transport):
-        if getattr(module, "stdio_server", None) is not original_stdio_server:
-            raise RuntimeError(f"mcprun: {module.__name__}.stdio_server moved; mcprun's stdio needs updating")
-        module.stdio_server = stdio_server
+# -- code that starts its own server: run as python would, the server it starts caught
 
 
 def adopt_started(settings: Settings, transport: str, options: dict) -> Settings:
@@ -2548,19 +2579,6 @@ def run_self_starting(settings: Settings, target: Target, catcher: Catcher) -> N
     raise UsageError(f"{label} ended without starting an MCP server mcprun can serve (FastMCP.run(), "
                      "MCPServer.run(), a low-level Server.run() over stdio_server()); a program that writes the "
                      "protocol itself cannot be served by mcprun", EXIT_FAILURE)
-
-
-def ended_early(label: str, exc: SystemExit, catcher: Catcher) -> None:
-    """The code called sys.exit(): fine once its server has run, or with code 0 (--help, --version);
-    else one error line with its exit code."""
-    if catcher.started or exc.code in (None, 0):
-        if not catcher.started:
-            warn(f"{label} exited without starting a server")
-        return None
-    if isinstance(exc.code, int):
-        raise UsageError(f"{label} exited with code {exc.code} before it started a server (its own message is "
-                         "above)", exc.code)
-    raise UsageError(f"{label}: {exc.code}", EXIT_FAILURE)
 
 
 # -- transports --------------------------------------------------------------
@@ -3208,13 +3226,18 @@ def launch(settings: Settings, target: Target, serve_server: Any) -> None:
 
     catcher = Catcher(started)
     catch_started_servers(catcher)
-    if target.kind in SELF_STARTING:
-        run_self_starting(settings, target, catcher)
-        return
-    sys.argv = [str(target.path or target.spec), *settings.server_args]
-    loaded = load_server(settings, target, catcher)
-    if loaded is not None:
-        anyio.run(_serve_loaded, loaded, settings, target, serve_server, catcher)
+    try:
+        if target.kind in SELF_STARTING:
+            run_self_starting(settings, target, catcher)
+        else:
+            sys.argv = [str(target.path or target.spec), *settings.server_args]
+            loaded = load_server(settings, target, catcher)
+            if loaded is not None:
+                anyio.run(_serve_loaded, loaded, settings, target, serve_server, catcher)
+    except Exception:
+        catcher.raise_failure()  # first: the code's own handling of that failure may fail in turn
+        raise
+    catcher.raise_failure()
 
 
 async def _serve_loaded(loaded: Any, settings: Settings, target: Target, serve_server: Any, catcher: Catcher) -> None:
@@ -3686,6 +3709,7 @@ def inspect_target(settings: Settings, target: Target) -> tuple[Any, dict]:
         pass
     if found:
         return found[0].server, found[0].report
+    catcher.raise_failure()
     raise UsageError(f"{target.spec} exited without starting a server", EXIT_FAILURE)
 
 

@@ -302,6 +302,18 @@ def test_port_in_use(token):
     error_line(result, EXIT_FAILURE, f"port {port} on 127.0.0.1 is in use", "--port 0 for a free one")
 
 
+def test_a_failure_to_serve_that_the_servers_own_code_catches_is_still_reported(token):
+    # its main() prints the error and exits 1; mcprun's line and exit code say what failed all the same
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(token, "swallows_errors:main", "-t", "http", "-p", str(port), cwd=SERVERS, input="")
+    assert result.returncode == EXIT_FAILURE, result.stderr
+    assert result.stderr.splitlines()[-1] == (f"mcprun: error: port {port} on 127.0.0.1 is in use; choose another "
+                                              "with --port, or --port 0 for a free one")
+
+
 def test_unreachable_url(token):
     url = f"http://127.0.0.1:{closed_port()}/mcp"
     started = time.monotonic()
