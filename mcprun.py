@@ -3877,9 +3877,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("server_args", nargs="*", metavar="ARG", help="arguments for the server (also after --)")
     parser.add_argument("-m", "--module", action="store_true",
-                        help="SPEC is a module to run as 'python -m SPEC' would, in this process")
+                        help="SPEC is a module to run as 'python -m SPEC' would, in this process; the server it "
+                             "starts is caught and served")
     parser.add_argument("--script", action="store_true",
-                        help="SPEC is a .py file that starts its own server: run it as __main__ with the bundle")
+                        help="SPEC is a .py file that starts its own server: run it as __main__ with the bundle; "
+                             "the server it starts is caught and served")
     parser.add_argument("--version", action="store_true",
                         help="print mcprun, fastmcp, mcp and Python versions and exit")
     parser.add_argument("--json", action="store_true",
