@@ -1974,8 +1974,11 @@ def find_pip() -> list[str]:
     """Return the command that runs the user's pip: this Python's (source, zipapp), else python3/python on PATH."""
     pythons = [] if getattr(sys, "frozen", False) else [sys.executable]
     pythons += [found for name in ("python3", "python") if (found := shutil.which(name))]
+    each: dict = {}
+    for python in pythons:  # each Python once, by the first name it has here
+        each.setdefault(os.path.realpath(python), python)
     too_old = []
-    for python in dict.fromkeys(pythons):
+    for python in each.values():
         result = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True,
                                 stdin=subprocess.DEVNULL)
         version = re.match(r"pip (\d+)\.(\d+)", result.stdout)
@@ -1985,7 +1988,7 @@ def find_pip() -> list[str]:
             too_old.append(f"{python} has pip {version[1]}.{version[2]}")
     if too_old:
         raise UsageError(f"mcprun vendor needs pip {'.'.join(map(str, MINIMUM_PIP))} or newer ({'; '.join(too_old)}): "
-                         f"run '{pythons[0]} -m pip install --user --upgrade pip'", EXIT_FAILURE)
+                         f"upgrade it with '{too_old[0].split(' has ')[0]} -m pip install --upgrade pip'", EXIT_FAILURE)
     raise UsageError("mcprun vendor needs pip on this machine (e.g. 'apt install python3-pip'); it runs on a "
                      "connected machine, never on the air-gapped one", EXIT_FAILURE)
 
