@@ -886,37 +886,58 @@ def _walk_two_levels(folder: str):
         yield entry
 
 
+LOGGED_FIELD = 200  # characters of a path, method or tool name an access line shows
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")  # what could end a log line or restyle it
+
+
+def _one_line(text: str) -> str:
+    """Return text with the characters that could break a log line escaped (\\n, \\x1b, ...)."""
+    return _CONTROL.sub(lambda found: repr(found[0])[1:-1], text)
+
+
+def _loggable(text: str) -> str:
+    """Return a field a client sent, fit for a log line: escaped, at most LOGGED_FIELD characters."""
+    text = _one_line(text)
+    return text if len(text) <= LOGGED_FIELD else text[:LOGGED_FIELD] + "…"
+
+
 class LogFormatter(logging.Formatter):
     """One line per record: 'mcprun: ...' for mcprun's own lines, 'HH:MM:SS LEVEL logger: ...' for the
-    rest; or, for --log-format json, one JSON object per line. Never colour."""
+    rest; or, for --log-format json, one JSON object per line. Never colour. A record's traceback (a
+    library's logger.exception()) is printed only at DEBUG; else its exception's first line ends the line."""
 
-    def __init__(self, log_format: str) -> None:
+    def __init__(self, log_format: str, tracebacks: bool = False) -> None:
         super().__init__()
         self.json = log_format == "json"
+        self.tracebacks = tracebacks
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         if record.name == "uvicorn.error":  # uvicorn logs everything but access lines there
             record.name = "uvicorn"
+        raised = record.exc_info[1] if record.exc_info else None
+        if raised is not None and not self.tracebacks:
+            message += f" ({type(raised).__name__}: {_first_line(raised)})"
+        traceback_text = self.formatException(record.exc_info) if raised is not None and self.tracebacks else ""
         if self.json:
             entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
                      "level": record.levelname, "logger": record.name, "message": message,
                      **getattr(record, "fields", {})}
-            if record.exc_info:
-                entry["exception"] = self.formatException(record.exc_info)
+            if traceback_text:
+                entry["exception"] = traceback_text
             return json.dumps(entry, default=str)
         if record.name == "mcprun":
             prefix = {"WARNING": "warning: ", "ERROR": "error: ", "CRITICAL": "error: "}.get(record.levelname, "")
-            line = f"mcprun: {prefix}{message}"
+            line = f"mcprun: {prefix}{_one_line(message)}"
         else:
-            line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname} {record.name}: {message}"
-        return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+            line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname} {record.name}: {_one_line(message)}"
+        return line + ("\n" + traceback_text if traceback_text else "")
 
 
 def configure_logging(level: str, log_format: str = DEFAULT_LOG_FORMAT) -> None:
     """Send every log record, fastmcp's and uvicorn's too, to stderr in one format at one level."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogFormatter(log_format))
+    handler.setFormatter(LogFormatter(log_format, tracebacks=level == "DEBUG"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -2875,6 +2896,13 @@ class Flight:
 _SSE_RESPONSE = re.compile(rb'^data: \{"jsonrpc":"2\.0","id":("(?:[^"\\]|\\.)*"|-?\d+),"(?:result|error)"', re.M)
 _SSE_SESSION = re.compile(rb"^data: \S*[?&]session_id=([0-9a-fA-F-]+)", re.M)
 INSPECTED_BODY = 1024 * 1024  # bytes of a request body the access log and drain look into
+OWED_PER_SESSION = 1000  # SSE: replies one session's stream may owe, as the drain counts them
+OWED_ID_SIZE = 256  # characters of a request id (as JSON) the drain keeps to answer it; longer ones it does not
+
+
+def _is_request_id(value: Any) -> bool:
+    """A JSON-RPC request id is a string or an integer; with anything else the SDK takes it as a notification."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 class Gateway:
@@ -2911,7 +2939,7 @@ class Gateway:
         self.ready = False
         self.stopping = False
         self.flights: set[Flight] = set()
-        self.pending: dict[str, set] = {}  # SSE: session -> ids whose response its stream still owes
+        self.pending: dict[str, set] = {}  # SSE: open stream's session -> ids of accepted calls its stream owes
         self.last_call_ended = float("-inf")  # anyio clock
 
     async def __call__(self, scope, receive, send):
@@ -2962,6 +2990,9 @@ class Gateway:
         async def send_and_watch(message):
             if message["type"] == "http.response.start":
                 flight.status = message["status"]
+                owed = self.pending.get(flight.session or "") if self.sse and not flight.stream else None
+                if owed is not None and flight.status == 202:  # the SDK took the call: the stream owes its reply
+                    owed.update([i for i in flight.request_ids if len(i) <= OWED_ID_SIZE][:OWED_PER_SESSION - len(owed)])
                 for name, value in message.get("headers", ()):
                     if name == b"content-type":
                         flight.event_stream = value.startswith(b"text/event-stream")
@@ -2994,21 +3025,20 @@ class Gateway:
         """Note the JSON-RPC methods, tool and request ids of a request body."""
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # the server's own parser answers these with -32700
             return
         messages = [m for m in (parsed if isinstance(parsed, list) else [parsed]) if isinstance(m, dict)]
-        requests = [m for m in messages if "method" in m and m.get("id") is not None]
+        requests = [m for m in messages if "method" in m and _is_request_id(m.get("id"))]
         flight.rpc = ",".join(str(m["method"]) for m in messages if "method" in m)
         flight.tool = ",".join(str(m["params"].get("name")) for m in messages if m.get("method") == "tools/call"
                                and isinstance(m.get("params"), dict))
         flight.request_ids = tuple(json.dumps(m["id"]) for m in requests)
-        if self.sse and flight.session and requests:
-            self.pending.setdefault(flight.session, set()).update(flight.request_ids)
 
     def note_sse_output(self, flight: Flight, chunk: bytes) -> None:
         """Follow an SSE stream: its session (from the endpoint event) and the responses it delivers."""
         if flight.session is None and (found := _SSE_SESSION.search(chunk)):
             flight.session = found[1].decode()
+            self.pending[flight.session] = set()  # forgotten when this stream ends
         owed = self.pending.get(flight.session or "")
         if owed:
             for found in _SSE_RESPONSE.finditer(chunk):
@@ -3059,10 +3089,13 @@ class Gateway:
         if scope["path"] in (self.settings.health_path, self.settings.ready_path):
             return
         client = scope.get("client")
+        path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]  # as sent: %0a stays %0a
         fields = {
-            "client": f"{client[0]}:{client[1]}" if client else "-", "method": scope["method"],
-            "path": scope["path"], "status": flight.status or 499, "duration_ms": round((time.perf_counter() - began) * 1000, 1),
-            "session": flight.session, "rpc": flight.rpc or None, "tool": flight.tool or None,
+            "client": f"{client[0]}:{client[1]}" if client else "-", "method": _loggable(scope["method"]),
+            "path": _loggable(path), "status": flight.status or 499,
+            "duration_ms": round((time.perf_counter() - began) * 1000, 1),
+            "session": flight.session and flight.session[:8] + "…",  # enough to follow a session, not to use it
+            "rpc": _loggable(flight.rpc) or None, "tool": _loggable(flight.tool) or None,
         }
         extra = "".join(f" {key}={fields[key]}" for key in ("session", "rpc", "tool") if fields[key])
         self.access.info('%s "%s %s" %d %.1fms%s', fields["client"], fields["method"], fields["path"],

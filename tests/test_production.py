@@ -520,7 +520,7 @@ def test_access_log_lines(token, transport):
         line = wait_for(lambda: next((line for line in server.lines if "tool=echo" in line), None))
     method_path = '"POST /mcp" 200' if transport == "http" else '"POST /messages/" 202'
     assert re.search(r'^\d\d:\d\d:\d\d INFO mcprun\.access: 127\.0\.0\.1:\d+ ' + re.escape(method_path)
-                     + r' \d+\.\dms( session=\w+)? rpc=tools/call tool=echo$', line.rstrip()), line
+                     + r' \d+\.\dms( session=[0-9a-f]{8}…)? rpc=tools/call tool=echo$', line.rstrip()), line
     if transport == "sse":
         assert "session=" in line
     assert "/healthz" not in server.stderr
@@ -634,3 +634,68 @@ def test_bounded_load_without_errors_or_growth(token, transport):
         print(report)  # pytest -s shows it
         assert after_rss <= 1.2 * warm_rss, report
         assert server.process.poll() is None
+
+
+# -- hostile clients: bounded memory, prompt stops, one honest log line each ---------------------
+
+
+def test_calls_posted_to_made_up_sse_sessions_are_not_kept(token):
+    # the SDK answers 404; the gateway once kept each id as a reply owed (1 MB each here), until SIGTERM waited
+    # the whole grace period for replies no stream would ever carry
+    with serving(token, PRODUCTION, "--graceful-timeout", "30", transport="sse", cwd=SERVERS) as server:
+        root = server.url.rsplit("/", 1)[0]
+        before = process_tree_rss(server.process.pid)
+        with httpx.Client(timeout=30) as http:
+            for number in range(100):
+                body = json.dumps({"jsonrpc": "2.0", "id": f"{number}{'x' * 1_000_000}", "method": "ping"})
+                made_up = f"{root}/messages/?session_id={os.urandom(16).hex()}"
+                assert http.post(made_up, content=body, headers=STREAM_HEADERS).status_code == 404
+            for odd in (1.5, True):  # ids the SDK takes as notifications: no reply is ever owed
+                assert http.post(made_up, json={"jsonrpc": "2.0", "id": odd, "method": "ping"},
+                                 headers=STREAM_HEADERS).status_code == 404
+        grown = process_tree_rss(server.process.pid) - before
+        assert grown < 40_000, f"resident memory grew by {grown} kB"  # kept, the ids alone were 100,000 kB
+        stopping = time.monotonic()
+        assert server.stop(timeout=40) == 0, server.stderr
+        assert time.monotonic() - stopping < 20  # idle: no owed reply to wait the 30 s grace period for
+
+
+def test_a_path_that_forges_a_log_line_stays_one_escaped_line(token):
+    forged = "/x%0a09:00:00%20INFO%20mcprun.access:%20127.0.0.1:1%20%22GET%20/%22%20200%20FORGED"
+    with serving(token, PRODUCTION, "--auth-token", TOKEN, cwd=SERVERS) as server:  # refused requests are logged too
+        root = server.url.rsplit("/", 1)[0]
+        assert httpx.get(root + forged, timeout=10).status_code == 401
+        huge = tools_call(7, "t" * 1_000_000, {})  # a tool name of 1 MB
+        assert httpx.post(server.url, json=huge, headers={**STREAM_HEADERS, "authorization": f"Bearer {TOKEN}"},
+                          timeout=30).status_code in (400, 404)
+        logged = wait_for(lambda: [line for line in server.lines if "FORGED" in line] if any(
+            "tool=ttt" in line for line in server.lines) else None)
+    assert len(logged) == 1 and logged[0].startswith(tuple("0123456789")), logged
+    assert f'"GET {forged}" 401' in logged[0]
+    assert not any(line.startswith("09:00:00") for line in server.lines), server.stderr
+    tool_line = next(line for line in server.lines if "tool=ttt" in line)
+    assert len(tool_line) < 500 and tool_line.rstrip().endswith("t…"), tool_line[:300]
+
+
+@BOTH
+def test_deeply_nested_json_is_a_parse_error_not_a_crash(token, transport):
+    with serving(token, PRODUCTION, transport=transport, cwd=SERVERS) as server:
+        with httpx.Client(timeout=30) as http:
+            if transport == "http":
+                url = server.url
+                stream = None
+            else:
+                stream = http.stream("GET", server.url, headers={"accept": "text/event-stream"})
+                lines = stream.__enter__().iter_lines()
+                url = message_endpoint(lines, server.url.rsplit("/", 1)[0])
+            try:
+                for depth in (1_000, 10_000, 1_000_000):
+                    answer = http.post(url, content=b"[" * depth + b"]" * depth, headers=STREAM_HEADERS)
+                    assert answer.status_code == 400, (depth, answer.text[:200])
+                    if transport == "http":
+                        assert answer.json()["error"]["code"] == -32700
+            finally:
+                if stream is not None:
+                    stream.__exit__(None, None, None)
+        assert text_of(run_async(call(server.url, "echo", {"text": "still"}))) == "still#0"
+    assert "Traceback" not in server.stderr
