@@ -2605,6 +2605,17 @@ def run_self_starting(settings: Settings, target: Target, catcher: Catcher) -> N
                      "protocol itself cannot be served by mcprun", EXIT_FAILURE)
 
 
+def start_target(settings: Settings, target: Target, catcher: Catcher) -> Any:
+    """Run code that starts its own server, or load the target: return the server or async factory loaded, or
+    None when the code started a server (catcher took it). Every stage after resolution starts here."""
+    catch_started_servers(catcher)
+    if target.kind in SELF_STARTING:
+        run_self_starting(settings, target, catcher)
+        return None
+    sys.argv = [str(target.path or target.spec), *settings.server_args]
+    return load_server(settings, target, catcher)
+
+
 # -- transports --------------------------------------------------------------
 
 
@@ -3261,15 +3272,10 @@ def launch(settings: Settings, target: Target, serve_server: Any) -> None:
         await _serve_checked(server, adopt_started(settings, transport, options), target, serve_server)
 
     catcher = Catcher(started)
-    catch_started_servers(catcher)
     try:
-        if target.kind in SELF_STARTING:
-            run_self_starting(settings, target, catcher)
-        else:
-            sys.argv = [str(target.path or target.spec), *settings.server_args]
-            loaded = load_server(settings, target, catcher)
-            if loaded is not None:
-                anyio.run(_serve_loaded, loaded, settings, target, serve_server, catcher)
+        loaded = start_target(settings, target, catcher)
+        if loaded is not None:
+            anyio.run(_serve_loaded, loaded, settings, target, serve_server, catcher)
     except Exception:
         catcher.raise_failure()  # first: the code's own handling of that failure may fail in turn
         raise
@@ -3666,11 +3672,9 @@ def served_by(settings: Settings) -> str:
         if described := not_imported(target):
             return described
         prepare_process(settings, target)
-        catcher = Catcher(stop)
-        catch_started_servers(catcher)
         wire = divert_stdout()
         try:
-            loaded = load_server(settings, target, catcher)
+            loaded = start_target(settings, target, Catcher(stop))
         finally:
             restore_stdout(wire)
     except UsageError as exc:
@@ -3730,17 +3734,12 @@ def inspect_target(settings: Settings, target: Target) -> tuple[Any, dict]:
         raise found[-1]
 
     catcher = Catcher(look)
-    catch_started_servers(catcher)
     try:
-        if target.kind in SELF_STARTING:
-            run_self_starting(settings, target, catcher)
-        else:
-            sys.argv = [str(target.path or target.spec), *settings.server_args]
-            loaded = load_server(settings, target, catcher)
-            if inspect.iscoroutinefunction(loaded):
-                loaded = anyio.run(await_factory, loaded, catcher)
-            if loaded is not None:
-                return loaded, anyio.run(inventory, loaded)
+        loaded = start_target(settings, target, catcher)
+        if inspect.iscoroutinefunction(loaded):
+            loaded = anyio.run(await_factory, loaded, catcher)
+        if loaded is not None:
+            return loaded, anyio.run(inventory, loaded)
     except StartedItself:
         pass
     if found:
