@@ -1841,9 +1841,9 @@ def vendor(settings: Settings, output: str, python_version: str | None, platform
     (folder / MANIFEST).write_text("\n".join(lines) + "\n")
     named = [f"{item['metadata']['name']} {item['metadata']['version']}" for item in resolved if item.get("requested")]
     others = [f"{item['metadata']['name']} {item['metadata']['version']}" for item in resolved if not item.get("requested")]
-    what = ", ".join(named) or "nothing (the bundle has it all)"
-    if others:
-        shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+    shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+    what = ", ".join(named) or (shown if others else "nothing (the bundle has it all)")
+    if named and others:
         what += f" and {len(others)} package{'s' if len(others) > 1 else ''} {'they' if len(named) > 1 else 'it'} " \
                 f"need{'' if len(named) > 1 else 's'} ({shown})"
     mappings = f"; served by mcprun's mappings, not vendored: {', '.join(dict.fromkeys(served))}" if served else ""
@@ -2572,7 +2572,7 @@ def run_self_starting(settings: Settings, target: Target, catcher: Catcher) -> N
             defined = runpy.run_path(str(target.path), run_name="__main__")
         else:
             entry = import_server_module(target)
-            for attribute in (target.object_name or "").split(".") if target.object_name else ():
+            for attribute in target.object_name.split(".") if target.object_name else ():
                 entry = getattr(entry, attribute)
             result = entry()
             if not catcher.started and server_kind(result) is not None:  # it returned a server to serve
