@@ -40,6 +40,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.parse
@@ -74,7 +75,15 @@ DEFAULT_READY_PATH = "/readyz"
 DEFAULT_GRACEFUL_TIMEOUT = 10.0  # seconds in-flight requests get to finish after SIGTERM
 DRAIN_LINGER = 0.5  # seconds a drain keeps idle connections open after a call ends, for the client's follow-up
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # bytes in one HTTP request body
+DEFAULT_MAX_CONNECTIONS = 1000  # HTTP connections open at once, per process
+DEFAULT_READ_TIMEOUT = 30.0  # seconds a client has to send a request's headers; the longest pause in its body
+DEFAULT_MAX_SESSIONS = 1000  # streamable HTTP sessions (SSE: event streams) open at once, per process
+SESSION_SHARE = 4  # one client address may hold at most 1/SESSION_SHARE of them (--help says: a quarter)
+DEFAULT_SESSION_IDLE_TIMEOUT = 1800.0  # seconds a session may go without a request before it is closed (the SDK's)
+DESCRIPTOR_RESERVE = 128  # file descriptors kept free of connections, for the server's own files
+NOW_AND_THEN = 60.0  # seconds between two log lines about the same recurring trouble
 SHUTDOWN_ERROR = {"code": -32000, "message": "server shutting down (mcprun); retry on another server"}
+FOLLOW_UPS = ("ping", "tools/list", "prompts/list", "resources/list", "resources/templates/list")  # served in a drain
 URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
 CHECK_TIMEOUT = 60.0  # seconds 'mcprun check' gives a server to start and list what it offers
 RELOAD_STOP_TIMEOUT = 5.0  # seconds a reloaded server gets to stop before SIGKILL
@@ -141,6 +150,17 @@ def info(message: str) -> None:
 def error(message: str) -> None:
     """Log the one 'mcprun: error: ...' line of a failed run."""
     logging.getLogger("mcprun").error(message)
+
+
+_last_said: dict[str, float] = {}
+
+
+def warn_now_and_then(trouble: str, message: str) -> None:
+    """Warn about a recurring trouble at most once every NOW_AND_THEN seconds, so it cannot fill the disk."""
+    now = time.monotonic()
+    if now >= _last_said.get(trouble, float("-inf")) + NOW_AND_THEN:
+        _last_said[trouble] = now
+        warn(message)
 
 
 # -- config files: fastmcp.json and mcp.json ---------------------------------
@@ -297,6 +317,10 @@ class Settings:
     ready_path: str = DEFAULT_READY_PATH
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT
     log_format: str = DEFAULT_LOG_FORMAT
     access_log: bool = True
     compat: bool = True  # map mcp 1.x names onto the bundled mcp 2.x
@@ -365,6 +389,14 @@ def parse_seconds(text: str) -> float:
     return seconds
 
 
+def parse_period(text: str) -> float:
+    """argparse type: a duration in seconds that is more than 0, e.g. 600."""
+    seconds = parse_seconds(text)
+    if not seconds:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 (e.g. 600)")
+    return seconds
+
+
 _SIZE_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
                "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
 
@@ -375,6 +407,17 @@ def parse_size(text: str) -> int:
     if not match or match[2].lower() not in _SIZE_UNITS or float(match[1]) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 16MiB, 500kB or 1048576)")
     return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+
+
+def parse_count(text: str) -> int:
+    """argparse type: a positive whole number."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (e.g. 1000)")
+    return count
 
 
 def parse_workers(text: str) -> int:
@@ -447,6 +490,10 @@ _MERGED_OPTIONS = {
     "ready_path": (parse_route, "MCPRUN_READY_PATH", None),
     "graceful_timeout": (parse_seconds, "MCPRUN_GRACEFUL_TIMEOUT", None),
     "max_body": (parse_size, "MCPRUN_MAX_BODY", None),
+    "max_connections": (parse_count, "MCPRUN_MAX_CONNECTIONS", None),
+    "read_timeout": (parse_seconds, "MCPRUN_READ_TIMEOUT", None),
+    "max_sessions": (parse_count, "MCPRUN_MAX_SESSIONS", None),
+    "session_idle_timeout": (parse_period, "MCPRUN_SESSION_IDLE_TIMEOUT", None),
     "log_format": (parse_log_format, "MCPRUN_LOG_FORMAT", None),
     "access_log": (bool, "MCPRUN_NO_ACCESS_LOG", None),
     "compat": (bool, "MCPRUN_NO_COMPAT", None),
@@ -2754,8 +2801,9 @@ def build_http_app(server: Any, settings: Settings) -> Any:
 
     sse = settings.transport == "sse"
     if server_kind(server) == "fastmcp":
+        sessions = {} if sse else {"session_idle_timeout": settings.session_idle_timeout}
         return server.http_app(path=settings.http_path, transport="sse" if sse else "http",
-                               stateless_http=settings.stateless or None, host_origin_protection=False)
+                               stateless_http=settings.stateless or None, host_origin_protection=False, **sessions)
     unguarded = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     if sse and server_kind(server) == "lowlevel":
         return lowlevel_sse_app(server, settings.http_path, unguarded, settings.max_body)
@@ -2763,7 +2811,9 @@ def build_http_app(server: Any, settings: Settings) -> Any:
         return server.sse_app(sse_path=settings.http_path, transport_security=unguarded,
                               max_request_body_size=settings.max_body)
     return server.streamable_http_app(streamable_http_path=settings.http_path, stateless_http=settings.stateless,
-                                      transport_security=unguarded, max_request_body_size=settings.max_body)
+                                      transport_security=unguarded, max_request_body_size=settings.max_body,
+                                      session_idle_timeout=settings.session_idle_timeout,
+                                      max_sessions=settings.max_sessions)
 
 
 def lowlevel_sse_app(server: Any, path: str, security: Any, max_body: int) -> Any:
@@ -2783,20 +2833,24 @@ def lowlevel_sse_app(server: Any, path: str, security: Any, max_body: int) -> An
                              Mount("/messages/", app=transport.handle_post_message)])
 
 
-def raise_inner_body_limits(app: Any, max_body: int) -> None:
-    """Give the SDK's own body limit (4 MiB inside fastmcp's apps) the --max-body value.
+def set_inner_limits(app: Any, settings: Settings) -> None:
+    """Give the SDK's own body limit (4 MiB inside fastmcp's apps) the --max-body value, and its
+    session manager's cap (10,000) --max-sessions.
 
-    The SDK's RequestBodyLimitMiddleware reads its limit per request; fastmcp creates it
-    without a way to pass one. Found through the app's routes once its lifespan has started.
+    The SDK's RequestBodyLimitMiddleware and session manager read their limits per request; fastmcp
+    creates them without a way to pass these. Found through the app's routes once its lifespan has started.
     """
     for route in getattr(app, "routes", ()):
         for part in (getattr(route, "app", None), getattr(route, "endpoint", None)):
             owner = getattr(part, "__self__", part)  # SSE: a bound method of SseServerTransport
-            for holder in (getattr(owner, "session_manager", None), owner):
+            manager = getattr(owner, "session_manager", None)
+            if hasattr(manager, "max_sessions"):
+                manager.max_sessions = settings.max_sessions
+            for holder in (manager, owner):
                 for name in ("asgi_app", "_post_message_app"):
                     limiter = getattr(holder, name, None)
                     if hasattr(limiter, "max_body_size"):
-                        limiter.max_body_size = max_body
+                        limiter.max_body_size = settings.max_body
 
 
 def read_auth_tokens(settings: Settings) -> tuple:
@@ -2899,9 +2953,27 @@ class Flight:
     rpc: str = ""  # JSON-RPC method(s), for the access log
     tool: str = ""
     status: int = 0
+    late: bool = False  # it began after the drain had
     event_stream: bool = False  # the response is text/event-stream
     finished: bool = False  # the response body is complete
     disconnected: bool = False  # the client went away
+
+
+RETIRING = threading.Event()  # set in a worker the supervisor replaces: others serve the socket on
+
+
+def new_work(body: bytes) -> list | None:
+    """Return the ids of the requests in a body that start new work (a call, a read ...: not a follow-up such
+    as a list or a ping, nor a notification or a reply), [None] for a body too big to look into, else None."""
+    if len(body) > INSPECTED_BODY:
+        return [None]
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    messages = [m for m in (parsed if isinstance(parsed, list) else [parsed]) if isinstance(m, dict)]
+    return [m["id"] for m in messages if m.get("method") not in (None, *FOLLOW_UPS)
+            and _is_request_id(m.get("id"))] or None
 
 
 _SSE_RESPONSE = re.compile(rb'^data: \{"jsonrpc":"2\.0","id":("(?:[^"\\]|\\.)*"|-?\d+),"(?:result|error)"', re.M)
@@ -2911,9 +2983,73 @@ OWED_PER_SESSION = 1000  # SSE: replies one session's stream may owe, as the dra
 OWED_ID_SIZE = 256  # characters of a request id (as JSON) the drain keeps to answer it; longer ones it does not
 
 
+@dataclasses.dataclass(eq=False)
+class Session:
+    client: str  # the address it was opened from
+    last_seen: float  # anyio clock: when a request in it last started or ended
+    busy: int = 0  # its requests in progress (an SSE event stream: 1 while open)
+
+
+class SessionBook:
+    """The sessions open in this process (streamable HTTP's, or SSE's event streams), to cap them in total
+    (--max-sessions) and per client address (a 1/SESSION_SHARE share, so a flood from one address locks
+    no one else out), and to forget them when they end, or idle past --session-idle-timeout as the SDK does."""
+
+    def __init__(self, cap: int, idle_timeout: float) -> None:
+        self.cap, self.share, self.idle_timeout = cap, max(1, cap // SESSION_SHARE), idle_timeout
+        self.open: dict[str, Session] = {}  # least recently active first
+        self.held: dict[str, int] = {}  # client address -> sessions it opened
+
+    def refusal(self, client: str, now: float) -> tuple[int, str] | None:
+        """Return (HTTP status, reason) when client may not open a session now, else None."""
+        self.expire(now)
+        if len(self.open) >= self.cap:
+            warn_now_and_then("sessions", f"{self.cap} sessions open, the --max-sessions cap: new ones get 503")
+            return 503, f"too many sessions open on this server ({self.cap}); retry later"
+        if self.held.get(client, 0) >= self.share:
+            warn_now_and_then(f"sessions of {client}", f"{_loggable(client)} holds {self.share} sessions, its "
+                              f"share of --max-sessions {self.cap}: its new ones get 429")
+            return 429, f"too many sessions from this address ({self.share}); close some, or retry later"
+        return None
+
+    def opened(self, session: str, client: str, now: float, busy: int = 0) -> None:
+        if session not in self.open:
+            self.open[session] = Session(client, now, busy)
+            self.held[client] = self.held.get(client, 0) + 1
+
+    def touched(self, session: str, now: float, change: int) -> None:
+        """A request in session started (change 1) or ended (-1)."""
+        entry = self.open.pop(session, None)
+        if entry:
+            entry.busy, entry.last_seen = max(entry.busy + change, 0), now
+            self.open[session] = entry  # now the most recently active
+
+    def closed(self, session: str) -> None:
+        entry = self.open.pop(session, None)
+        if entry:
+            self.held[entry.client] -= 1
+            if not self.held[entry.client]:
+                del self.held[entry.client]
+
+    def expire(self, now: float) -> None:
+        for session, entry in list(self.open.items()):
+            if not entry.busy and entry.last_seen + self.idle_timeout > now:
+                break  # the rest were active more recently
+            if not entry.busy:
+                self.closed(session)
+
+
 def _is_request_id(value: Any) -> bool:
     """A JSON-RPC request id is a string or an integer; with anything else the SDK takes it as a notification."""
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def replaying(read: list, receive: Any) -> Any:
+    """Return an ASGI receive that gives the messages already read first, then the rest."""
+    async def replay():
+        return read.pop(0) if read else await receive()
+
+    return replay
 
 
 class Gateway:
@@ -2948,9 +3084,12 @@ class Gateway:
                                              allowed_origins=list(origins) or None)
         self.access = logging.getLogger("mcprun.access") if settings.access_log else None
         self.ready = False
-        self.stopping = False
+        self.stopping = False  # draining: new calls are refused (or, RETIRING, served) and connections close
+        self.stopped = False  # drained: whatever comes now is refused
         self.flights: set[Flight] = set()
         self.pending: dict[str, set] = {}  # SSE: open stream's session -> ids of accepted calls its stream owes
+        self.sessions = None if settings.stateless else SessionBook(settings.max_sessions,
+                                                                    settings.session_idle_timeout)
         self.last_call_ended = float("-inf")  # anyio clock
 
     async def __call__(self, scope, receive, send):
@@ -2969,7 +3108,7 @@ class Gateway:
         async def send_and_note(message):
             await send(message)
             if message["type"] == "lifespan.startup.complete":
-                raise_inner_body_limits(self.server_app, self.settings.max_body)
+                set_inner_limits(self.server_app, self.settings)
                 self.ready = True
                 self.on_ready()
 
@@ -2983,9 +3122,20 @@ class Gateway:
         session = headers.get(b"mcp-session-id", b"").decode("latin-1") or None
         if self.sse and scope["method"] == "POST":
             session = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"))).get("session_id")
-        flight = Flight(stream=scope["method"] == "GET", session=session, cancel=anyio.CancelScope())
-        if self.stopping and flight.stream:
-            return await send_json(send, 503, {"error": "server shutting down"})
+        flight = Flight(stream=scope["method"] == "GET", session=session, cancel=anyio.CancelScope(),
+                        late=self.stopping)
+        if (self.stopping and flight.stream) or self.stopped:
+            return await send_json(send, 503, {"error": "server shutting down"}, headers=((b"connection", b"close"),))
+        client = (scope.get("client") or ("-",))[0]
+        book, now = self.sessions, anyio.current_time()
+        opening = book and (flight.stream if self.sse else scope["method"] == "POST" and session is None)
+        if opening and (refused := book.refusal(client, now)):
+            return await send_json(send, refused[0], {"jsonrpc": "2.0", "id": None, "error": {
+                "code": -32000, "message": refused[1]}}, headers=((b"retry-after", b"10"),))
+        if book and self.sse and flight.stream:
+            book.opened(f"stream {id(flight)}", client, now, busy=1)
+        elif book and session:
+            book.touched(session, now, 1)
         body = bytearray()
 
         async def receive_and_inspect():
@@ -3001,6 +3151,8 @@ class Gateway:
         async def send_and_watch(message):
             if message["type"] == "http.response.start":
                 flight.status = message["status"]
+                if flight.late:  # the client is to open its next request elsewhere
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
                 owed = self.pending.get(flight.session or "") if self.sse and not flight.stream else None
                 if owed is not None and flight.status == 202:  # the SDK took the call: the stream owes its reply
                     owed.update([i for i in flight.request_ids if len(i) <= OWED_ID_SIZE][:OWED_PER_SESSION - len(owed)])
@@ -3009,6 +3161,8 @@ class Gateway:
                         flight.event_stream = value.startswith(b"text/event-stream")
                     elif name == b"mcp-session-id":
                         flight.session = value.decode("latin-1")
+                        if book and session is None and flight.status == 200:  # a new session
+                            book.opened(flight.session, client, anyio.current_time())
             elif message["type"] == "http.response.body":
                 if flight.stream and self.sse:
                     self.note_sse_output(flight, message.get("body", b""))
@@ -3018,6 +3172,12 @@ class Gateway:
         self.flights.add(flight)
         try:
             with flight.cancel:
+                if flight.late and not RETIRING.is_set() and scope["method"] == "POST" and not self.sse:
+                    read = await self.read_body(receive)
+                    if refused := new_work(b"".join(m.get("body", b"") for m in read)):
+                        errors = [{"jsonrpc": "2.0", "id": i, "error": SHUTDOWN_ERROR} for i in refused]
+                        return await send_json(send_and_watch, 503, errors[0] if len(errors) == 1 else errors)
+                    receive = replaying(read, receive)
                 await self.app(scope, receive_and_inspect, send_and_watch)
             if flight.cancel.cancelled_caught:
                 await self.end_stopped(flight, send_and_watch)
@@ -3029,8 +3189,24 @@ class Gateway:
                 self.last_call_ended = anyio.current_time()
             if flight.stream and self.sse and flight.session:
                 self.pending.pop(flight.session, None)
+            if book and self.sse and flight.stream:
+                book.closed(f"stream {id(flight)}")
+            elif book and session:
+                ended = flight.status == 404 or (scope["method"] == "DELETE" and flight.status in (200, 204))
+                book.closed(session) if ended else book.touched(session, anyio.current_time(), -1)
             if self.access:
                 self.log_access(scope, flight, began)
+
+    @staticmethod
+    async def read_body(receive: Any) -> list:
+        """Read a request's body messages (at most a little over INSPECTED_BODY bytes), to look before passing."""
+        read, size = [], 0
+        while size <= INSPECTED_BODY:
+            read.append(await receive())
+            size += len(read[-1].get("body", b""))
+            if read[-1]["type"] != "http.request" or not read[-1].get("more_body"):
+                break
+        return read
 
     def inspect_body(self, flight: Flight, body: bytes) -> None:
         """Note the JSON-RPC methods, tool and request ids of a request body."""
@@ -3117,11 +3293,15 @@ class Gateway:
         return any(not flight.stream for flight in self.flights) or any(self.pending.values())
 
     async def drain(self, timeout: float, forced: Any) -> None:
-        """Stop taking streams, let calls finish for up to timeout seconds, then end what is left.
+        """Stop taking streams and new calls, let calls finish for up to timeout seconds, then end what is left.
 
-        Connections stay open until no call has ended for DRAIN_LINGER seconds: clients follow a
-        call at once on the same connection (MCP SDKs list the tools to check a call's result),
-        and that request would otherwise meet a closed connection and a closed port.
+        A request that begins in the drain is answered with 'Connection: close', so that the client
+        opens its next one elsewhere; a new call in it (anything but FOLLOW_UPS, notifications and
+        replies) gets 503 and a JSON-RPC error, unless the process is RETIRING (a worker replaced:
+        the others serve the socket on), which serves it. Connections stay open until no call has
+        ended for DRAIN_LINGER seconds: clients follow a call at once on the same connection (MCP
+        SDKs list the tools to check a call's result), and that request would otherwise meet a
+        closed connection and a closed port.
         """
         import anyio
 
@@ -3133,12 +3313,160 @@ class Gateway:
         while ((self.busy() or anyio.current_time() < self.last_call_ended + DRAIN_LINGER)
                and not forced() and anyio.current_time() < deadline):
             await anyio.sleep(0.05)
+        self.stopped = True
         for flight in list(self.flights):
             flight.cancel.cancel()
         for _ in range(20):  # let the stopped requests send their last words
             if not self.flights:
                 break
             await anyio.sleep(0.01)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (systemd's soft default is 1,024,
+    for programs that still use select()); return the soft limit now."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_cap(settings: Settings) -> int:
+    """Return how many connections to hold open at once: --max-connections, within the file descriptors left."""
+    room = max(raise_descriptor_limit() - DESCRIPTOR_RESERVE, 1)
+    if room >= settings.max_connections:
+        return settings.max_connections
+    said = (f"only {room} connections at once: the open files limit leaves no room for {settings.max_connections} "
+            "(raise it: LimitNOFILE= in the unit, ulimit -n)")
+    warn(said) if "max_connections" in settings.sources else logging.getLogger("mcprun").debug(said)
+    return room
+
+
+def closing_response(status: str, message: str) -> bytes:
+    """Return a whole HTTP/1.1 response that closes its connection, written on the socket itself."""
+    body = json.dumps({"error": message}).encode() + b"\n"
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+FULL = closing_response("503 Service Unavailable", "too many connections")
+TIMED_OUT = closing_response("408 Request Timeout", "request read timeout")
+
+
+def guarded_protocol(cap: int, read_timeout: float) -> type:
+    """Return uvicorn's HTTP/1.1 protocol with mcprun's limits on connections, for uvicorn's Config(http=).
+
+    At most cap connections are open: past it, a new one closes the connection that has waited
+    longest with no request in progress (idle keep-alive, or headers still arriving), or, when every
+    one has a request in progress, is answered 503 and closed, its descriptor freed at once.
+    A request's headers must arrive within read_timeout seconds (0: no limit) of the connection or of
+    the previous response, and its body may not pause for longer; else the connection is closed.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedProtocol(H11Protocol):
+        refused = False
+        waiting_since = float("inf")  # loop time since the connection has waited for a request
+        deadline = None
+
+        def connection_made(self, transport):
+            if len(self.connections) >= cap and not self.close_longest_waiting():
+                self.refused = True
+                transport.write(FULL)
+                transport.close()
+                warn_now_and_then("connections", f"{cap} connections open, every one with a request in "
+                                  "progress: new ones get 503; raise --max-connections (and the open files limit)")
+                return
+            super().connection_made(transport)
+            self.wait_for_request()
+
+        def connection_lost(self, exc):
+            if self.refused:
+                return
+            if self.deadline:
+                self.deadline.cancel()
+            super().connection_lost(exc)
+
+        def data_received(self, data):
+            super().data_received(data)
+            if self.conn.their_state is h11.SEND_BODY:
+                self.arm()  # the body moves: so does its deadline
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self.wait_for_request()
+
+        def wait_for_request(self):
+            self.waiting_since = self.loop.time()
+            self.arm()
+
+        def arm(self):
+            if self.deadline:
+                self.deadline.cancel()
+            if read_timeout:
+                self.deadline = self.loop.call_later(read_timeout, self.read_timed_out)
+
+        def read_timed_out(self):
+            self.deadline = None
+            if self.transport.is_closing() or self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+                return
+            if self.flow.read_paused:  # the app has not read what came: not the client's delay
+                return self.arm()
+            if self.cycle and not self.cycle.response_complete:
+                if self.cycle.response_started:
+                    return self.transport.close()
+                self.cycle.disconnected = True  # what the app says now goes nowhere; it reads a disconnect
+                self.cycle.message_event.set()
+            if self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]:  # a request had begun
+                self.transport.write(TIMED_OUT)
+            self.transport.close()
+
+        def waiting(self) -> bool:
+            return (self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+                    and (self.cycle is None or self.cycle.response_complete))
+
+        def close_longest_waiting(self) -> bool:
+            waiting = [c for c in self.connections if isinstance(c, GuardedProtocol) and c.waiting()]
+            if not waiting:
+                return False
+            min(waiting, key=lambda c: c.waiting_since).transport.close()
+            return True
+
+    return GuardedProtocol
+
+
+def pace_accepts(loop: Any) -> None:
+    """Take one new connection per wake-up, and say once a minute that there are no descriptors for more.
+
+    asyncio's selector loop accepts up to the backlog (2,048 with uvicorn) each time the socket is
+    readable. Out of file descriptors, that loop logs and schedules a retry for every connection
+    waiting: 100 % CPU and megabytes of log a second. One per wake-up logs once and retries in a
+    second. Workers sharing a socket need it too: one worker would take a whole burst, and
+    keep-alive clients would stay on it; taking one lets the others, woken too, take the next.
+    """
+    accept = getattr(loop, "_accept_connection", None)  # asyncio's selector loop; others keep their way
+    if accept is not None:
+        def accept_one(protocol_factory, listener, sslcontext=None, server=None, backlog=100, *args, **kwargs):
+            return accept(protocol_factory, listener, sslcontext, server, 1, *args, **kwargs)
+
+        loop._accept_connection = accept_one
+    default = loop.get_exception_handler() or type(loop).default_exception_handler
+
+    def handle(loop, context):
+        if context.get("message") == "socket.accept() out of system resource":
+            warn_now_and_then("accept", f"cannot take new connections: {context['exception'].strerror}; they "
+                              "wait (raise the open files limit: LimitNOFILE=, ulimit -n; or lower --max-connections)")
+        else:
+            default(loop, context)
+
+    loop.set_exception_handler(handle)
 
 
 async def serve_http(server: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
@@ -3148,6 +3476,8 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     On sock when given (systemd's, or a worker's shared one), else on one bound here. announce is
     called with the server's description once it is ready; by default it logs the ready line.
     """
+    import asyncio
+
     import anyio
     import uvicorn
 
@@ -3186,7 +3516,9 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
             self.config.timeout_graceful_shutdown = 1  # only idle connections are left to close
             await super().shutdown(sockets)
 
-    config = uvicorn.Config(gateway, log_config=None, log_level=settings.log_level.lower(), lifespan="on",
+    pace_accepts(asyncio.get_running_loop())
+    config = uvicorn.Config(gateway, http=guarded_protocol(connection_cap(settings), settings.read_timeout),
+                            log_config=None, log_level=settings.log_level.lower(), lifespan="on",
                             access_log=False, server_header=False,
                             timeout_graceful_shutdown=max(settings.graceful_timeout, 1))
     # uvicorn drains on SIGTERM, then re-raises it to the previous handler: make that one
@@ -3445,7 +3777,7 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
         old = [w for w in active if w.generation < state["generation"]]
         if old and sum(w.ready for w in active) > wanted:  # a new one is ready: one old one may go
             old[0].stopping = True
-            signal_workers(signal.SIGTERM, [old.pop(0)])
+            signal_workers(signal.SIGUSR1, [old.pop(0)])  # retire: drain while the others serve on
             active = [w for w in workers if not w.stopping]
         if state["reloading"] and not old:
             state["reloading"] = False
@@ -3587,6 +3919,7 @@ def serve_worker(settings: Settings, target: Target, sock: socket.socket, status
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGHUP, lambda *_: None)  # a terminal's hang-up is the supervisor's to act on
+    signal.signal(signal.SIGUSR1, lambda *_: (RETIRING.set(), signal.raise_signal(signal.SIGTERM)))
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     for fd in inherited:
         os.close(fd)
@@ -3606,7 +3939,7 @@ def serve_worker(settings: Settings, target: Target, sock: socket.socket, status
         os.close(reporting.pop())  # from now on, failures are this worker's to log
 
     try:
-        launch(settings, target, lambda server, chosen: _serve_sharing(server, chosen, target, sock, announce))
+        launch(settings, target, lambda server, chosen: serve(server, chosen, target, sock, announce))
         return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
@@ -3624,25 +3957,6 @@ def serve_worker(settings: Settings, target: Target, sock: socket.socket, status
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-
-
-async def _serve_sharing(server: Any, settings: Settings, target: Target, sock: socket.socket, announce: Any) -> None:
-    """Serve on a socket shared with other workers, taking one new connection per wake-up.
-
-    asyncio accepts up to the backlog (2048) connections each time the socket is readable, so one
-    worker would take a whole burst, and keep-alive clients would stay on it. Taking one lets the
-    other workers, woken by the same connection, take the next ones.
-    """
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    accept = getattr(loop, "_accept_connection", None)  # asyncio's selector loop; others keep their way
-    if accept is not None:
-        def accept_one(protocol_factory, listener, sslcontext=None, server=None, backlog=100, *args, **kwargs):
-            return accept(protocol_factory, listener, sslcontext, server, 1, *args, **kwargs)
-
-        loop._accept_connection = accept_one
-    await serve(server, settings, target, sock, announce)
 
 
 def _stop_without_supervisor(supervisor: int) -> None:
@@ -3976,6 +4290,19 @@ def build_parser() -> argparse.ArgumentParser:
                                  f"(default: {DEFAULT_GRACEFUL_TIMEOUT:g})")
     operations.add_argument("--max-body", type=parse_size, metavar="SIZE",
                             help="largest request body, e.g. 16MiB or 500kB (default: 16MiB)")
+    operations.add_argument("--max-connections", type=parse_count, metavar="N",
+                            help="connections open at once, per process; past it the one waiting longest "
+                                 f"for a request is closed (default: {DEFAULT_MAX_CONNECTIONS}, within the "
+                                 "open files limit)")
+    operations.add_argument("--read-timeout", type=parse_seconds, metavar="SECONDS",
+                            help="seconds a client has to send a request's headers, and the longest pause "
+                                 f"in its body; 0 for none (default: {DEFAULT_READ_TIMEOUT:g})")
+    operations.add_argument("--max-sessions", type=parse_count, metavar="N",
+                            help="sessions (sse: event streams) open at once, per process; one client address "
+                                 f"may hold a quarter of them (default: {DEFAULT_MAX_SESSIONS})")
+    operations.add_argument("--session-idle-timeout", type=parse_period, metavar="SECONDS",
+                            help="close a session after this long without a request "
+                                 f"(default: {DEFAULT_SESSION_IDLE_TIMEOUT:g})")
     operations.add_argument("--no-access-log", dest="access_log", action="store_false", default=None,
                             help="don't log one line per http request")
 

@@ -178,14 +178,14 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def started(token: str, *args: str, cwd=None, env=None):
+def started(token: str, *args: str, cwd=None, env=None, preexec_fn=None):
     """Start mcprun with exactly args (no --transport/--port added); yield the RunningServer once ready.
 
     For settings that come from fastmcp.json or MCPRUN_* variables, which serving()'s flags would override.
     """
     process = subprocess.Popen(
         [*mcprun_command(), *args], cwd=cwd, env=env or child_env(token), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
     )
     server = RunningServer(process)
     try:
@@ -197,9 +197,10 @@ def started(token: str, *args: str, cwd=None, env=None):
 
 
 @contextlib.contextmanager
-def serving(token: str, *args: str, transport: str = "http", cwd=None, env=None):
+def serving(token: str, *args: str, transport: str = "http", cwd=None, env=None, preexec_fn=None):
     """Start mcprun on a free loopback port; yield the RunningServer once it is ready."""
-    with started(token, *args, "--transport", transport, "--port", "0", cwd=cwd, env=env) as server:
+    with started(token, *args, "--transport", transport, "--port", "0", cwd=cwd, env=env,
+                 preexec_fn=preexec_fn) as server:
         yield server
 
 

@@ -4,10 +4,12 @@ logs and a bounded load, through real clients on loopback; stdio faults and end 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pty
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -180,6 +182,11 @@ def test_server_with_its_own_auth_keeps_it(token):
     (["--graceful-timeout", "-1"], {}, "argument --graceful-timeout: '-1' is not a number of seconds"),
     (["--log-format", "xml"], {}, "argument --log-format: invalid choice: 'xml'"),
     ([], {"MCPRUN_MAX_BODY": "0"}, "MCPRUN_MAX_BODY='0': '0' is not a size"),
+    (["--max-connections", "0"], {}, "argument --max-connections: '0' is not a positive whole number (e.g. 1000)"),
+    (["--read-timeout", "soon"], {}, "argument --read-timeout: 'soon' is not a number of seconds (e.g. 10 or 2.5)"),
+    ([], {"MCPRUN_MAX_SESSIONS": "-3"}, "MCPRUN_MAX_SESSIONS='-3': '-3' is not a positive whole number (e.g. 1000)"),
+    (["--session-idle-timeout", "0"], {},
+     "argument --session-idle-timeout: '0' is not a number of seconds above 0 (e.g. 600)"),
 ])
 def test_bad_production_options_are_one_line_errors(token, tmp_path, args, env, message):
     empty = tmp_path / "empty"
@@ -699,3 +706,187 @@ def test_deeply_nested_json_is_a_parse_error_not_a_crash(token, transport):
                     stream.__exit__(None, None, None)
         assert text_of(run_async(call(server.url, "echo", {"text": "still"}))) == "still#0"
     assert "Traceback" not in server.stderr
+
+
+def open_files_limit(count: int):
+    """preexec_fn: a child whose soft and hard limits on open files are both count (systemd's soft default)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
+@pytest.fixture
+def many_files():
+    """Let this test process hold a few thousand sockets (root may raise its hard limit)."""
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max(limits[1], 4096)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+def test_idle_connections_past_the_open_files_limit_lock_no_one_out(token, many_files):
+    # once, 1,100 idle connections under a 1,024 limit left no descriptor to accept with: every client was locked
+    # out, and asyncio's accept loop logged "Too many open files" with a traceback at 1.5 MB/s
+    with serving(token, PRODUCTION, cwd=SERVERS, preexec_fn=open_files_limit(1024)) as server:
+        port = port_of(server.url)
+        held = []
+        try:
+            for number in range(1_100):
+                connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+                if number % 2:  # half of them send headers that never end (slowloris)
+                    connection.sendall(b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ")
+                held.append(connection)
+            began = time.monotonic()
+            assert text_of(run_async(call(server.url, "echo", {"text": "in"}))) == "in#0"
+            assert time.monotonic() - began < 20
+        finally:
+            for connection in held:
+                connection.close()
+        assert "Too many open files" not in server.stderr
+        assert len(server.lines) < 40, server.stderr[-3000:]  # the ready line, an access line per request
+
+
+def test_a_request_that_stops_arriving_is_ended_by_the_read_timeout(token):
+    with serving(token, PRODUCTION, "--read-timeout", "1", cwd=SERVERS) as server:
+        port = port_of(server.url)
+        request = (b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                   b"accept: application/json, text/event-stream\r\n")
+        for sent in (request, request + b"content-length: 100\r\n\r\n{\"jsonrpc\""):  # headers, then body
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+                connection.sendall(sent)
+                began = time.monotonic()
+                answer = connection.recv(1000)
+                assert answer.startswith(b"HTTP/1.1 408 "), answer
+                assert connection.recv(1000) == b""  # and closed
+                assert 0.5 < time.monotonic() - began < 8
+        assert text_of(run_async(call(server.url, "echo", {"text": "on"}))) == "on#0"
+    assert "Traceback" not in server.stderr
+
+
+def initialize_from(url: str, address: str) -> httpx.Response:
+    with httpx.Client(timeout=10, transport=httpx.HTTPTransport(local_address=address)) as http:
+        return http.post(url, json=INITIALIZE, headers=STREAM_HEADERS)
+
+
+def test_a_session_flood_from_one_address_locks_no_other_out(token):
+    # once, 10,000 initializes from one client took every session the SDK allows, for its 30-minute idle timeout
+    with serving(token, PRODUCTION, "--max-sessions", "40", cwd=SERVERS) as server:
+        answers = [initialize_from(server.url, "127.0.0.1") for _ in range(15)]
+        assert [answer.status_code for answer in answers] == [200] * 10 + [429] * 5  # a quarter of 40
+        assert answers[-1].json()["error"]["message"].startswith("too many sessions from this address (10)")
+        assert initialize_from(server.url, "127.0.0.2").status_code == 200  # another address: served
+        first = answers[0].headers["mcp-session-id"]
+        closed = httpx.delete(server.url, headers={**STREAM_HEADERS, "mcp-session-id": first}, timeout=10)
+        assert closed.status_code == 200
+        assert initialize_from(server.url, "127.0.0.1").status_code == 200  # a closed session frees its place
+        assert initialize_from(server.url, "127.0.0.1").status_code == 429
+    assert sum("holds 10 sessions" in line for line in server.lines) == 1, server.stderr  # said once a minute
+
+
+def test_a_session_idle_past_its_timeout_frees_its_place(token):
+    with serving(token, PRODUCTION, "--max-sessions", "4", "--session-idle-timeout", "1", cwd=SERVERS) as server:
+        idle = initialize_from(server.url, "127.0.0.1").headers["mcp-session-id"]
+        wait_for(lambda: any(f"Session {idle} idle timeout" in line for line in server.lines), timeout=30,
+                 what="the SDK to close the idle session")  # asking would keep it alive
+        assert httpx.post(server.url, json=tools_call(2, "echo", {"text": "x"}), timeout=10, headers={
+            **STREAM_HEADERS, "mcp-session-id": idle, "mcp-protocol-version": "2025-06-18"}).status_code == 404
+        assert initialize_from(server.url, "127.0.0.1").status_code == 200  # its one place (4 / 4) is free
+
+
+def test_sse_streams_from_one_address_are_capped_too(token):
+    with serving(token, PRODUCTION, "--max-sessions", "8", transport="sse", cwd=SERVERS) as server:
+        with contextlib.ExitStack() as stack:
+            for _ in range(2):
+                stream = stack.enter_context(httpx.stream("GET", server.url, timeout=10,
+                                                          headers={"accept": "text/event-stream"}))
+                assert stream.status_code == 200
+            assert open_sse(server.url) == 429
+            with httpx.Client(timeout=10, transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
+                with other.stream("GET", server.url, headers={"accept": "text/event-stream"}) as stream:
+                    assert stream.status_code == 200
+        wait_for(lambda: open_sse(server.url) == 200, timeout=20, what="the closed streams to be forgotten")
+
+
+# -- a drain under keep-alive load --------------------------------------------------------
+
+
+def outcome_of(answer: httpx.Response, request_id: int) -> str:
+    """Classify the answer to one tools/call: 'result', 'error' (a complete JSON-RPC error), else 'lost'."""
+    if answer.headers.get("content-type", "").startswith("text/event-stream"):
+        messages = [json.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: {")]
+    else:
+        try:
+            messages = [answer.json()]
+        except ValueError:
+            messages = []
+    for message in messages:
+        if isinstance(message, dict) and message.get("id") == request_id:
+            return "result" if "result" in message else "error" if "code" in message.get("error", {}) else "lost"
+    return "lost"
+
+
+async def keep_alive_client(url: str, stateless: bool, outcomes: dict, running: threading.Event) -> None:
+    """Call echo in a loop on one kept-alive connection (a new one only when the server closes it), until
+    the server is gone or running is cleared; count each call's outcome. 'unsent': the server was gone."""
+    async with httpx.AsyncClient(timeout=30, headers=STREAM_HEADERS, limits=httpx.Limits(max_connections=1)) as http:
+        headers = {}
+        if not stateless:
+            opened = await http.post(url, json=INITIALIZE)
+            headers = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+            await http.post(url, json=INITIALIZED, headers=headers)
+        number = 0
+        while running.is_set():
+            number += 1
+            try:
+                answer = await http.post(url, json=tools_call(number, "slow", {"seconds": 0.02}), headers=headers)
+                outcome = outcome_of(answer, number)
+            except httpx.ConnectError:
+                outcomes["unsent"] = outcomes.get("unsent", 0) + 1
+                return
+            except httpx.HTTPError as exc:
+                outcome = f"lost: {type(exc).__name__}"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+
+def keep_alive_load(url: str, stateless: bool, clients: int = 8) -> tuple[threading.Thread, dict, threading.Event]:
+    outcomes: dict = {}
+    running = threading.Event()
+    running.set()
+
+    async def all_clients():
+        await asyncio.gather(*(keep_alive_client(url, stateless, outcomes, running) for _ in range(clients)))
+
+    thread = threading.Thread(target=lambda: asyncio.run(all_clients()), daemon=True)
+    thread.start()
+    wait_for(lambda: outcomes.get("result", 0) > 50, timeout=30, what="the load to run")
+    return thread, outcomes, running
+
+
+@pytest.mark.parametrize("stateless", [False, True], ids=["sessions", "stateless"])
+def test_sigterm_under_keep_alive_load_loses_no_call(token, stateless):
+    # once, new requests on kept connections kept the drain busy to the timeout, which then cut them: 6 calls got
+    # -32000 and 8 a 200 header with no body
+    mode = ("--stateless",) if stateless else ()
+    with serving(token, PRODUCTION, *mode, "--graceful-timeout", "60", cwd=SERVERS) as server:
+        thread, outcomes, running = keep_alive_load(server.url, stateless)
+        stopping = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(40) == 0, server.stderr
+        stopped = time.monotonic() - stopping
+        thread.join(40)
+        running.clear()
+    assert not [outcome for outcome in outcomes if outcome.startswith("lost")], outcomes
+    assert outcomes.get("unsent") == 8 and stopped < 30, (outcomes, stopped)  # the drain did not wait 60 s
+    assert "Traceback" not in server.stderr and "ASGI callable" not in server.stderr
+
+
+def test_sighup_under_keep_alive_load_loses_no_call(token):
+    with serving(token, PRODUCTION, "--stateless", "--workers", "2", cwd=SERVERS) as server:
+        thread, outcomes, running = keep_alive_load(server.url, stateless=True)
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("workers replaced" in line for line in server.lines), timeout=60,
+                 what="the reload to end")
+        answered = outcomes.get("result", 0)
+        wait_for(lambda: outcomes.get("result", 0) > answered + 50, timeout=30, what="calls to the new workers")
+        running.clear()
+        thread.join(40)
+    assert set(outcomes) == {"result"}, outcomes  # every call answered: the old workers' clients moved over
