@@ -2979,6 +2979,8 @@ def new_work(body: bytes) -> list | None:
 _SSE_RESPONSE = re.compile(rb'^data: \{"jsonrpc":"2\.0","id":("(?:[^"\\]|\\.)*"|-?\d+),"(?:result|error)"', re.M)
 _SSE_SESSION = re.compile(rb"^data: \S*[?&]session_id=([0-9a-fA-F-]+)", re.M)
 INSPECTED_BODY = 1024 * 1024  # bytes of a request body the access log and drain look into
+LARGE_BODY = 1024 * 1024  # a request body over this many bytes (or of unknown length) is large
+LARGE_AT_ONCE = 4  # large requests handled at once (a call holds ~2-6 copies of its body); the rest wait
 OWED_PER_SESSION = 1000  # SSE: replies one session's stream may owe, as the drain counts them
 OWED_ID_SIZE = 256  # characters of a request id (as JSON) the drain keeps to answer it; longer ones it does not
 
@@ -3090,6 +3092,7 @@ class Gateway:
         self.pending: dict[str, set] = {}  # SSE: open stream's session -> ids of accepted calls its stream owes
         self.sessions = None if settings.stateless else SessionBook(settings.max_sessions,
                                                                     settings.session_idle_timeout)
+        self.large = None  # an anyio.Semaphore of LARGE_AT_ONCE, made in the running loop
         self.last_call_ended = float("-inf")  # anyio clock
 
     async def __call__(self, scope, receive, send):
@@ -3169,6 +3172,11 @@ class Gateway:
                 flight.finished = not message.get("more_body", False)
             await send(message)
 
+        length = headers.get(b"content-length", b"")
+        large = scope["method"] == "POST" and (not length.isdigit() or int(length) > LARGE_BODY)
+        if large and not await self.admit_large():
+            return await send_json(send, 503, {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message":
+                                   "server busy with large requests; retry later"}}, headers=((b"retry-after", b"5"),))
         self.flights.add(flight)
         try:
             with flight.cancel:
@@ -3184,6 +3192,8 @@ class Gateway:
             elif flight.disconnected and not flight.finished and flight.request_ids and flight.session:
                 await self.cancel_abandoned(scope, flight)
         finally:
+            if large:
+                self.large.release()
             self.flights.discard(flight)
             if not flight.stream:
                 self.last_call_ended = anyio.current_time()
@@ -3196,6 +3206,20 @@ class Gateway:
                 book.closed(session) if ended else book.touched(session, anyio.current_time(), -1)
             if self.access:
                 self.log_access(scope, flight, began)
+
+    async def admit_large(self) -> bool:
+        """Wait for one of the LARGE_AT_ONCE places for a large request (up to --read-timeout); False if none came.
+        Its body waits unread meanwhile (uvicorn stops reading past 64 kB), so memory is bounded by the places."""
+        import anyio
+
+        if self.large is None:
+            self.large = anyio.Semaphore(LARGE_AT_ONCE)
+        with anyio.move_on_after(self.settings.read_timeout or None):
+            await self.large.acquire()
+            return True
+        warn_now_and_then("large", f"{LARGE_AT_ONCE} large requests (over 1 MiB) in progress for "
+                          f"{self.settings.read_timeout:g} s: the next ones get 503")
+        return False
 
     @staticmethod
     async def read_body(receive: Any) -> list:
