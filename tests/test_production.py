@@ -895,16 +895,16 @@ def test_sighup_under_keep_alive_load_loses_no_call(token):
 def test_large_requests_are_handled_a_few_at_a_time(token):
     # once, 8 concurrent 15.9 MB calls held ~6 copies of each body at once: an 875 MB peak
     padding = {"pad": "p" * 2_000_000}  # a large body (over 1 MiB) for a slow call
-    with serving(token, PRODUCTION, "--stateless", "--read-timeout", "1", cwd=SERVERS) as server:
+    with serving(token, PRODUCTION, "--stateless", "--read-timeout", "2", cwd=SERVERS) as server:
         async def six_at_once():
             async with httpx.AsyncClient(timeout=30, headers=STREAM_HEADERS) as http:
                 return await asyncio.gather(*(http.post(server.url, json={
-                    **tools_call(number, "slow", {"seconds": 3}), "params": {
-                        "name": "slow", "arguments": {"seconds": 3}, "_meta": padding}}) for number in range(6)))
+                    **tools_call(number, "slow", {"seconds": 5}), "params": {  # past the 2 s the others wait
+                        "name": "slow", "arguments": {"seconds": 5}, "_meta": padding}}) for number in range(6)))
 
         answers = run_async(six_at_once())
         assert sorted(answer.status_code for answer in answers) == [200] * 4 + [503] * 2
-        assert all("slept 3" in answer.text for answer in answers if answer.status_code == 200)
+        assert all("slept 5" in answer.text for answer in answers if answer.status_code == 200)
         refused = next(answer for answer in answers if answer.status_code == 503)
         assert refused.json()["error"]["message"] == "server busy with large requests; retry later"
         assert text_of(run_async(call(server.url, "echo", {"text": "small"}))) == "small#0"  # small ones pass
