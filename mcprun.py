@@ -3009,7 +3009,7 @@ class SessionBook:
             warn_now_and_then("sessions", f"{self.cap} sessions open, the --max-sessions cap: new ones get 503")
             return 503, f"too many sessions open on this server ({self.cap}); retry later"
         if self.held.get(client, 0) >= self.share:
-            warn_now_and_then(f"sessions of {client}", f"{_loggable(client)} holds {self.share} sessions, its "
+            warn_now_and_then("session share", f"{_loggable(client)} holds {self.share} sessions, its "
                               f"share of --max-sessions {self.cap}: its new ones get 429")
             return 429, f"too many sessions from this address ({self.share}); close some, or retry later"
         return None
@@ -3135,6 +3135,11 @@ class Gateway:
         if opening and (refused := book.refusal(client, now)):
             return await send_json(send, refused[0], {"jsonrpc": "2.0", "id": None, "error": {
                 "code": -32000, "message": refused[1]}}, headers=((b"retry-after", b"10"),))
+        length = headers.get(b"content-length", b"")
+        large = scope["method"] == "POST" and (not length.isdigit() or int(length) > LARGE_BODY)
+        if large and not await self.admit_large():  # from here to the try below, nothing returns or raises
+            return await send_json(send, 503, {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message":
+                                   "server busy with large requests; retry later"}}, headers=((b"retry-after", b"5"),))
         if book and self.sse and flight.stream:
             book.opened(f"stream {id(flight)}", client, now, busy=1)
         elif book and session:
@@ -3172,11 +3177,6 @@ class Gateway:
                 flight.finished = not message.get("more_body", False)
             await send(message)
 
-        length = headers.get(b"content-length", b"")
-        large = scope["method"] == "POST" and (not length.isdigit() or int(length) > LARGE_BODY)
-        if large and not await self.admit_large():
-            return await send_json(send, 503, {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message":
-                                   "server busy with large requests; retry later"}}, headers=((b"retry-after", b"5"),))
         self.flights.add(flight)
         try:
             with flight.cancel:
