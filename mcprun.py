@@ -107,12 +107,31 @@ BUNDLE_ROOTS = ("fastmcp", "httpx")  # what mcprun carries (packaging/requiremen
 # -- errors ------------------------------------------------------------------
 
 
-class UsageError(Exception):
-    """A failure the user can fix; main() prints it as one line and exits with exit_code."""
+class Error(Exception):
+    """A trouble mcprun reports as one line, then exits with exit_code; raised where it is found."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        if exit_code is not None:  # passed on from the server's own sys.exit()
+            self.exit_code = exit_code
+
+
+class UsageError(Error):
+    """What the user gave is wrong (the command line, the spec, a config file, an MCPRUN_* variable).
+
+    Raised where it is found; main() prints it as one 'mcprun: error:' line and exits EXIT_USAGE.
+    """
+
+    exit_code = EXIT_USAGE
+
+
+class Failure(Error):
+    """The run failed: the server's code, the port, the network, pip. Printed as one line, exit EXIT_FAILURE;
+    with a cause (an exception in the user's code), the traceback is shown at --log-level DEBUG."""
+
+    exit_code = EXIT_FAILURE
 
 
 def _describe(exc: BaseException) -> str:
@@ -161,6 +180,255 @@ def warn_now_and_then(trouble: str, message: str) -> None:
     if now >= _last_said.get(trouble, float("-inf")) + NOW_AND_THEN:
         _last_said[trouble] = now
         warn(message)
+
+
+# -- seams: the private parts of other projects that mcprun uses -------------
+#
+# Each function here is the one place mcprun reaches into an upstream name that is not public API
+# (or replaces one). Nothing else in this file does. tests/test_seams.py checks each against the
+# bundled versions, so an upgrade that moves one fails there, by name, instead of silently doing nothing.
+
+
+def pyinstaller_frozen() -> bool:
+    """Tell whether this is PyInstaller's binary (its bootloader sets sys.frozen)."""
+    return bool(getattr(sys, "frozen", False))
+
+
+def undo_pyinstaller_environment() -> None:
+    """Restore the environment PyInstaller's bootloader changed for itself: LD_LIBRARY_PATH (the user's is
+    kept as LD_LIBRARY_PATH_ORIG) and its _PYI_* variables."""
+    original = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is None:
+        os.environ.pop("LD_LIBRARY_PATH", None)
+    else:
+        os.environ["LD_LIBRARY_PATH"] = original
+    for name in [name for name in os.environ if name.startswith("_PYI_")]:
+        del os.environ[name]
+
+
+def shiv_archive_path() -> str | None:
+    """Return the zipapp's path when shiv's bootstrap (its _bootstrap module) started this process, else None."""
+    if "_bootstrap" in sys.modules and os.path.isfile(sys.argv[0]):  # shiv runs with the .pyz as argv[0]
+        return os.path.abspath(sys.argv[0])
+    return None
+
+
+def shiv_archive(path: Path) -> Any:
+    """Return the zipapp's ZipFile: the one packaging/pyz_main.py opened (left on shiv's _bootstrap module,
+    to spare reading its index again), else the file opened anew."""
+    import zipfile
+
+    return getattr(sys.modules.get("_bootstrap"), "mcprun_archive", None) or zipfile.ZipFile(path)
+
+
+def rebuild_model(model: Any, namespace: dict) -> None:
+    """Resolve a pydantic model's postponed annotations in namespace (pydantic's _types_namespace)."""
+    model.model_rebuild(_types_namespace=namespace)
+
+
+def lowlevel_server_of(server: Any, kind: str) -> Any:
+    """Return the low-level mcp Server inside a server object (fastmcp's _mcp_server, MCPServer's _lowlevel_server)."""
+    attribute = {"fastmcp": "_mcp_server", "sdk": "_lowlevel_server"}.get(kind)
+    return getattr(server, attribute) if attribute else server
+
+
+def set_inner_limits(app: Any, max_body: int, max_sessions: int) -> int:
+    """Give the SDK's own body limit (4 MiB inside fastmcp's apps) the --max-body value, and its
+    session manager's cap (10,000) --max-sessions; return how many limits were set.
+
+    The SDK's RequestBodyLimitMiddleware and session manager read their limits per request; fastmcp
+    creates them without a way to pass these. Found through the app's routes once its lifespan has
+    started: a route's app or endpoint, its session_manager, and their asgi_app or _post_message_app.
+    """
+    found = 0
+    for route in getattr(app, "routes", ()):
+        for part in (getattr(route, "app", None), getattr(route, "endpoint", None)):
+            owner = getattr(part, "__self__", part)  # SSE: a bound method of SseServerTransport
+            manager = getattr(owner, "session_manager", None)
+            if hasattr(manager, "max_sessions"):
+                manager.max_sessions, found = max_sessions, found + 1
+            for holder in (manager, owner):
+                for name in ("asgi_app", "_post_message_app"):
+                    limiter = getattr(holder, name, None)
+                    if hasattr(limiter, "max_body_size"):
+                        limiter.max_body_size, found = max_body, found + 1
+    return found
+
+
+def accept_one_at_a_time(loop: Any) -> bool:
+    """Make asyncio's selector loop accept one connection per wake-up instead of up to the backlog (its
+    _accept_connection); return False for a loop without it (uvloop), which keeps its own way."""
+    accept = getattr(loop, "_accept_connection", None)
+    if accept is None:
+        return False
+
+    def accept_one(protocol_factory, listener, sslcontext=None, server=None, backlog=100, *args, **kwargs):
+        return accept(protocol_factory, listener, sslcontext, server, 1, *args, **kwargs)
+
+    loop._accept_connection = accept_one
+    return True
+
+
+def uvicorn_listeners(server: Any) -> list:
+    """Return the asyncio servers a uvicorn.Server listens with (its servers, set in startup())."""
+    return server.servers
+
+
+def uvicorn_connections(server: Any) -> set:
+    """Return the protocols of the connections a uvicorn.Server has open (its server_state.connections)."""
+    return server.server_state.connections
+
+
+def uvicorn_forced(server: Any) -> bool:
+    """Tell whether a second SIGINT/SIGTERM asked a uvicorn.Server to stop now (its force_exit)."""
+    return server.force_exit
+
+
+def keep_sse_streams_at_sigterm() -> None:
+    """Stop sse-starlette ending every event stream at SIGTERM (its AppStatus): mcprun drains them."""
+    from sse_starlette.sse import AppStatus
+
+    AppStatus.disable_automatic_graceful_drain()
+
+
+def end_sse_streams() -> None:
+    """End every sse-starlette event stream still open, once the drain is over."""
+    from sse_starlette.sse import AppStatus
+
+    AppStatus.should_exit = True
+
+
+def closing_response(status: str, message: str) -> bytes:
+    """Return a whole HTTP/1.1 response that closes its connection, written on the socket itself."""
+    body = json.dumps({"error": message}).encode() + b"\n"
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+FULL = closing_response("503 Service Unavailable", "too many connections")
+TIMED_OUT = closing_response("408 Request Timeout", "request read timeout")
+
+
+def guarded_protocol(cap: int, read_timeout: float) -> type:
+    """Return uvicorn's HTTP/1.1 protocol with mcprun's limits on connections, for uvicorn's Config(http=).
+
+    At most cap connections are open: past it, a new one closes the connection that has waited
+    longest with no request in progress (idle keep-alive, or headers still arriving), or, when every
+    one has a request in progress, is answered 503 and closed, its descriptor freed at once.
+    A request's headers must arrive within read_timeout seconds (0: no limit) of the connection or of
+    the previous response, and its body may not pause for longer; else the connection is closed.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol  # its connections, conn, cycle, flow, transport
+
+    class GuardedProtocol(H11Protocol):
+        refused = False
+        waiting_since = float("inf")  # loop time since the connection has waited for a request
+        deadline = None
+
+        def connection_made(self, transport):
+            if len(self.connections) >= cap and not self.close_longest_waiting():
+                self.refused = True
+                transport.write(FULL)
+                transport.close()
+                warn_now_and_then("connections", f"{cap} connections open, every one with a request in "
+                                  "progress: new ones get 503; raise --max-connections (and the open files limit)")
+                return
+            super().connection_made(transport)
+            self.wait_for_request()
+
+        def connection_lost(self, exc):
+            if self.refused:
+                return
+            if self.deadline:
+                self.deadline.cancel()
+            super().connection_lost(exc)
+
+        def data_received(self, data):
+            super().data_received(data)
+            if self.conn.their_state is h11.SEND_BODY:
+                self.arm()  # the body moves: so does its deadline
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self.wait_for_request()
+
+        def wait_for_request(self):
+            self.waiting_since = self.loop.time()
+            self.arm()
+
+        def arm(self):
+            if self.deadline:
+                self.deadline.cancel()
+            if read_timeout:
+                self.deadline = self.loop.call_later(read_timeout, self.read_timed_out)
+
+        def read_timed_out(self):
+            self.deadline = None
+            if self.transport.is_closing() or self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+                return
+            if self.flow.read_paused:  # the app has not read what came: not the client's delay
+                return self.arm()
+            if self.cycle and not self.cycle.response_complete:
+                if self.cycle.response_started:
+                    return self.transport.close()
+                self.cycle.disconnected = True  # what the app says now goes nowhere; it reads a disconnect
+                self.cycle.message_event.set()
+            if self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]:  # a request had begun
+                self.transport.write(TIMED_OUT)
+            self.transport.close()
+
+        def waiting(self) -> bool:
+            return (self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+                    and (self.cycle is None or self.cycle.response_complete))
+
+        def close_longest_waiting(self) -> bool:
+            waiting = [c for c in self.connections if isinstance(c, GuardedProtocol) and c.waiting()]
+            if not waiting:
+                return False
+            min(waiting, key=lambda c: c.waiting_since).transport.close()
+            return True
+
+    return GuardedProtocol
+
+
+# pip runs mcprun vendor's resolutions through this shim (python -c), in pip's own process, with the
+# bundle's versions as a JSON object in argv[1]: pip's private metadata and requirement classes.
+PIP_WITH_MAPPINGS = """\
+import json, os, runpy, sys
+bundle = json.loads(os.environ.pop("MCPRUN_BUNDLE", "") or "null")
+if bundle:  # the bundle counts as installed: drop what it meets wherever pip reads a distribution's requirements
+    from pip._internal.metadata import base
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
+    if "iter_dependencies" not in vars(base.BaseDistribution):
+        sys.exit("mcprun: this pip reads requirements elsewhere; upgrade it: python3 -m pip install -U pip")
+    versions, extras, mapped = bundle["versions"], bundle["extras"], set(bundle["mapped"])
+    def missing(requirement):
+        name = canonicalize_name(requirement.name)
+        if name not in versions or not (name in mapped or requirement.specifier.contains(versions[name], True)):
+            yield requirement  # not bundled, or in conflict with the bundle (pip says so against the constraint)
+            return
+        for extra in requirement.extras:  # what the bundled package's extras add
+            for text in extras.get(name, {}).get(canonicalize_name(extra), ()):
+                marker = f"; {requirement.marker}" if requirement.marker else ""
+                yield from missing(Requirement(text + marker))
+    def lifted(iter_dependencies):
+        def iter_missing(self, extras=()):
+            for requirement in iter_dependencies(self, extras):
+                yield from missing(requirement)
+        return iter_missing
+    def patch(cls):
+        if "iter_dependencies" in vars(cls):
+            cls.iter_dependencies = lifted(vars(cls)["iter_dependencies"])
+    classes = list(base.BaseDistribution.__subclasses__())
+    while classes:
+        patch(classes[0])
+        classes[1:1] = classes.pop(0).__subclasses__()
+    base.BaseDistribution.__init_subclass__ = classmethod(lambda cls, **kw: patch(cls))
+sys.argv[0] = "pip"
+runpy.run_module("pip", run_name="__main__", alter_sys=True)
+"""
 
 
 # -- config files: fastmcp.json and mcp.json ---------------------------------
@@ -547,8 +815,24 @@ def find_default_config() -> Path:
     return path
 
 
+def check_combinations(args: argparse.Namespace) -> None:
+    """Refuse options given together that do not go together (argparse has said what is wrong with each)."""
+    if args.json and args.command != "check":
+        raise UsageError("--json goes with 'mcprun check'")
+    if (args.output or args.python_version or args.platform or args.resolve_timeout is not None) \
+            and args.command not in ("vendor", "pack"):
+        raise UsageError("-o/--output, --python-version, --platform and --resolve-timeout go with "
+                         "'mcprun vendor' or 'mcprun pack'")
+    if args.module and args.script:
+        raise UsageError("-m and --script exclude each other: -m runs a module, --script a file")
+    if args.command in ("vendor", "pack") and args.spec is None and not Path(CONFIG_FILE_NAME).is_file():
+        raise UsageError(f"mcprun {args.command} needs what to {args.command}: packages (mcp-server-git, "
+                         "'excel-mcp-server==2.2.2'), a requirements file or a server file")
+
+
 def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     """Merge the command line, fastmcp.json, MCPRUN_* variables and defaults."""
+    check_combinations(args)
     spec = args.spec
     config = None
     if not args.module:
@@ -583,8 +867,6 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
         spec=spec, module=args.module, script=args.script, server_args=server_args, print_config=args.print_config,
         argv=tuple(args.argv), config=config, sources=sources, **merged,
     )
-    if settings.module and settings.script:
-        raise UsageError("-m and --script exclude each other: -m runs a module, --script a file")
     if settings.stateless and settings.transport == "sse":
         raise UsageError("--stateless needs --transport http: SSE has no stateless mode")
     if settings.workers > 1:
@@ -885,8 +1167,8 @@ def prepare_process(settings: Settings, target: Target) -> None:
         import mcp.server.mcpserver  # noqa: F401
     except ImportError as exc:
         origin = getattr(sys.modules.get((exc.name or "mcp").split(".")[0]), "__file__", None) or "?"
-        raise UsageError(f"the bundled fastmcp stack failed to import ({_first_line(exc)}): {origin} shadows it; "
-                         "remove fastmcp/mcp and their dependencies from PYTHONPATH", EXIT_FAILURE) from exc
+        raise Failure(f"the bundled fastmcp stack failed to import ({_first_line(exc)}): {origin} shadows it; "
+                      "remove fastmcp/mcp and their dependencies from PYTHONPATH") from exc
     configure_logging(settings.log_level, settings.log_format)
     warnings.showwarning = one_line_warnings()
     if settings.compat:
@@ -1180,7 +1462,7 @@ def legacy_fastmcp_classes() -> tuple:
         event_store: Any = None
         retry_interval: int | None = None
 
-    Settings.model_rebuild(_types_namespace={**vars(sys.modules[ModernSettings.__module__]), "Any": Any})
+    rebuild_model(Settings, {**vars(sys.modules[ModernSettings.__module__]), "Any": Any})
 
     class FastMCP(MCPServer):
         """mcp 1.x's FastMCP: its constructor (argument order, HTTP settings), settings and run methods."""
@@ -1687,7 +1969,7 @@ def requirement_problems(declared: Declared, compat: bool) -> list[str]:
 
 
 def check_requirements(declared: Declared, settings: Settings, where: str) -> None:
-    """Raise one UsageError listing every declared requirement this mcprun cannot meet."""
+    """Raise one Failure listing every declared requirement this mcprun cannot meet."""
     problems = requirement_problems(declared, settings.compat)
     if not problems:
         return
@@ -1696,8 +1978,8 @@ def check_requirements(declared: Declared, settings: Settings, where: str) -> No
     fetch = " ".join(f'--with "{text}"' for text in missing)
     vendor = f"; on a connected machine 'mcprun vendor {where} {fetch} -o DIR' fetches them for --pythonpath DIR" \
         if missing else ""
-    raise UsageError(f"{where} needs what this mcprun does not have: {', '.join(problems)}{vendor}; "
-                     "or start anyway with --skip-env", EXIT_FAILURE)
+    raise Failure(f"{where} needs what this mcprun does not have: {', '.join(problems)}{vendor}; "
+                  "or start anyway with --skip-env")
 
 
 def fetch_with_uv(settings: Settings) -> Settings:
@@ -1732,7 +2014,7 @@ def fetch_with_uv(settings: Settings) -> Settings:
         if result.returncode != 0:
             said = [line.strip() for line in result.stderr.splitlines() if line.strip()]
             reason = said[-1] if said else f"uv exited with {result.returncode}"
-            raise UsageError(f"uv could not fetch {' '.join(sources)}: {reason}", EXIT_FAILURE)
+            raise Failure(f"uv could not fetch {' '.join(sources)}: {reason}")
         (cache / ".complete").touch()
     add_pythonpath((str(cache),))
     return dataclasses.replace(settings, pythonpath=(*settings.pythonpath, str(cache)))
@@ -1761,41 +2043,6 @@ DEFAULT_MANYLINUX = "manylinux_2_28"  # RHEL 8's glibc, and every manylinux tag 
 DEFAULT_RESOLVE_TIMEOUT = 300.0  # seconds pip gets for each resolution of what vendor installs
 MINIMUM_PIP = (22, 2)  # install --dry-run --report
 SERVED_BY_MAPPINGS = ("mcp", "fastmcp")  # requirements on these count as met while the mappings are on
-PIP_WITH_MAPPINGS = """\
-import json, os, runpy, sys
-bundle = json.loads(os.environ.pop("MCPRUN_BUNDLE", "") or "null")
-if bundle:  # the bundle counts as installed: drop what it meets wherever pip reads a distribution's requirements
-    from pip._internal.metadata import base
-    from pip._vendor.packaging.requirements import Requirement
-    from pip._vendor.packaging.utils import canonicalize_name
-    if "iter_dependencies" not in vars(base.BaseDistribution):
-        sys.exit("mcprun: this pip reads requirements elsewhere; upgrade it: python3 -m pip install -U pip")
-    versions, extras, mapped = bundle["versions"], bundle["extras"], set(bundle["mapped"])
-    def missing(requirement):
-        name = canonicalize_name(requirement.name)
-        if name not in versions or not (name in mapped or requirement.specifier.contains(versions[name], True)):
-            yield requirement  # not bundled, or in conflict with the bundle (pip says so against the constraint)
-            return
-        for extra in requirement.extras:  # what the bundled package's extras add
-            for text in extras.get(name, {}).get(canonicalize_name(extra), ()):
-                marker = f"; {requirement.marker}" if requirement.marker else ""
-                yield from missing(Requirement(text + marker))
-    def lifted(iter_dependencies):
-        def iter_missing(self, extras=()):
-            for requirement in iter_dependencies(self, extras):
-                yield from missing(requirement)
-        return iter_missing
-    def patch(cls):
-        if "iter_dependencies" in vars(cls):
-            cls.iter_dependencies = lifted(vars(cls)["iter_dependencies"])
-    classes = list(base.BaseDistribution.__subclasses__())
-    while classes:
-        patch(classes[0])
-        classes[1:1] = classes.pop(0).__subclasses__()
-    base.BaseDistribution.__init_subclass__ = classmethod(lambda cls, **kw: patch(cls))
-sys.argv[0] = "pip"
-runpy.run_module("pip", run_name="__main__", alter_sys=True)
-"""
 
 
 def default_platform() -> str:
@@ -1872,8 +2119,8 @@ def vendor(settings: Settings, output: str, python_version: str | None, platform
         if requirement.extras:  # the packages its extras add
             wanted.append(Requirement(f"{requirement.name}[{','.join(sorted(requirement.extras))}]"))
     if conflicts:
-        raise UsageError(f"cannot vendor {', '.join(conflicts)}: a --pythonpath folder never replaces bundled "
-                         "packages", EXIT_FAILURE)
+        raise Failure(f"cannot vendor {', '.join(conflicts)}: a --pythonpath folder never replaces bundled "
+                      "packages")
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     resolved, wheels = [], {}
@@ -1937,9 +2184,9 @@ def install_with_pip(wanted: list, folder: Path, python_version: str, tags: list
         try:
             resolved = resolve_with_pip(pip, [*resolve, "--constraint", str(constraints)], pinned, scratch, timeout,
                                         beside)
-        except UsageError as exc:
-            raise UsageError(f"{exc}{_what_fits(pip, resolve, constraints, wanted, pinned, scratch, timeout, beside)}",
-                             exc.exit_code) from None
+        except Error as exc:
+            raise type(exc)(f"{exc}{_what_fits(pip, resolve, constraints, wanted, pinned, scratch, timeout, beside)}"
+                            ) from None
         resolved = [item for item in resolved if canonicalize_name(item["metadata"]["name"]) not in bundle]
         wheels = Path(scratch, "wheels")
         pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in resolved]
@@ -1974,7 +2221,7 @@ def _what_fits(pip: list, resolve: list, constraints: Path, wanted: list, pinned
         return ""
     try:
         fits = resolve_with_pip(pip, [*resolve, "--constraint", str(constraints)], wanted, scratch, timeout, beside)
-    except UsageError:
+    except Error:
         return ""
     older = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in fits
              if item.get("requested") and all(str(r) != f"{item['metadata']['name']}=={item['metadata']['version']}"
@@ -1993,15 +2240,14 @@ def resolve_with_pip(pip: list, options: list, requirements: list, scratch: str,
                          environment=environment, check=False)
     except subprocess.TimeoutExpired as exc:
         said = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
-        raise UsageError(f"pip did not resolve {' '.join(map(str, requirements))} within {timeout:g} s "
-                         f"({_slow_part(said)}); or give it longer with --resolve-timeout SECONDS",
-                         EXIT_FAILURE) from None
+        raise Failure(f"pip did not resolve {' '.join(map(str, requirements))} within {timeout:g} s "
+                      f"({_slow_part(said)}); or give it longer with --resolve-timeout SECONDS") from None
     if result.returncode != 0:
         said = result.stdout + result.stderr
         conflict = _conflict(said)
         if conflict:
-            raise UsageError(f"cannot vendor {' '.join(map(str, requirements))}: {conflict}", EXIT_FAILURE)
-        raise UsageError(f"pip install failed: {_last_error(said)}", EXIT_FAILURE)
+            raise Failure(f"cannot vendor {' '.join(map(str, requirements))}: {conflict}")
+        raise Failure(f"pip install failed: {_last_error(said)}")
     return json.loads(report.read_text())["install"]
 
 
@@ -2040,7 +2286,7 @@ def _last_error(said: str) -> str:
 
 def find_pip() -> list[str]:
     """Return the command that runs the user's pip: this Python's (source, zipapp), else python3/python on PATH."""
-    pythons = [] if getattr(sys, "frozen", False) else [sys.executable]
+    pythons = [] if this_program().kind == "binary" else [sys.executable]
     pythons += [found for name in ("python3", "python") if (found := shutil.which(name))]
     each: dict = {}
     for python in pythons:  # each Python once, by the first name it has here
@@ -2055,10 +2301,10 @@ def find_pip() -> list[str]:
         if version:
             too_old.append(f"{python} has pip {version[1]}.{version[2]}")
     if too_old:
-        raise UsageError(f"mcprun vendor needs pip {'.'.join(map(str, MINIMUM_PIP))} or newer ({'; '.join(too_old)}): "
-                         f"upgrade it with '{too_old[0].split(' has ')[0]} -m pip install --upgrade pip'", EXIT_FAILURE)
-    raise UsageError("mcprun vendor needs pip on this machine (e.g. 'apt install python3-pip'); it runs on a "
-                     "connected machine, never on the air-gapped one", EXIT_FAILURE)
+        raise Failure(f"mcprun vendor needs pip {'.'.join(map(str, MINIMUM_PIP))} or newer ({'; '.join(too_old)}): "
+                      f"upgrade it with '{too_old[0].split(' has ')[0]} -m pip install --upgrade pip'")
+    raise Failure("mcprun vendor needs pip on this machine (e.g. 'apt install python3-pip'); it runs on a "
+                  "connected machine, never on the air-gapped one")
 
 
 def run_pip(pip: list[str], *args: str, timeout: float | None = None, environment: dict | None = None,
@@ -2071,7 +2317,7 @@ def run_pip(pip: list[str], *args: str, timeout: float | None = None, environmen
         return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"),
                                            result.stderr.decode(errors="replace"))
     if result.returncode != 0:
-        raise UsageError(f"pip {args[0]} failed: {_last_error(result.stderr or result.stdout)}", EXIT_FAILURE)
+        raise Failure(f"pip {args[0]} failed: {_last_error(result.stderr or result.stdout)}")
     return result
 
 
@@ -2084,12 +2330,12 @@ def check_vendored_for_here(folder: str) -> None:
     said = dict(line.split(" ", 1) for line in lines if line.startswith(("python ", "platform ")))
     running = "%d.%d" % sys.version_info[:2]
     if said.get("python", running) != running:
-        raise UsageError(f"--pythonpath {_short_path(folder)} was vendored for Python {said['python']}, but mcprun runs "
-                         f"{running}: vendor again with 'mcprun vendor ... --python-version {running}'", EXIT_FAILURE)
+        raise Failure(f"--pythonpath {_short_path(folder)} was vendored for Python {said['python']}, but mcprun runs "
+                      f"{running}: vendor again with 'mcprun vendor ... --python-version {running}'")
     machine = platform.machine()
     if "platform" in said and not said["platform"].endswith(("_" + machine, "any")):
-        raise UsageError(f"--pythonpath {_short_path(folder)} was vendored for {said['platform']}, but this machine is "
-                         f"{machine}: vendor again with --platform", EXIT_FAILURE)
+        raise Failure(f"--pythonpath {_short_path(folder)} was vendored for {said['platform']}, but this machine is "
+                      f"{machine}: vendor again with --platform")
 
 
 # -- packing: one zipapp carrying the runner, a server and what it needs ------
@@ -2157,10 +2403,10 @@ def pack(settings: Settings, output: str, python_version: str | None, platform_t
 
 def find_zipapp() -> Path:
     """Return the mcprun.pyz a pack builds on: this one, or one beside this mcprun or in its dist/ folder."""
-    if "_bootstrap" in sys.modules and os.path.isfile(sys.argv[0]):
-        return Path(sys.argv[0])
-    program = sys.executable if getattr(sys, "frozen", False) else __file__
-    here = Path(program).resolve().parent  # the binary's own folder, not its unpacked copy
+    program = this_program()
+    if program.kind == "zipapp":
+        return program.path
+    here = program.path.resolve().parent  # the binary's own folder, not its unpacked copy
     for candidate in (os.environ.get("MCPRUN_PYZ"), here / "mcprun.pyz", here / "dist" / "mcprun.pyz"):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
@@ -2170,12 +2416,10 @@ def find_zipapp() -> Path:
 
 def unpack_packed_server(argv: list[str]) -> list[str]:
     """In a packed zipapp: unpack its server once and return argv with the server and its packages added."""
-    if "_bootstrap" not in sys.modules or not os.path.isfile(sys.argv[0]) or os.environ.get("MCPRUN_PACKED"):
+    program = this_program()
+    if program.kind != "zipapp" or os.environ.get("MCPRUN_PACKED"):
         return argv
-    import zipfile
-
-    archive = getattr(sys.modules["_bootstrap"], "mcprun_archive", None) or zipfile.ZipFile(sys.argv[0])
-    with archive:  # packaging/pyz_main.py hands over the archive it opened, to spare reading its index again
+    with shiv_archive(program.path) as archive:
         try:
             manifest = json.loads(archive.read(PACK_FOLDER + "pack.json"))
         except KeyError:
@@ -2332,9 +2576,9 @@ def ended_early(label: str, exc: SystemExit, catcher: Catcher) -> None:
             warn(f"{label} exited without starting a server")
         return None
     if isinstance(exc.code, int):
-        raise UsageError(f"{label} exited with code {exc.code} before it started a server (its own message is "
-                         "above)", exc.code)
-    raise UsageError(f"{label}: {exc.code}", EXIT_FAILURE)
+        raise Failure(f"{label} exited with code {exc.code} before it started a server (its own message is "
+                      "above)", exit_code=exc.code)
+    raise Failure(f"{label}: {exc.code}")
 
 
 # -- the server object: import the user's code, find the server, load it -------
@@ -2366,7 +2610,7 @@ def _package_root(path: Path) -> tuple[Path, str]:
 
 
 def import_server_module(target: Target) -> Any:
-    """Import the target's module as Python would, turning failures into UsageError."""
+    """Import the target's module as Python would, turning failures into one-line errors."""
     if target.kind == "file":
         path = target.path
         root, module_name = _package_root(path)
@@ -2409,18 +2653,17 @@ def import_server_module(target: Target) -> Any:
             ) from exc
         bundled = (exc.name or "").split(".")[0]
         if bundled in BUNDLED_PACKAGES:  # e.g. mcp.server.fastmcp, gone in mcp 2.x
-            raise UsageError(f"{label} imports {exc.name!r}, which the bundled {bundled} "
-                             f"{_version_of(bundled.replace('_', '-'))} does not have: {_first_line(exc)}",
-                             EXIT_FAILURE) from exc
-        raise UsageError(not_installed(label, exc.name, target.script), EXIT_FAILURE) from exc
+            raise Failure(f"{label} imports {exc.name!r}, which the bundled {bundled} "
+                          f"{_version_of(bundled.replace('_', '-'))} does not have: {_first_line(exc)}") from exc
+        raise Failure(not_installed(label, exc.name, target.script)) from exc
     except Exception as exc:
-        raise UsageError(f"importing {label} failed: {_describe(exc)}", EXIT_FAILURE) from exc
+        raise Failure(f"importing {label} failed: {_describe(exc)}") from exc
 
 
-def syntax_error(exc: SyntaxError, label: str) -> UsageError:
+def syntax_error(exc: SyntaxError, label: str) -> Failure:
     """Say where the server's code does not parse."""
     where = f"{_short_path(exc.filename)}:{exc.lineno}" if exc.filename else label
-    return UsageError(f"syntax error in {where}: {exc.msg}", EXIT_FAILURE)
+    return Failure(f"syntax error in {where}: {exc.msg}")
 
 
 def not_installed(label: str, module: str, script: ConsoleScript | None = None) -> str:
@@ -2564,7 +2807,7 @@ def load_server(settings: Settings, target: Target, catcher: Catcher) -> Any:
     except SystemExit as exc:
         return ended_early(f"{name!r} in {target.spec}", exc, catcher)
     except Exception as exc:
-        raise UsageError(f"factory {name!r} raised {_describe(exc)}", EXIT_FAILURE) from exc
+        raise Failure(f"factory {name!r} raised {_describe(exc)}") from exc
     return None if catcher.started else _checked_server(name, result, module)
 
 
@@ -2574,7 +2817,7 @@ async def await_factory(factory: Any, catcher: Catcher) -> Any:
     try:
         result = await factory()
     except Exception as exc:
-        raise UsageError(f"factory {factory.__name__!r} raised {_describe(exc)}", EXIT_FAILURE) from exc
+        raise Failure(f"factory {factory.__name__!r} raised {_describe(exc)}") from exc
     return None if catcher.started else _checked_server(factory.__name__, result, inspect.getmodule(factory))
 
 
@@ -2586,8 +2829,7 @@ def check_url_reachable(url: str) -> None:
         socket.create_connection((parsed.hostname, port), timeout=URL_CONNECT_TIMEOUT).close()
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise UsageError(f"cannot reach {url}: {reason}; check the URL and that the server is up",
-                         EXIT_FAILURE) from None
+        raise Failure(f"cannot reach {url}: {reason}; check the URL and that the server is up") from None
 
 
 # -- code that starts its own server: run as python would, the server it starts caught
@@ -2636,7 +2878,7 @@ def run_self_starting(settings: Settings, target: Target, catcher: Catcher) -> N
                              "mcprun from the folder that holds it (or add --pythonpath DIR)") from None
         if not isinstance(exc, ModuleNotFoundError) or target.kind == "entry_point":
             raise
-        raise UsageError(not_installed(label, exc.name), EXIT_FAILURE) from exc
+        raise Failure(not_installed(label, exc.name)) from exc
     except SyntaxError as exc:
         raise syntax_error(exc, label) from exc
     if catcher.started:
@@ -2647,9 +2889,9 @@ def run_self_starting(settings: Settings, target: Target, catcher: Catcher) -> N
 
         anyio.run(catcher.start, servers[0], settings.transport, {})
         return
-    raise UsageError(f"{label} ended without starting an MCP server mcprun can serve (FastMCP.run(), "
-                     "MCPServer.run(), a low-level Server.run() over stdio_server()); a program that writes the "
-                     "protocol itself cannot be served by mcprun", EXIT_FAILURE)
+    raise Failure(f"{label} ended without starting an MCP server mcprun can serve (FastMCP.run(), "
+                  "MCPServer.run(), a low-level Server.run() over stdio_server()); a program that writes the "
+                  "protocol itself cannot be served by mcprun")
 
 
 def start_target(settings: Settings, target: Target, catcher: Catcher) -> Any:
@@ -2692,7 +2934,7 @@ async def serve_stdio(server: Any, settings: Settings, wire: Wire) -> None:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind and listen on host:port (port 0 picks a free one); UsageError if that fails."""
+    """Bind and listen on host:port (port 0 picks a free one); Failure if that fails."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -2706,9 +2948,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == 98 or "in use" in str(exc):
-            raise UsageError(f"port {port} on {host} is in use; choose another with --port, "
-                             "or --port 0 for a free one", EXIT_FAILURE) from None
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_FAILURE) from None
+            raise Failure(f"port {port} on {host} is in use; choose another with --port, "
+                          "or --port 0 for a free one") from None
+        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
 
@@ -2760,12 +3002,12 @@ def systemd_socket() -> socket.socket | None:
         sock = socket.socket(fileno=SD_LISTEN_FDS_START)
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     except OSError as exc:
-        raise UsageError(f"LISTEN_FDS={count}, but fd {SD_LISTEN_FDS_START} is no socket ({exc.strerror or exc}); "
-                         "start mcprun from a systemd .socket unit, or unset LISTEN_FDS", EXIT_FAILURE) from None
+        raise Failure(f"LISTEN_FDS={count}, but fd {SD_LISTEN_FDS_START} is no socket ({exc.strerror or exc}); "
+                      "start mcprun from a systemd .socket unit, or unset LISTEN_FDS") from None
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM or not listening:
         sock.detach()
-        raise UsageError(f"systemd passed a socket mcprun cannot serve HTTP on (fd {SD_LISTEN_FDS_START}): use "
-                         "ListenStream=PORT or ListenStream=ADDRESS:PORT in the .socket unit", EXIT_FAILURE)
+        raise Failure(f"systemd passed a socket mcprun cannot serve HTTP on (fd {SD_LISTEN_FDS_START}): use "
+                      "ListenStream=PORT or ListenStream=ADDRESS:PORT in the .socket unit")
     sock.set_inheritable(False)
     return sock
 
@@ -2831,26 +3073,6 @@ def lowlevel_sse_app(server: Any, path: str, security: Any, max_body: int) -> An
 
     return Starlette(routes=[Route(path, endpoint=SseEndpoint(), methods=["GET"]),
                              Mount("/messages/", app=transport.handle_post_message)])
-
-
-def set_inner_limits(app: Any, settings: Settings) -> None:
-    """Give the SDK's own body limit (4 MiB inside fastmcp's apps) the --max-body value, and its
-    session manager's cap (10,000) --max-sessions.
-
-    The SDK's RequestBodyLimitMiddleware and session manager read their limits per request; fastmcp
-    creates them without a way to pass these. Found through the app's routes once its lifespan has started.
-    """
-    for route in getattr(app, "routes", ()):
-        for part in (getattr(route, "app", None), getattr(route, "endpoint", None)):
-            owner = getattr(part, "__self__", part)  # SSE: a bound method of SseServerTransport
-            manager = getattr(owner, "session_manager", None)
-            if hasattr(manager, "max_sessions"):
-                manager.max_sessions = settings.max_sessions
-            for holder in (manager, owner):
-                for name in ("asgi_app", "_post_message_app"):
-                    limiter = getattr(holder, name, None)
-                    if hasattr(limiter, "max_body_size"):
-                        limiter.max_body_size = settings.max_body
 
 
 def read_auth_tokens(settings: Settings) -> tuple:
@@ -3111,7 +3333,7 @@ class Gateway:
         async def send_and_note(message):
             await send(message)
             if message["type"] == "lifespan.startup.complete":
-                set_inner_limits(self.server_app, self.settings)
+                set_inner_limits(self.server_app, self.settings.max_body, self.settings.max_sessions)
                 self.ready = True
                 self.on_ready()
 
@@ -3372,100 +3594,6 @@ def connection_cap(settings: Settings) -> int:
     return room
 
 
-def closing_response(status: str, message: str) -> bytes:
-    """Return a whole HTTP/1.1 response that closes its connection, written on the socket itself."""
-    body = json.dumps({"error": message}).encode() + b"\n"
-    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            f"content-length: {len(body)}\r\n\r\n").encode() + body
-
-
-FULL = closing_response("503 Service Unavailable", "too many connections")
-TIMED_OUT = closing_response("408 Request Timeout", "request read timeout")
-
-
-def guarded_protocol(cap: int, read_timeout: float) -> type:
-    """Return uvicorn's HTTP/1.1 protocol with mcprun's limits on connections, for uvicorn's Config(http=).
-
-    At most cap connections are open: past it, a new one closes the connection that has waited
-    longest with no request in progress (idle keep-alive, or headers still arriving), or, when every
-    one has a request in progress, is answered 503 and closed, its descriptor freed at once.
-    A request's headers must arrive within read_timeout seconds (0: no limit) of the connection or of
-    the previous response, and its body may not pause for longer; else the connection is closed.
-    """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class GuardedProtocol(H11Protocol):
-        refused = False
-        waiting_since = float("inf")  # loop time since the connection has waited for a request
-        deadline = None
-
-        def connection_made(self, transport):
-            if len(self.connections) >= cap and not self.close_longest_waiting():
-                self.refused = True
-                transport.write(FULL)
-                transport.close()
-                warn_now_and_then("connections", f"{cap} connections open, every one with a request in "
-                                  "progress: new ones get 503; raise --max-connections (and the open files limit)")
-                return
-            super().connection_made(transport)
-            self.wait_for_request()
-
-        def connection_lost(self, exc):
-            if self.refused:
-                return
-            if self.deadline:
-                self.deadline.cancel()
-            super().connection_lost(exc)
-
-        def data_received(self, data):
-            super().data_received(data)
-            if self.conn.their_state is h11.SEND_BODY:
-                self.arm()  # the body moves: so does its deadline
-
-        def on_response_complete(self):
-            super().on_response_complete()
-            self.wait_for_request()
-
-        def wait_for_request(self):
-            self.waiting_since = self.loop.time()
-            self.arm()
-
-        def arm(self):
-            if self.deadline:
-                self.deadline.cancel()
-            if read_timeout:
-                self.deadline = self.loop.call_later(read_timeout, self.read_timed_out)
-
-        def read_timed_out(self):
-            self.deadline = None
-            if self.transport.is_closing() or self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
-                return
-            if self.flow.read_paused:  # the app has not read what came: not the client's delay
-                return self.arm()
-            if self.cycle and not self.cycle.response_complete:
-                if self.cycle.response_started:
-                    return self.transport.close()
-                self.cycle.disconnected = True  # what the app says now goes nowhere; it reads a disconnect
-                self.cycle.message_event.set()
-            if self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]:  # a request had begun
-                self.transport.write(TIMED_OUT)
-            self.transport.close()
-
-        def waiting(self) -> bool:
-            return (self.conn.their_state is h11.IDLE and not self.transport.is_closing()
-                    and (self.cycle is None or self.cycle.response_complete))
-
-        def close_longest_waiting(self) -> bool:
-            waiting = [c for c in self.connections if isinstance(c, GuardedProtocol) and c.waiting()]
-            if not waiting:
-                return False
-            min(waiting, key=lambda c: c.waiting_since).transport.close()
-            return True
-
-    return GuardedProtocol
-
-
 def pace_accepts(loop: Any) -> None:
     """Take one new connection per wake-up, and say once a minute that there are no descriptors for more.
 
@@ -3475,12 +3603,7 @@ def pace_accepts(loop: Any) -> None:
     second. Workers sharing a socket need it too: one worker would take a whole burst, and
     keep-alive clients would stay on it; taking one lets the others, woken too, take the next.
     """
-    accept = getattr(loop, "_accept_connection", None)  # asyncio's selector loop; others keep their way
-    if accept is not None:
-        def accept_one(protocol_factory, listener, sslcontext=None, server=None, backlog=100, *args, **kwargs):
-            return accept(protocol_factory, listener, sslcontext, server, 1, *args, **kwargs)
-
-        loop._accept_connection = accept_one
+    accept_one_at_a_time(loop)
     default = loop.get_exception_handler() or type(loop).default_exception_handler
 
     def handle(loop, context):
@@ -3522,21 +3645,19 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     announce = announce or announcer(settings, sock)
     gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description))
 
-    from sse_starlette.sse import AppStatus
-
-    AppStatus.disable_automatic_graceful_drain()  # it would end every stream at SIGTERM, calls in flight too
+    keep_sse_streams_at_sigterm()  # sse-starlette would end every stream at SIGTERM, calls in flight too
 
     class DrainingServer(uvicorn.Server):
         async def shutdown(self, sockets=None):
-            for listener in self.servers:  # stop accepting first
+            for listener in uvicorn_listeners(self):  # stop accepting first
                 listener.close()
             sd_notify("STOPPING=1")
             for _ in range(10):  # a connection accepted a moment ago: let its request arrive, to be answered
-                if not any(getattr(c, "cycle", False) is None for c in self.server_state.connections):
+                if not any(getattr(c, "cycle", False) is None for c in uvicorn_connections(self)):
                     break
                 await anyio.sleep(0.01)
-            await gateway.drain(settings.graceful_timeout, lambda: self.force_exit)
-            AppStatus.should_exit = True  # end any event stream the drain did not see
+            await gateway.drain(settings.graceful_timeout, lambda: uvicorn_forced(self))
+            end_sse_streams()  # any event stream the drain did not see
             self.config.timeout_graceful_shutdown = 1  # only idle connections are left to close
             await super().shutdown(sockets)
 
@@ -3570,25 +3691,51 @@ async def serve(server: Any, settings: Settings, target: Target, sock: socket.so
 
 
 # -- the running program: source, zipapp or binary ---------------------------
+#
+# The same code runs three ways. What differs between them (where the program is, how to start it
+# again, what the processes it starts inherit) is asked here, and nowhere else.
 
 
-def program_command() -> list[str]:
-    """Return the command that starts this mcprun again: the binary, the zipapp or the source."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable]
-    if "_bootstrap" in sys.modules and os.path.isfile(sys.argv[0]):  # shiv's bootstrap: argv[0] is the .pyz
-        return [sys.executable, os.path.abspath(sys.argv[0])]
-    return [sys.executable, os.path.abspath(__file__)]
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """This mcprun as it runs."""
+
+    kind: str  # "source" (mcprun.py), "zipapp" (shiv's mcprun.pyz) or "binary" (PyInstaller's mcprun)
+    path: Path  # the file the user ran (the binary's, not its unpacked copy in the cache)
+    command: tuple  # what starts it again (--reload)
+
+    def start(self) -> None:
+        """In the binary: make sys.executable the mcprun file the user ran, and start multiprocessing's
+        workers through it.
+
+        packaging/launcher.c unpacks the binary once into a cache and runs it from there, naming itself
+        in MCPRUN_BINARY; servers that start sys.executable, --reload and pack start that file.
+        """
+        if self.kind != "binary":
+            return
+        os.environ.pop("MCPRUN_BINARY", None)
+        sys.executable = str(self.path)
+        import multiprocessing
+
+        multiprocessing.set_executable(sys.executable)
+        multiprocessing.freeze_support()  # a worker a server started with multiprocessing: runs, then exits
+
+    def restore_child_environment(self) -> None:
+        """Give what mcprun starts (pip, the server's subprocesses) the environment the binary was started with."""
+        if self.kind == "binary":
+            undo_pyinstaller_environment()
 
 
-def adopt_binary_launcher() -> None:
-    """In the binary: make sys.executable the mcprun file the user ran, not its unpacked copy.
-
-    packaging/launcher.c unpacks the binary once into a cache and runs it from there, naming
-    itself in MCPRUN_BINARY; servers that start sys.executable, --reload and pack start that.
-    """
-    if getattr(sys, "frozen", False) and os.environ.get("MCPRUN_BINARY"):
-        sys.executable = os.environ.pop("MCPRUN_BINARY")
+@functools.cache
+def this_program() -> Program:
+    """Return the running mcprun: the binary, the zipapp or the source file."""
+    if pyinstaller_frozen():
+        binary = os.environ.get("MCPRUN_BINARY") or sys.executable
+        return Program("binary", Path(binary), (binary,))
+    if pyz := shiv_archive_path():
+        return Program("zipapp", Path(pyz), (sys.executable, pyz))
+    source = os.path.abspath(__file__)
+    return Program("source", Path(source), (sys.executable, source))
 
 
 def run_python_code(args: list[str]) -> int:
@@ -3598,19 +3745,6 @@ def run_python_code(args: list[str]) -> int:
     sys.argv = ["-c", *args[1:]]
     exec(compile(args[0], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
     return EXIT_OK
-
-
-def restore_child_environment() -> None:
-    """Give the server's subprocesses the environment the binary was started with."""
-    if not getattr(sys, "frozen", False):
-        return
-    original = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
-    if original is None:
-        os.environ.pop("LD_LIBRARY_PATH", None)
-    else:
-        os.environ["LD_LIBRARY_PATH"] = original
-    for name in [name for name in os.environ if name.startswith("_PYI_")]:
-        del os.environ[name]
 
 
 # -- lifecycle: reload, run -------------------------------------------------
@@ -3662,7 +3796,7 @@ def run_with_reload(settings: Settings, target: Target) -> int:
         if not os.path.isdir(folder):
             raise UsageError(f"--reload-dir {folder!r} is not a folder")
     end = _options_end(list(settings.argv))  # the flags go before any '--', which starts the server's args
-    command = [*program_command(), *settings.argv[:end], "--no-reload", "--stateless", *settings.argv[end:]]
+    command = [*this_program().command, *settings.argv[:end], "--no-reload", "--stateless", *settings.argv[end:]]
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
@@ -4015,7 +4149,7 @@ def served_by(settings: Settings) -> str:
             loaded = start_target(settings, target, Catcher(stop))
         finally:
             restore_stdout(wire)
-    except UsageError as exc:
+    except Error as exc:
         return f"cannot load: {exc}"
     except StartedItself as started:
         return f"{describe_server(started.server, target)}: {server_path(started.server)}, started by its own code"
@@ -4050,7 +4184,7 @@ def check(settings: Settings, as_json: bool = False) -> int:
                 check_requirements(own, settings, target.spec)
             started = f", started by {not_imported(target).split(', which')[0]}" if target.kind in SELF_STARTING else ""
             report.update(found, path=server_path(server) + started, ok=True)
-    except UsageError as exc:
+    except Error as exc:
         report["error"] = str(exc)
         error(str(exc))
     if as_json:
@@ -4083,7 +4217,7 @@ def inspect_target(settings: Settings, target: Target) -> tuple[Any, dict]:
     if found:
         return found[0].server, found[0].report
     catcher.raise_failure()
-    raise UsageError(f"{target.spec} exited without starting a server", EXIT_FAILURE)
+    raise Failure(f"{target.spec} exited without starting a server")
 
 
 async def inventory(server: Any) -> dict:
@@ -4091,8 +4225,7 @@ async def inventory(server: Any) -> dict:
     import anyio
     from mcp.shared.exceptions import MCPError
 
-    lowlevel = {"fastmcp": "_mcp_server", "sdk": "_lowlevel_server"}.get(server_kind(server))
-    lowlevel = getattr(server, lowlevel) if lowlevel else server
+    lowlevel = lowlevel_server_of(server, server_kind(server))
     found: dict = {}
 
     async def listed(request, field):
@@ -4105,8 +4238,8 @@ async def inventory(server: Any) -> dict:
         with anyio.fail_after(CHECK_TIMEOUT):
             await _list_everything(lowlevel, listed, found)
     except TimeoutError:
-        raise UsageError(f"the server did not start and list what it offers within {CHECK_TIMEOUT:g} s "
-                         "(a lifespan that never finishes starting?)", EXIT_FAILURE) from None
+        raise Failure(f"the server did not start and list what it offers within {CHECK_TIMEOUT:g} s "
+                      "(a lifespan that never finishes starting?)") from None
     keep = {"tools": ("name", "description"), "resources": ("uri", "name", "description"),
             "resource_templates": ("uri_template", "name", "description"), "prompts": ("name", "description")}
     for kind, fields in keep.items():
@@ -4389,12 +4522,6 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
     args.server_args = [*args.server_args, *argv[end + 1:]]
     args.argv = argv
     args.command = command
-    if args.json and command != "check":
-        build_parser().error("--json goes with 'mcprun check'")
-    if (args.output or args.python_version or args.platform or args.resolve_timeout is not None) \
-            and command not in ("vendor", "pack"):
-        build_parser().error("-o/--output, --python-version, --platform and --resolve-timeout go with "
-                             "'mcprun vendor' or 'mcprun pack'")
     return args
 
 
@@ -4411,10 +4538,10 @@ def _unwrap(exc: BaseException) -> BaseException:
 def describe_failure(raised: BaseException, debug: bool) -> tuple[int, str]:
     """Return the exit code and the one error line for a failed run; print the traceback at DEBUG."""
     exc = _unwrap(raised)
-    if isinstance(exc, UsageError):
+    if isinstance(exc, Error):
         if debug and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__)
-        user_code = exc.exit_code == EXIT_FAILURE and exc.__cause__ is not None  # a traceback to offer
+        user_code = isinstance(exc, Failure) and exc.__cause__ is not None  # a traceback to offer
         hint = "; rerun with --log-level DEBUG for the traceback" if user_code and not debug else ""
         return exc.exit_code, f"{exc}{hint}"
     if debug:  # a failure in the server while it runs
@@ -4426,16 +4553,12 @@ def describe_failure(raised: BaseException, debug: bool) -> tuple[int, str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the mcprun command line; return the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    adopt_binary_launcher()
+    program = this_program()
+    program.start()
     argv = unpack_packed_server(argv)
-    if getattr(sys, "frozen", False):  # the binary is the Python of the servers it runs
-        import multiprocessing
-
-        multiprocessing.set_executable(sys.executable)
-        multiprocessing.freeze_support()  # a worker a server started with multiprocessing: runs, then exits
-        if argv[:1] == ["-c"]:
-            return run_python_code(argv[1:])
-    restore_child_environment()  # what mcprun starts (pip, the server's children) gets the user's environment
+    if program.kind == "binary" and argv[:1] == ["-c"]:  # the binary is the Python of the servers it runs
+        return run_python_code(argv[1:])
+    program.restore_child_environment()
     args = parse_command_line(argv)
     if args.version:
         print(version_line())
@@ -4446,9 +4569,6 @@ def main(argv: list[str] | None = None) -> int:
                       log_format if log_format in LOG_FORMATS else DEFAULT_LOG_FORMAT)
     debug = level == "DEBUG"
     try:
-        if args.command in ("vendor", "pack") and args.spec is None and not Path(CONFIG_FILE_NAME).is_file():
-            raise UsageError(f"mcprun {args.command} needs what to {args.command}: packages (mcp-server-git, "
-                             "'excel-mcp-server==2.2.2'), a requirements file or a server file")
         settings = load_settings(args, os.environ)
         if settings.print_config:
             print(format_settings(settings, served=served_by(settings)))

@@ -285,6 +285,22 @@ def test_environment_error(token, variable, value, fragments):
     error_line(run_cli(token, "fastmcp_server.py", cwd=SERVERS, env=env), EXIT_USAGE, *fragments)
 
 
+COMBINATION_ERRORS = {  # options that do not go together: one line, as every other usage error, no usage text
+    "--json without check": (["fastmcp_server.py", "--json"], "--json goes with 'mcprun check'"),
+    "vendor options when running": (["fastmcp_server.py", "-o", "deps"], "-o/--output, --python-version, --platform "
+                                    "and --resolve-timeout go with 'mcprun vendor' or 'mcprun pack'"),
+    "-m and --script": (["-m", "--script", "runnable_module"],
+                        "-m and --script exclude each other: -m runs a module, --script a file"),
+    "vendor without what": (["vendor"], "mcprun vendor needs what to vendor: packages (mcp-server-git, "
+                            "'excel-mcp-server==2.2.2'), a requirements file or a server file"),
+}
+
+
+@pytest.mark.parametrize(("args", "line"), COMBINATION_ERRORS.values(), ids=COMBINATION_ERRORS.keys())
+def test_options_that_do_not_go_together(token, args, line):
+    assert error_line(run_cli(token, *args, cwd=SERVERS), EXIT_USAGE) == f"mcprun: error: {line}"
+
+
 def test_stateless_with_sse(token):
     error_line(run_cli(token, "fastmcp_server.py", "--stateless", "-t", "sse", cwd=SERVERS), EXIT_USAGE,
                "--stateless needs --transport http")

@@ -165,7 +165,7 @@ def test_check_a_broken_server(token, spec, fragment):
 def test_json_without_check_is_a_usage_error(token):
     result = run_cli(token, "fastmcp_server.py", "--json", cwd=SERVERS)
     assert result.returncode == 2
-    assert "--json goes with 'mcprun check'" in result.stderr
+    assert result.stderr == "mcprun: error: --json goes with 'mcprun check'\n"
 
 
 # -- --allow-network: uv fetches what the command line names, never implicitly ------------------

@@ -1,0 +1,184 @@
+"""The seams: each place mcprun uses a private part of another project, checked against the bundled versions.
+
+An upgrade that moves one of them fails here, by the seam's name, rather than silently doing nothing
+(a body limit left at the SDK's 4 MiB, a burst of connections taken by one worker).
+"""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import anyio
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+import mcprun  # noqa: E402
+
+TIMEOUT = 10.0  # seconds for anything below to happen
+
+
+def test_every_seam_is_named_in_the_seams_section():
+    """The private names mcprun uses appear in the seams section and nowhere else."""
+    source = (ROOT / "mcprun.py").read_text()
+    start = source.index("# -- seams:")
+    end = source.index("\n# -- ", start + 1)
+    outside = source[:start] + source[end:]
+    for private in ("_accept_connection", "server_state", "force_exit", "AppStatus", "_types_namespace",
+                    "_mcp_server", "_lowlevel_server", "_post_message_app", "max_body_size", "_bootstrap",
+                    "_PYI_", "LD_LIBRARY_PATH_ORIG", "h11_impl", "pip._internal", "getattr(sys, \"frozen\""):
+        assert private in source[start:end], private
+        assert private not in outside, f"{private} used outside the seams section"
+
+
+def test_asyncio_accepts_one_connection_per_wake_up():
+    seen = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        original = loop._accept_connection
+
+        def recording(protocol_factory, listener, sslcontext=None, server=None, backlog=100, *args, **kwargs):
+            seen.append(backlog)
+            return original(protocol_factory, listener, sslcontext, server, backlog, *args, **kwargs)
+
+        loop._accept_connection = recording
+        assert mcprun.accept_one_at_a_time(loop) is True
+        accepted = []
+        server = await loop.create_server(lambda: Accepted(accepted), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+        with anyio.fail_after(TIMEOUT):
+            while len(accepted) < 5:
+                await asyncio.sleep(0.01)
+        for client in clients:
+            client.close()
+        server.close()
+
+    class Accepted(asyncio.Protocol):
+        def __init__(self, accepted):
+            accepted.append(self)
+
+    asyncio.run(main())
+    assert seen and set(seen) == {1}, seen
+
+
+def test_uvicorn_server_parts():
+    import uvicorn
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    async def main():
+        sock = mcprun.bind_socket("127.0.0.1", 0)
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off",
+                                               http=mcprun.guarded_protocol(1, 5.0)))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        with anyio.fail_after(TIMEOUT):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        assert mcprun.uvicorn_listeners(server), "no listeners"
+        assert mcprun.uvicorn_forced(server) is False
+        first = socket.create_connection(sock.getsockname())
+        with anyio.fail_after(TIMEOUT):
+            while not mcprun.uvicorn_connections(server):
+                await asyncio.sleep(0.01)
+        # the guarded protocol's cap of 1: a second connection closes the idle first one, and is served
+        second = socket.create_connection(sock.getsockname())
+        second.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        first.settimeout(TIMEOUT)
+        second.settimeout(TIMEOUT)
+        assert await asyncio.to_thread(first.recv, 100) == b""
+        assert (await asyncio.to_thread(second.recv, 100)).startswith(b"HTTP/1.1 204")
+        first.close()
+        second.close()
+        server.should_exit = True
+        with anyio.fail_after(TIMEOUT):
+            await task
+
+    asyncio.run(main())
+
+
+def test_sse_starlette_app_status():
+    from sse_starlette.sse import AppStatus
+
+    assert "should_exit" in vars(AppStatus)
+    before = AppStatus.should_exit
+    try:
+        mcprun.keep_sse_streams_at_sigterm()
+        mcprun.end_sse_streams()
+        assert AppStatus.should_exit is True
+    finally:
+        AppStatus.should_exit = before
+
+
+def test_pydantic_model_rebuilt_in_a_namespace():
+    from pydantic import BaseModel
+
+    class Model(BaseModel):
+        value: "Later"  # noqa: F821
+
+    mcprun.rebuild_model(Model, {"Later": int})
+    assert Model(value="3").value == 3
+
+
+def servers():
+    import fastmcp
+    from mcp.server.lowlevel import Server
+    from mcp.server.mcpserver import MCPServer
+
+    return {"fastmcp": fastmcp.FastMCP("t"), "sdk": MCPServer("t"), "lowlevel": Server("t")}
+
+
+@pytest.mark.parametrize("kind", ["fastmcp", "sdk"])
+def test_lowlevel_server_inside(kind):
+    from mcp.server.lowlevel import Server
+
+    server = servers()[kind]
+    assert mcprun.server_kind(server) == kind
+    assert isinstance(mcprun.lowlevel_server_of(server, kind), Server)
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+@pytest.mark.parametrize("kind", ["fastmcp", "sdk", "lowlevel"])
+def test_inner_limits_found_in_every_app(kind, transport):
+    server = servers()[kind]
+    settings = mcprun.Settings(spec="t", transport=transport)
+    app = mcprun.build_http_app(server, settings)
+
+    async def main():
+        messages = [{"type": "lifespan.startup"}]
+        started, stop = anyio.Event(), anyio.Event()
+
+        async def receive():
+            if messages:
+                return messages.pop()
+            await stop.wait()
+            return {"type": "lifespan.shutdown"}
+
+        async def send(message):
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(app, {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+            with anyio.fail_after(TIMEOUT):
+                await started.wait()
+            found = mcprun.set_inner_limits(app, 12345, 67)
+            stop.set()
+        return found
+
+    assert anyio.run(main) >= 1, f"no inner limit found in a {kind} {transport} app"
+
+
+def test_pip_shim_patches_this_pip(tmp_path):
+    bundle = {"versions": {"mcp": "2.3.0"}, "extras": {}, "mapped": ["mcp"]}
+    result = subprocess.run([sys.executable, "-c", mcprun.PIP_WITH_MAPPINGS, "--version"], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "MCPRUN_BUNDLE": json.dumps(bundle)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pip "), result.stdout
