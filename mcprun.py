@@ -14,9 +14,7 @@ Usage::
 
 Licensed under the Apache License, Version 2.0.
 """
-
 from __future__ import annotations
-
 import argparse
 import contextlib
 import contextvars
@@ -47,22 +45,20 @@ import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
-
 __version__ = "0.1.0"
+
 
 # -- constants ---------------------------------------------------------------
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the server or its code failed at run time
 EXIT_USAGE = 2  # bad command line, spec or config file
-
 TRANSPORTS = ("stdio", "http", "streamable-http", "sse")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 SERVER_NAMES = ("mcp", "server", "app")  # tried in this order, as fastmcp run does
 CONFIG_FILE_NAME = "fastmcp.json"
 COMMANDS = ("run", "check", "vendor", "pack")
-
 DEFAULT_TRANSPORT = "stdio"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -102,9 +98,11 @@ OFFLINE_ENVIRONMENT = {"FASTMCP_CHECK_FOR_UPDATES": "off"}
 OFFLINE_DEFAULTS = {"FASTMCP_TELEMETRY_MODE": "off", "FASTMCP_ENABLE_RICH_LOGGING": "false"}
 BUNDLED_PACKAGES = ("fastmcp", "mcp", "mcp_types", "pydantic", "starlette", "uvicorn", "anyio", "httpx")
 BUNDLE_ROOTS = ("fastmcp", "httpx")  # what mcprun carries (packaging/requirements.in), with all they need
+DEFAULT_MANYLINUX = "manylinux_2_28"  # RHEL 8's glibc, and every manylinux tag below it (2_17 = manylinux2014 ...)
+DEFAULT_RESOLVE_TIMEOUT = 300.0  # seconds pip gets for each resolution of what vendor installs
 
 
-# -- errors ------------------------------------------------------------------
+# -- errors and log lines: one line on stderr for each -----------------------
 
 
 class Error(Exception):
@@ -134,16 +132,6 @@ class Failure(Error):
     exit_code = EXIT_FAILURE
 
 
-def _describe(exc: BaseException) -> str:
-    """Return 'Type: message (file:line)' for an exception raised in user code."""
-    # A SyntaxError names its own file and line; importlib's frozen frames tell the user nothing.
-    frames = [] if isinstance(exc, SyntaxError) else [
-        frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith("<")]
-    where = f" ({_short_path(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
-
-
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -154,6 +142,16 @@ def _short_path(path: str | os.PathLike) -> str:
         return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
     except ValueError:
         return str(path)
+
+
+def _describe(exc: BaseException) -> str:
+    """Return 'Type: message (file:line)' for an exception raised in user code."""
+    # A SyntaxError names its own file and line; importlib's frozen frames tell the user nothing.
+    frames = [] if isinstance(exc, SyntaxError) else [
+        frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith("<")]
+    where = f" ({_short_path(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}{where}" if text else f"{type(exc).__name__}{where}"
 
 
 def warn(message: str) -> None:
@@ -169,8 +167,6 @@ def info(message: str) -> None:
 def error(message: str) -> None:
     """Log the one 'mcprun: error: ...' line of a failed run."""
     logging.getLogger("mcprun").error(message)
-
-
 _last_said: dict[str, float] = {}
 
 
@@ -180,6 +176,92 @@ def warn_now_and_then(trouble: str, message: str) -> None:
     if now >= _last_said.get(trouble, float("-inf")) + NOW_AND_THEN:
         _last_said[trouble] = now
         warn(message)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Return the single exception inside nested exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def describe_failure(raised: BaseException, debug: bool) -> tuple[int, str]:
+    """Return the exit code and the one error line for a failed run; print the traceback at DEBUG."""
+    exc = _unwrap(raised)
+    if isinstance(exc, Error):
+        if debug and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
+        user_code = isinstance(exc, Failure) and exc.__cause__ is not None  # a traceback to offer
+        hint = "; rerun with --log-level DEBUG for the traceback" if user_code and not debug else ""
+        return exc.exit_code, f"{exc}{hint}"
+    if debug:  # a failure in the server while it runs
+        traceback.print_exception(raised)
+    hint = "" if debug else "; rerun with --log-level DEBUG for the traceback"
+    return EXIT_FAILURE, f"the server failed: {_describe(exc)}{hint}"
+LOGGED_FIELD = 200  # characters of a path, method or tool name an access line shows
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")  # what could end a log line or restyle it
+
+
+def _one_line(text: str) -> str:
+    """Return text with the characters that could break a log line escaped (\\n, \\x1b, ...)."""
+    return _CONTROL.sub(lambda found: repr(found[0])[1:-1], text)
+
+
+def _loggable(text: str) -> str:
+    """Return a field a client sent, fit for a log line: escaped, at most LOGGED_FIELD characters."""
+    text = _one_line(text)
+    return text if len(text) <= LOGGED_FIELD else text[:LOGGED_FIELD] + "…"
+
+
+class LogFormatter(logging.Formatter):
+    """One line per record: 'mcprun: ...' for mcprun's own lines, 'HH:MM:SS LEVEL logger: ...' for the
+    rest; or, for --log-format json, one JSON object per line. Never colour. A record's traceback (a
+    library's logger.exception()) is printed only at DEBUG; else its exception's first line ends the line."""
+
+    def __init__(self, log_format: str, tracebacks: bool = False) -> None:
+        super().__init__()
+        self.json = log_format == "json"
+        self.tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == "uvicorn.error":  # uvicorn logs everything but access lines there
+            record.name = "uvicorn"
+        raised = record.exc_info[1] if record.exc_info else None
+        if raised is not None and not self.tracebacks:
+            message += f" ({type(raised).__name__}: {_first_line(raised)})"
+        traceback_text = self.formatException(record.exc_info) if raised is not None and self.tracebacks else ""
+        if self.json:
+            entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+                     "level": record.levelname, "logger": record.name, "message": message,
+                     **getattr(record, "fields", {})}
+            if traceback_text:
+                entry["exception"] = traceback_text
+            return json.dumps(entry, default=str)
+        if record.name == "mcprun":
+            prefix = {"WARNING": "warning: ", "ERROR": "error: ", "CRITICAL": "error: "}.get(record.levelname, "")
+            line = f"mcprun: {prefix}{_one_line(message)}"
+        else:
+            line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname} {record.name}: {_one_line(message)}"
+        return line + ("\n" + traceback_text if traceback_text else "")
+
+
+def configure_logging(level: str, log_format: str = DEFAULT_LOG_FORMAT) -> None:
+    """Send every log record, fastmcp's and uvicorn's too, to stderr in one format at one level."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter(log_format, tracebacks=level == "DEBUG"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    own = logging.getLogger("mcprun")  # its own handler: a server that sets up logging again can't restyle it
+    own.handlers[:] = [handler]
+    own.propagate = False
+    fastmcp_logger = logging.getLogger("fastmcp")
+    fastmcp_logger.handlers.clear()  # fastmcp installs its own at import
+    fastmcp_logger.propagate = True
+    fastmcp_logger.setLevel(level)
+    logging.getLogger("mcprun").setLevel(min(logging.INFO, logging.getLevelName(level)))  # ready lines always
+    logging.getLogger("mcprun.access").setLevel(level)
 
 
 # -- seams: the private parts of other projects that mcprun uses -------------
@@ -303,8 +385,6 @@ def closing_response(status: str, message: str) -> bytes:
     body = json.dumps({"error": message}).encode() + b"\n"
     return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
             f"content-length: {len(body)}\r\n\r\n").encode() + body
-
-
 FULL = closing_response("503 Service Unavailable", "too many connections")
 TIMED_OUT = closing_response("408 Request Timeout", "request read timeout")
 
@@ -391,7 +471,6 @@ def guarded_protocol(cap: int, read_timeout: float) -> type:
 
     return GuardedProtocol
 
-
 # pip runs mcprun vendor's resolutions through this shim (python -c), in pip's own process, with the
 # bundle's versions as a JSON object in argv[1]: pip's private metadata and requirement classes.
 PIP_WITH_MAPPINGS = """\
@@ -431,7 +510,421 @@ runpy.run_module("pip", run_name="__main__", alter_sys=True)
 """
 
 
-# -- config files: fastmcp.json and mcp.json ---------------------------------
+# -- the running program: source, zipapp or binary ---------------------------
+#
+# The same code runs three ways. What differs between them (where the program is, how to start it
+# again, what the processes it starts inherit) is asked here, and nowhere else.
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """This mcprun as it runs."""
+
+    kind: str  # "source" (mcprun.py), "zipapp" (shiv's mcprun.pyz) or "binary" (PyInstaller's mcprun)
+    path: Path  # the file the user ran (the binary's, not its unpacked copy in the cache)
+    command: tuple  # what starts it again (--reload)
+
+    def start(self) -> None:
+        """In the binary: make sys.executable the mcprun file the user ran, and start multiprocessing's
+        workers through it.
+
+        packaging/launcher.c unpacks the binary once into a cache and runs it from there, naming itself
+        in MCPRUN_BINARY; servers that start sys.executable, --reload and pack start that file.
+        """
+        if self.kind != "binary":
+            return
+        os.environ.pop("MCPRUN_BINARY", None)
+        sys.executable = str(self.path)
+        import multiprocessing
+
+        multiprocessing.set_executable(sys.executable)
+        multiprocessing.freeze_support()  # a worker a server started with multiprocessing: runs, then exits
+
+    def restore_child_environment(self) -> None:
+        """Give what mcprun starts (pip, the server's subprocesses) the environment the binary was started with."""
+        if self.kind == "binary":
+            undo_pyinstaller_environment()
+
+
+@functools.cache
+def this_program() -> Program:
+    """Return the running mcprun: the binary, the zipapp or the source file."""
+    if pyinstaller_frozen():
+        binary = os.environ.get("MCPRUN_BINARY") or sys.executable
+        return Program("binary", Path(binary), (binary,))
+    if pyz := shiv_archive_path():
+        return Program("zipapp", Path(pyz), (sys.executable, pyz))
+    source = os.path.abspath(__file__)
+    return Program("source", Path(source), (sys.executable, source))
+
+
+def run_python_code(args: list[str]) -> int:
+    """Do what 'python -c CODE ARGS' does: servers start sys.executable so, and in the binary that is mcprun."""
+    if not args:
+        raise UsageError("-c needs the code to run, as python's -c does")
+    sys.argv = ["-c", *args[1:]]
+    exec(compile(args[0], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    return EXIT_OK
+
+
+# -- settings, 1: the command line -------------------------------------------
+
+
+def parse_port(text: str) -> int:
+    """argparse type: a TCP port number, 0 meaning any free port."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
+
+
+def _one_of(text: str, value: str, choices: tuple) -> str:
+    """Return value (text, normalised) if it is one of choices; else the argparse error naming them."""
+    if value not in choices:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose one of {', '.join(choices)})")
+    return value
+
+
+def parse_log_level(text: str) -> str:
+    """argparse type: a log level name, any case."""
+    return _one_of(text, text.upper(), LOG_LEVELS)
+
+
+def parse_transport(text: str) -> str:
+    return _one_of(text, text, TRANSPORTS)
+
+
+def parse_log_format(text: str) -> str:
+    return _one_of(text, text.lower(), LOG_FORMATS)
+
+
+def parse_seconds(text: str) -> float:
+    """argparse type: a duration in seconds, e.g. 10 or 2.5."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (e.g. 10 or 2.5)")
+    return seconds
+
+
+def parse_period(text: str) -> float:
+    """argparse type: a duration in seconds that is more than 0, e.g. 600."""
+    seconds = parse_seconds(text)
+    if not seconds:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 (e.g. 600)")
+    return seconds
+_SIZE_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """argparse type: a size in bytes, with an optional unit: 16MiB, 500k, 1048576."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match[2].lower() not in _SIZE_UNITS or float(match[1]) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 16MiB, 500kB or 1048576)")
+    return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+
+
+def parse_count(text: str) -> int:
+    """argparse type: a positive whole number."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (e.g. 1000)")
+    return count
+
+
+def usable_cores() -> int:
+    """Return the cores this process may run on: its CPU affinity, capped by its cgroup v2 cpu.max quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:  # '0::/some/group' on cgroup v2; each level up to the root may set a quota
+        with open("/proc/self/cgroup") as f:
+            group = next((line[3:].strip() for line in f if line.startswith("0::")), "/")
+    except OSError:
+        group = "/"
+    folder = Path(CGROUP_ROOT + group.rstrip("/"))
+    for level in (folder, *folder.parents):
+        if not str(level).startswith(CGROUP_ROOT):
+            break
+        try:
+            quota, period = (level / "cpu.max").read_text().split()[:2]
+            if quota != "max":
+                cores = min(cores, -(-int(quota) // int(period)))  # 150000/100000: 2 cores, partly
+        except (OSError, ValueError):
+            continue
+    return max(1, cores)
+
+
+def parse_workers(text: str) -> int:
+    """argparse type: a number of worker processes, or 'auto' for the usable cores."""
+    if text.strip().lower() == "auto":
+        return usable_cores()
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1, 2, ... or auto)")
+    return workers
+
+
+def parse_route(text: str) -> str:
+    """argparse type: an HTTP route such as /healthz."""
+    route = text if text.startswith("/") else "/" + text
+    if not re.fullmatch(r"/[\w.~/-]*", route):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a route (e.g. /healthz)")
+    return route
+
+
+def _version_of(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _options_end(argv: list[str]) -> int:
+    return argv.index("--") if "--" in argv else len(argv)
+EPILOG = f"""\
+examples:
+  mcprun server.py                          serve server.py's mcp/server/app over stdio
+  mcprun server.py:create_server -t http    call a factory, serve on http://127.0.0.1:8000/mcp
+  mcprun my_package.server:mcp -t sse -p 0  import string, SSE on a free port
+  mcprun fastmcp.json                       run a fastmcp.json (also found in . with no SPEC)
+  mcprun https://example.org/mcp            stdio proxy to a remote server
+  mcprun server.py -- --config dev.toml     pass arguments to the server (sys.argv)
+  mcprun check server.py --json             preflight: would it serve? its tools, resources, prompts
+  mcprun vendor server.py -o deps           (connected machine) fetch what the server needs, for
+                                            --pythonpath deps on the offline one
+  mcprun vendor mcp-server-git -o deps      (connected machine) a server from PyPI, by name or NAME==X.Y
+  mcprun mcp-server-git --pythonpath deps -t http -- --repository /srv/repo
+                                            (offline) run its console script, as uvx would, over HTTP
+  mcprun pack server.py -o server.pyz       (connected machine) one zipapp: mcprun, the server's
+                                            folder and its packages; python3 server.pyz serves it
+  MCPRUN_AUTH_TOKEN=$(cat /etc/mcp-token) mcprun server.py -t http --host 0.0.0.0
+                                            serve on every interface; clients send the bearer token
+
+how SPEC is found, in this order:
+  http(s)://...    a proxy to that remote server
+  NAME.json        a fastmcp.json, or an mcp.json (mcpServers: one proxy for them all)
+  a file           server.py[:obj] (its mcp, server or app, or that object or factory); a file
+                   without .py is run as a script: pip's DIR/bin/NAME runs its console script
+  module[:obj]     an import string, when the module is found (current folder, --pythonpath)
+  NAME             a console script of a package in a --pythonpath folder (or the only one of
+                   the package called NAME); an unknown name lists the console scripts there
+  code that starts its own server (a console script, -m, --script, main() calling mcp.run()) is
+  caught where it starts and served on the transport, address and gateway mcprun is given
+
+environment:
+  MCPRUN_<OPTION> sets an option (MCPRUN_PORT=9000, MCPRUN_NO_BANNER=1, MCPRUN_AUTH_TOKEN=..., ...);
+  precedence: command line > fastmcp.json deployment > MCPRUN_* > defaults.
+
+signals (http/sse):
+  SIGTERM, SIGINT  stop accepting, let calls in flight finish (--graceful-timeout), exit 0
+  second SIGINT    stop at once
+  SIGHUP           with --workers: replace the workers one at a time, with the code on disk
+
+systemd: takes a listening socket from socket activation (LISTEN_FDS) and reports READY=1 and
+  STOPPING=1 to NOTIFY_SOCKET (Type=notify).
+
+exit codes:
+  {EXIT_OK}  the server stopped cleanly
+  {EXIT_FAILURE}  the server or its code failed at run time (import error, port in use, ...)
+  {EXIT_USAGE}  bad command line, spec or config file
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser; it only describes, so tests and man pages can use it."""
+    parser = argparse.ArgumentParser(
+        prog="mcprun",
+        usage="mcprun [run|check|vendor|pack] [SPEC] [options] [-- server args]",
+        description="Run a Python MCP server (FastMCP, official SDK, fastmcp.json, mcp.json) "
+                    "or proxy a remote one, with no install step.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "spec", nargs="?", metavar="SPEC",
+        help="server.py[:obj], pkg.module:obj, a console script, fastmcp.json, mcp.json or an http(s):// URL "
+             f"(default: ./{CONFIG_FILE_NAME}); see 'how SPEC is found' below",
+    )
+    parser.add_argument("server_args", nargs="*", metavar="ARG", help="arguments for the server (also after --)")
+    parser.add_argument("-m", "--module", action="store_true",
+                        help="SPEC is a module to run as 'python -m SPEC' would, in this process; the server it "
+                             "starts is caught and served")
+    parser.add_argument("--script", action="store_true",
+                        help="SPEC is a .py file that starts its own server: run it as __main__ with the bundle; "
+                             "the server it starts is caught and served")
+    parser.add_argument("--version", action="store_true",
+                        help="print mcprun, fastmcp, mcp and Python versions and exit")
+    parser.add_argument("--json", action="store_true",
+                        help="with 'mcprun check': print the report as JSON")
+    vendoring = parser.add_argument_group(
+        "mcprun vendor PACKAGE...|requirements.txt|SPEC -o DIR, mcprun pack SPEC|PACKAGE -o FILE (on a connected "
+        "machine)")
+    vendoring.add_argument("-o", "--output", metavar="PATH",
+                           help="vendor: the folder to install into, for --pythonpath; pack: the zipapp to write")
+    vendoring.add_argument("--python-version", metavar="X.Y",
+                           help="Python of the machine that will run it (default: this mcprun's)")
+    vendoring.add_argument("--platform", metavar="TAG",
+                           help=f"wheel platform of that machine; older manylinux tags count too (default: "
+                                f"{DEFAULT_MANYLINUX}_ARCH, this machine's ARCH)")
+    vendoring.add_argument("--resolve-timeout", type=parse_seconds, metavar="SECONDS",
+                           help=f"give up when pip takes longer to resolve (default: {DEFAULT_RESOLVE_TIMEOUT:g})")
+
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("-t", "--transport", choices=TRANSPORTS, metavar="{stdio,http,streamable-http,sse}",
+                         help=f"protocol to serve (default: {DEFAULT_TRANSPORT})")
+    serving.add_argument("--host", metavar="HOST", help=f"address to bind for http/sse (default: {DEFAULT_HOST})")
+    serving.add_argument("-p", "--port", type=parse_port, metavar="PORT",
+                         help=f"port for http/sse, 0 for a free one (default: {DEFAULT_PORT})")
+    serving.add_argument("--path", metavar="PATH",
+                         help=f"route of the endpoint (default: {DEFAULT_HTTP_PATH} for http, {DEFAULT_SSE_PATH} for sse)")
+    serving.add_argument("--stateless", action="store_true", default=None,
+                         help="serve streamable HTTP without sessions (each request stands alone)")
+    serving.add_argument("-w", "--workers", type=parse_workers, metavar="N",
+                         help="processes serving http on one port, or 'auto' for one per usable core; "
+                              f"more than 1 needs --stateless (default: {DEFAULT_WORKERS})")
+
+    security = parser.add_argument_group("http security")
+    security.add_argument("--auth-token", metavar="TOKEN",
+                          help="require 'Authorization: Bearer TOKEN' (visible in ps: prefer the file or "
+                               "MCPRUN_AUTH_TOKEN)")
+    security.add_argument("--auth-token-file", metavar="FILE",
+                          help="read the bearer token(s) from FILE, one per line (# comments allowed)")
+    security.add_argument("--require-auth", action="store_true", default=None,
+                          help="refuse to serve http/sse without a token (default: warn when bound beyond loopback)")
+    security.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="HOST",
+                          help="also accept this Host header, e.g. mcp.example.org or *.example.org; "
+                               "repeatable (default: loopback names when bound to loopback)")
+    security.add_argument("--allowed-origin", dest="allowed_origins", action="append", metavar="ORIGIN",
+                          help="also accept requests from this browser Origin, e.g. https://app.example.org; "
+                               "repeatable")
+    security.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
+                          help="let browser pages from ORIGIN read responses (CORS, preflight answered); "
+                               "repeatable, implies --allowed-origin")
+
+    operations = parser.add_argument_group("http operations")
+    operations.add_argument("--health-path", type=parse_route, metavar="PATH",
+                            help=f"liveness route, no auth (default: {DEFAULT_HEALTH_PATH})")
+    operations.add_argument("--ready-path", type=parse_route, metavar="PATH",
+                            help=f"readiness route, 200 while serving, 503 while draining (default: {DEFAULT_READY_PATH})")
+    operations.add_argument("--graceful-timeout", type=parse_seconds, metavar="SECONDS",
+                            help="on SIGTERM/SIGINT, seconds calls in flight get to finish "
+                                 f"(default: {DEFAULT_GRACEFUL_TIMEOUT:g})")
+    operations.add_argument("--max-body", type=parse_size, metavar="SIZE",
+                            help="largest request body, e.g. 16MiB or 500kB (default: 16MiB)")
+    operations.add_argument("--max-connections", type=parse_count, metavar="N",
+                            help="connections open at once, per process; past it the one waiting longest "
+                                 f"for a request is closed (default: {DEFAULT_MAX_CONNECTIONS}, within the "
+                                 "open files limit)")
+    operations.add_argument("--read-timeout", type=parse_seconds, metavar="SECONDS",
+                            help="seconds a client has to send a request's headers, and the longest pause "
+                                 f"in its body; 0 for none (default: {DEFAULT_READ_TIMEOUT:g})")
+    operations.add_argument("--max-sessions", type=parse_count, metavar="N",
+                            help="sessions (sse: event streams) open at once, per process; one client address "
+                                 f"may hold a quarter of them (default: {DEFAULT_MAX_SESSIONS})")
+    operations.add_argument("--session-idle-timeout", type=parse_period, metavar="SECONDS",
+                            help="close a session after this long without a request "
+                                 f"(default: {DEFAULT_SESSION_IDLE_TIMEOUT:g})")
+    operations.add_argument("--no-access-log", dest="access_log", action="store_false", default=None,
+                            help="don't log one line per http request")
+
+    behaviour = parser.add_argument_group("behaviour")
+    behaviour.add_argument("-l", "--log-level", type=parse_log_level, metavar="LEVEL",
+                           help=f"{', '.join(LOG_LEVELS)}; DEBUG also shows tracebacks (default: {DEFAULT_LOG_LEVEL})")
+    behaviour.add_argument("--log-format", type=parse_log_format, metavar="FORMAT",
+                           help=f"text or json (one object per line) (default: {DEFAULT_LOG_FORMAT})")
+    behaviour.add_argument("--no-banner", dest="show_banner", action="store_false", default=None,
+                           help="don't print the start-up line (the http ready line stays)")
+    behaviour.add_argument("--reload", action="store_true", default=None,
+                           help="restart the server when a file changes (development)")
+    behaviour.add_argument("--no-reload", dest="reload", action="store_false", help="turn --reload off")
+    behaviour.add_argument("--reload-dir", dest="reload_dirs", action="append", metavar="DIR",
+                           help="folder to watch with --reload, repeatable (default: the server's folder)")
+    behaviour.add_argument("--pythonpath", action="append", metavar="DIR",
+                           help="folder of extra packages the server imports, searched after the bundle, "
+                                "repeatable (make one with pip install --target DIR)")
+    requirements = parser.add_argument_group(
+        "requirements (checked offline against the bundle and --pythonpath folders; nothing is installed)")
+    requirements.add_argument("--with", dest="with_packages", action="append", metavar="REQ",
+                              help="the server needs this package, e.g. 'pandas>=2'; repeatable")
+    requirements.add_argument("--with-requirements", metavar="FILE", help="the server needs what FILE lists")
+    requirements.add_argument("--project", metavar="DIR", help="the server needs its project's dependencies "
+                                                              "(DIR/pyproject.toml)")
+    requirements.add_argument("--python", metavar="VERSION", help="the server needs this Python, e.g. 3.11 or >=3.10")
+    requirements.add_argument("--allow-network", action="store_true", default=None,
+                              help="with --with/--with-requirements/--project/--python and uv on PATH, let uv "
+                                   "fetch what is missing (as fastmcp run does); never without this flag")
+    requirements.add_argument("--skip-env", action="store_true", default=None,
+                              help="don't check what the server declares it needs (fastmcp.json environment, "
+                                   "# /// script, dependencies=)")
+
+    behaviour.add_argument("--no-compat", dest="compat", action="store_false", default=None,
+                           help="don't map mcp 1.x APIs (mcp.server.fastmcp, low-level decorators) onto the bundled "
+                                "mcp 2.x")
+    behaviour.add_argument("--skip-source", action="store_true", default=None,
+                           help="skip source preparation (accepted for fastmcp run compatibility; "
+                                "local files need none)")
+    behaviour.add_argument("--print-config", action="store_true",
+                           help="print the effective settings and where each came from, and how the server "
+                                "would be served (imports it), then exit")
+    return parser
+
+
+def version_line() -> str:
+    """Return mcprun's version with those of the bundled stack, on one line."""
+    parts = [f"fastmcp {_version_of('fastmcp')}", f"mcp {_version_of('mcp')}",
+             f"Python {platform.python_version()}", f"{platform.system()}-{platform.machine()}"]
+    return f"mcprun {__version__} ({', '.join(parts)})"
+
+
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """Parse argv, honouring 'run' and everything after '--' as server arguments."""
+    command = "run"
+    if argv and argv[0] in COMMANDS:
+        command, argv = argv[0], argv[1:]
+    end = _options_end(argv)
+    args = build_parser().parse_args(argv[:end])
+    args.server_args = [*args.server_args, *argv[end + 1:]]
+    args.argv = argv
+    args.command = command
+    return args
+
+
+# -- settings, 2: config files (fastmcp.json, mcp.json) ----------------------
+
+
+def _is_url(spec: str) -> bool:
+    return spec.lower().startswith(("http://", "https://"))
+
+
+def _is_dotted_name(name: str) -> bool:
+    return bool(name) and all(part.isidentifier() for part in name.split("."))
+
+
+def _is_mcp_config(path: Path) -> bool:
+    """Tell an mcp.json (has 'mcpServers') from a fastmcp.json without failing."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if path.name == "mcp.json":  # so a broken one is reported against the mcp.json schema
+        return not (isinstance(data, dict) and "source" in data)
+    return isinstance(data, dict) and "mcpServers" in data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,8 +936,6 @@ class ServerConfig:
     entrypoint: str | None
     deployment: dict
     environment: dict
-
-
 _SOURCE_KEYS = {"type": str, "path": str, "entrypoint": str}
 _DEPLOYMENT_KEYS = {
     "transport": str, "host": str, "port": int, "path": str, "log_level": str,
@@ -552,7 +1043,7 @@ def load_mcp_config(path: Path) -> dict:
     return data
 
 
-# -- settings: CLI > fastmcp.json > MCPRUN_* environment > defaults ----------
+# -- settings, 3: CLI > fastmcp.json > MCPRUN_* environment > defaults -------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -613,125 +1104,6 @@ class Settings:
     @property
     def debug(self) -> bool:
         return self.log_level == "DEBUG"
-
-
-def parse_port(text: str) -> int:
-    """argparse type: a TCP port number, 0 meaning any free port."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
-    return port
-
-
-def _one_of(text: str, value: str, choices: tuple) -> str:
-    """Return value (text, normalised) if it is one of choices; else the argparse error naming them."""
-    if value not in choices:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose one of {', '.join(choices)})")
-    return value
-
-
-def parse_log_level(text: str) -> str:
-    """argparse type: a log level name, any case."""
-    return _one_of(text, text.upper(), LOG_LEVELS)
-
-
-def parse_transport(text: str) -> str:
-    return _one_of(text, text, TRANSPORTS)
-
-
-def parse_log_format(text: str) -> str:
-    return _one_of(text, text.lower(), LOG_FORMATS)
-
-
-def parse_seconds(text: str) -> float:
-    """argparse type: a duration in seconds, e.g. 10 or 2.5."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (e.g. 10 or 2.5)")
-    return seconds
-
-
-def parse_period(text: str) -> float:
-    """argparse type: a duration in seconds that is more than 0, e.g. 600."""
-    seconds = parse_seconds(text)
-    if not seconds:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 (e.g. 600)")
-    return seconds
-
-
-_SIZE_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
-
-
-def parse_size(text: str) -> int:
-    """argparse type: a size in bytes, with an optional unit: 16MiB, 500k, 1048576."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not match or match[2].lower() not in _SIZE_UNITS or float(match[1]) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 16MiB, 500kB or 1048576)")
-    return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
-
-
-def parse_count(text: str) -> int:
-    """argparse type: a positive whole number."""
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (e.g. 1000)")
-    return count
-
-
-def parse_workers(text: str) -> int:
-    """argparse type: a number of worker processes, or 'auto' for the usable cores."""
-    if text.strip().lower() == "auto":
-        return usable_cores()
-    try:
-        workers = int(text)
-    except ValueError:
-        workers = 0
-    if workers < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1, 2, ... or auto)")
-    return workers
-
-
-def usable_cores() -> int:
-    """Return the cores this process may run on: its CPU affinity, capped by its cgroup v2 cpu.max quota."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    try:  # '0::/some/group' on cgroup v2; each level up to the root may set a quota
-        with open("/proc/self/cgroup") as f:
-            group = next((line[3:].strip() for line in f if line.startswith("0::")), "/")
-    except OSError:
-        group = "/"
-    folder = Path(CGROUP_ROOT + group.rstrip("/"))
-    for level in (folder, *folder.parents):
-        if not str(level).startswith(CGROUP_ROOT):
-            break
-        try:
-            quota, period = (level / "cpu.max").read_text().split()[:2]
-            if quota != "max":
-                cores = min(cores, -(-int(quota) // int(period)))  # 150000/100000: 2 cores, partly
-        except (OSError, ValueError):
-            continue
-    return max(1, cores)
-
-
-def parse_route(text: str) -> str:
-    """argparse type: an HTTP route such as /healthz."""
-    route = text if text.startswith("/") else "/" + text
-    if not re.fullmatch(r"/[\w.~/-]*", route):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a route (e.g. /healthz)")
-    return route
-
 
 # option name -> (how to read it, MCPRUN_* variable, fastmcp.json deployment key);
 # "how to read it" is bool, "paths" (os.pathsep-separated), "list" (comma-separated) or an argparse type.
@@ -800,10 +1172,6 @@ def _from_environment(name: str, kind: Any, variable: str, environ: dict) -> Any
         raise UsageError(f"{variable}={raw!r}: {message}") from None
 
 
-def _options_end(argv: list[str]) -> int:
-    return argv.index("--") if "--" in argv else len(argv)
-
-
 def find_default_config() -> Path:
     """Return ./fastmcp.json, used when no SPEC is given."""
     path = Path(CONFIG_FILE_NAME)
@@ -828,6 +1196,23 @@ def check_combinations(args: argparse.Namespace) -> None:
     if args.command in ("vendor", "pack") and args.spec is None and not Path(CONFIG_FILE_NAME).is_file():
         raise UsageError(f"mcprun {args.command} needs what to {args.command}: packages (mcp-server-git, "
                          "'excel-mcp-server==2.2.2'), a requirements file or a server file")
+
+
+def check_workers(settings: Settings) -> None:
+    """Refuse --workers N > 1 where several processes cannot serve one client correctly."""
+    option = f"--workers {settings.workers}"
+    if settings.transport == "stdio":
+        raise UsageError(f"{option} needs --transport http: over stdio one process serves the one client")
+    if settings.transport == "sse":
+        raise UsageError(f"{option} does not work with SSE: a client's event stream and the calls it posts must "
+                         "reach the same process; use --transport http --stateless, or one worker")
+    if settings.reload:
+        raise UsageError(f"--reload and {option} exclude each other: --reload restarts one development server; "
+                         "send SIGHUP to replace workers with the code on disk")
+    if not settings.stateless:
+        raise UsageError(f"{option} needs --stateless: a streamable-HTTP session lives in one worker and the "
+                         "client's next request may reach another; add --stateless, or run one worker per "
+                         "replica with session affinity on the mcp-session-id header")
 
 
 def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
@@ -877,23 +1262,6 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     return settings
 
 
-def check_workers(settings: Settings) -> None:
-    """Refuse --workers N > 1 where several processes cannot serve one client correctly."""
-    option = f"--workers {settings.workers}"
-    if settings.transport == "stdio":
-        raise UsageError(f"{option} needs --transport http: over stdio one process serves the one client")
-    if settings.transport == "sse":
-        raise UsageError(f"{option} does not work with SSE: a client's event stream and the calls it posts must "
-                         "reach the same process; use --transport http --stateless, or one worker")
-    if settings.reload:
-        raise UsageError(f"--reload and {option} exclude each other: --reload restarts one development server; "
-                         "send SIGHUP to replace workers with the code on disk")
-    if not settings.stateless:
-        raise UsageError(f"{option} needs --stateless: a streamable-HTTP session lives in one worker and the "
-                         "client's next request may reach another; add --stateless, or run one worker per "
-                         "replica with session affinity on the mcp-session-id header")
-
-
 def format_settings(settings: Settings, served: str = "") -> str:
     """Render the effective settings, one 'name = value  (source)' line each; secrets masked."""
     rows = [("spec", settings.spec if not settings.module else f"-m {settings.spec}", "command line")]
@@ -918,7 +1286,7 @@ def format_settings(settings: Settings, served: str = "") -> str:
     return "\n".join(f"{name:<{width}} = {value}" + (f"  ({src})" if src else "") for name, value, src in rows)
 
 
-# -- spec resolution ---------------------------------------------------------
+# -- target: what the spec names, found without importing it -----------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -953,8 +1321,6 @@ class Target:
     url: str | None = None
     script: ConsoleScript | None = None  # entry_point: the console script and where it comes from
     pythonpath: tuple = ()  # folders the target itself implies (the packages beside pip's bin/ script)
-
-
 SELF_STARTING = ("module", "script", "entry_point")  # code that starts its own server, which mcprun catches
 
 
@@ -986,8 +1352,6 @@ def find_console_script(name: str, scripts: list[ConsoleScript]) -> ConsoleScrip
         info(f"{name} has one console script, {provided[0].name}: running it")
         return provided[0]
     return None
-
-
 _PIP_SCRIPT = re.compile(r"^from ([\w.]+) import ([\w.]+)\n.*^\s+sys\.exit\(\2\(\)\)", re.M | re.S)
 
 
@@ -1002,23 +1366,53 @@ def _pip_script(path: Path) -> str | None:
     return f"{found[1]}:{found[2]}" if found else None
 
 
-def _is_url(spec: str) -> bool:
-    return spec.lower().startswith(("http://", "https://"))
+def _importable(name: str, pythonpath: tuple) -> bool:
+    """Tell whether the top-level module of a dotted name can be found, without importing anything."""
+    top = name.split(".")[0]
+    folders = [os.getcwd(), *sys.path, *pythonpath]
+    return top in sys.modules or importlib.machinery.PathFinder.find_spec(top, folders) is not None
 
 
-def _is_dotted_name(name: str) -> bool:
-    return bool(name) and all(part.isidentifier() for part in name.split("."))
+def _entry_point_target(script: ConsoleScript, spec: str, path: Path | None = None) -> Target:
+    """Build a Target for a console script: its module and attribute, and the file pip wrote for it."""
+    module_name, _, object_name = script.value.partition(":")
+    installed = Path(script.folder, "bin", script.name)
+    return Target("entry_point", spec, path=path or (installed if installed.is_file() else None),
+                  module_name=module_name, object_name=object_name or None, script=script,
+                  pythonpath=(script.folder,))
 
 
-def _is_mcp_config(path: Path) -> bool:
-    """Tell an mcp.json (has 'mcpServers') from a fastmcp.json without failing."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if path.name == "mcp.json":  # so a broken one is reported against the mcp.json schema
-        return not (isinstance(data, dict) and "source" in data)
-    return isinstance(data, dict) and "mcpServers" in data
+def _file_target(file_part: str, object_part: str | None, origin: Path | None) -> Target:
+    """Build a Target for a server file, after checking the file and object name."""
+    path = Path(file_part).expanduser()
+    where = f" (source.path in {origin})" if origin else ""
+    if object_part is not None and not _is_dotted_name(object_part):
+        raise UsageError(f"{object_part!r} is not a Python name; use file.py:object{where}")
+    if path.is_dir():
+        if (path / CONFIG_FILE_NAME).is_file():
+            raise UsageError(f"{file_part} is a folder; run its config with 'mcprun {path / CONFIG_FILE_NAME}'")
+        raise UsageError(f"{file_part} is a folder; give the server file inside it, e.g. {path / 'server.py'}")
+    if not path.is_file():
+        hint = "" if file_part.endswith(".py") else (
+            "; give a .py file, module:object, -m module, fastmcp.json, mcp.json or an http(s):// URL"
+        )
+        raise UsageError(f"{file_part}: no such file{where}{hint}")
+    if path.suffix not in (".py", ".pyw", ""):
+        raise UsageError(
+            f"{file_part}: unsupported spec; give a .py file, module:object, -m module, "
+            "fastmcp.json, mcp.json or an http(s):// URL"
+        )
+    label = _short_path(path)
+    if path.suffix == "" and object_part is None:  # a script: pip's console-script wrapper, or any other
+        if value := _pip_script(path):
+            root = path.resolve().parent.parent  # pip install --target DIR writes DIR/bin/NAME
+            folder = str(next(root.glob("lib/python3*/site-packages"), root))  # or a venv's, or --prefix's
+            script = next((s for s in console_scripts((folder,)) if s.name == path.name), None)
+            return _entry_point_target(script or ConsoleScript(path.name, value, "?", "?", folder), label,
+                                       path=path.resolve())
+        return Target("script", label, path=path.resolve())
+    return Target("file", f"{label}:{object_part}" if object_part else label,
+                  path=path.resolve(), object_name=object_part)
 
 
 def resolve_target(settings: Settings) -> Target:
@@ -1079,281 +1473,30 @@ def resolve_target(settings: Settings) -> Target:
                      "give a .py file, module:object, a console script, fastmcp.json, mcp.json or an http(s):// URL")
 
 
-def _importable(name: str, pythonpath: tuple) -> bool:
-    """Tell whether the top-level module of a dotted name can be found, without importing anything."""
-    top = name.split(".")[0]
-    folders = [os.getcwd(), *sys.path, *pythonpath]
-    return top in sys.modules or importlib.machinery.PathFinder.find_spec(top, folders) is not None
-
-
-def _entry_point_target(script: ConsoleScript, spec: str, path: Path | None = None) -> Target:
-    """Build a Target for a console script: its module and attribute, and the file pip wrote for it."""
-    module_name, _, object_name = script.value.partition(":")
-    installed = Path(script.folder, "bin", script.name)
-    return Target("entry_point", spec, path=path or (installed if installed.is_file() else None),
-                  module_name=module_name, object_name=object_name or None, script=script,
-                  pythonpath=(script.folder,))
-
-
-def _file_target(file_part: str, object_part: str | None, origin: Path | None) -> Target:
-    """Build a Target for a server file, after checking the file and object name."""
-    path = Path(file_part).expanduser()
-    where = f" (source.path in {origin})" if origin else ""
-    if object_part is not None and not _is_dotted_name(object_part):
-        raise UsageError(f"{object_part!r} is not a Python name; use file.py:object{where}")
-    if path.is_dir():
-        if (path / CONFIG_FILE_NAME).is_file():
-            raise UsageError(f"{file_part} is a folder; run its config with 'mcprun {path / CONFIG_FILE_NAME}'")
-        raise UsageError(f"{file_part} is a folder; give the server file inside it, e.g. {path / 'server.py'}")
-    if not path.is_file():
-        hint = "" if file_part.endswith(".py") else (
-            "; give a .py file, module:object, -m module, fastmcp.json, mcp.json or an http(s):// URL"
-        )
-        raise UsageError(f"{file_part}: no such file{where}{hint}")
-    if path.suffix not in (".py", ".pyw", ""):
-        raise UsageError(
-            f"{file_part}: unsupported spec; give a .py file, module:object, -m module, "
-            "fastmcp.json, mcp.json or an http(s):// URL"
-        )
-    label = _short_path(path)
-    if path.suffix == "" and object_part is None:  # a script: pip's console-script wrapper, or any other
-        if value := _pip_script(path):
-            root = path.resolve().parent.parent  # pip install --target DIR writes DIR/bin/NAME
-            folder = str(next(root.glob("lib/python3*/site-packages"), root))  # or a venv's, or --prefix's
-            script = next((s for s in console_scripts((folder,)) if s.name == path.name), None)
-            return _entry_point_target(script or ConsoleScript(path.name, value, "?", "?", folder), label,
-                                       path=path.resolve())
-        return Target("script", label, path=path.resolve())
-    return Target("file", f"{label}:{object_part}" if object_part else label,
-                  path=path.resolve(), object_name=object_part)
-
-
-# -- prepared process: environment, stdout guard, import, server object ------
-
-
-def _version_of(distribution: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def prepare_process(settings: Settings, target: Target) -> None:
-    """Set up this process before user code runs: offline defaults, config env and cwd, logging, the mappings
-    and the --pythonpath folders (with those the target implies)."""
-    os.environ.update(OFFLINE_ENVIRONMENT)
-    for key, value in OFFLINE_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    if os.path.expanduser("~") == "~" and not os.environ.get("XDG_DATA_HOME"):
-        # No HOME and no passwd entry (a bare chroot, a container): fastmcp needs a data folder to import.
-        os.environ["XDG_DATA_HOME"] = os.path.join(tempfile.gettempdir(), f"mcprun-{os.getuid()}")
-    if settings.config:
-        deployment = settings.config.deployment
-        for key, value in (deployment.get("env") or {}).items():
-            os.environ[key] = re.sub(r"\$\{([^}]+)\}", lambda m: os.environ.get(m.group(1), m.group(0)), value)
-        if "PYTHONPATH" in (deployment.get("env") or {}):  # set too late for the interpreter to read it
-            sys.path.extend(folder for folder in os.environ["PYTHONPATH"].split(os.pathsep) if folder)
-        if deployment.get("cwd"):
-            cwd = Path(os.path.abspath(settings.config.file.parent / deployment["cwd"]))  # beside a symlink too
-            try:
-                os.chdir(cwd)
-            except OSError as exc:
-                raise UsageError(f"{settings.config.file}: 'deployment.cwd' {str(cwd)!r}: {exc.strerror}") from None
-    # Import the bundled stack first, so a user's mcp.py or fastmcp.py can't shadow it.
-    try:
-        import fastmcp  # noqa: F401
-        import mcp.server.mcpserver  # noqa: F401
-    except ImportError as exc:
-        origin = getattr(sys.modules.get((exc.name or "mcp").split(".")[0]), "__file__", None) or "?"
-        raise Failure(f"the bundled fastmcp stack failed to import ({_first_line(exc)}): {origin} shadows it; "
-                      "remove fastmcp/mcp and their dependencies from PYTHONPATH") from exc
-    configure_logging(settings.log_level, settings.log_format)
-    warnings.showwarning = one_line_warnings()
-    if settings.compat:
-        install_compat()
-    add_pythonpath(tuple(dict.fromkeys((*settings.pythonpath, *target.pythonpath))))
-
-
-
-def one_line_warnings() -> Any:
-    """Return a warnings.showwarning that logs each distinct warning once, as one 'mcprun: warning:' line."""
-    shown: set = set()
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if (category, str(message)) not in shown:
-            shown.add((category, str(message)))
-            warn(f"{category.__name__}: {message} ({_short_path(filename)}:{lineno})")
-
-    return show
-
-
-def add_pythonpath(folders: tuple) -> None:
-    """Search these folders after the bundle, warning when their compiled modules are for another Python."""
-    running = "cpython-%d%d-" % sys.version_info[:2]
-    for folder in folders:
-        if not os.path.isdir(folder):
-            raise UsageError(f"--pythonpath {folder}: no such folder")
-        check_vendored_for_here(folder)
-        foreign = sorted({name for _, _, names in _walk_two_levels(folder) for name in names
-                          if ".cpython-" in name and name.endswith(".so") and running not in name})
-        if foreign:
-            tag = foreign[0].split(".cpython-")[1].split("-")[0]
-            warn(f"--pythonpath {folder} holds modules compiled for CPython {tag[0]}.{tag[1:]} (e.g. {foreign[0]}), "
-                 f"but mcprun runs {platform.python_version()}: rebuild the folder with 'pip install --target DIR "
-                 f"--python-version {sys.version_info[0]}.{sys.version_info[1]} --only-binary=:all: ...'")
-        if folder not in sys.path:
-            sys.path.append(folder)
-
-
-def _walk_two_levels(folder: str):
-    """Yield os.walk entries for folder, its packages and their subpackages (not deeper)."""
-    for entry in os.walk(folder):
-        if entry[0].count(os.sep) - folder.rstrip(os.sep).count(os.sep) >= 2:
-            entry[1].clear()  # prune: compiled modules sit near a package's top
-        yield entry
-
-
-LOGGED_FIELD = 200  # characters of a path, method or tool name an access line shows
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")  # what could end a log line or restyle it
-
-
-def _one_line(text: str) -> str:
-    """Return text with the characters that could break a log line escaped (\\n, \\x1b, ...)."""
-    return _CONTROL.sub(lambda found: repr(found[0])[1:-1], text)
-
-
-def _loggable(text: str) -> str:
-    """Return a field a client sent, fit for a log line: escaped, at most LOGGED_FIELD characters."""
-    text = _one_line(text)
-    return text if len(text) <= LOGGED_FIELD else text[:LOGGED_FIELD] + "…"
-
-
-class LogFormatter(logging.Formatter):
-    """One line per record: 'mcprun: ...' for mcprun's own lines, 'HH:MM:SS LEVEL logger: ...' for the
-    rest; or, for --log-format json, one JSON object per line. Never colour. A record's traceback (a
-    library's logger.exception()) is printed only at DEBUG; else its exception's first line ends the line."""
-
-    def __init__(self, log_format: str, tracebacks: bool = False) -> None:
-        super().__init__()
-        self.json = log_format == "json"
-        self.tracebacks = tracebacks
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.name == "uvicorn.error":  # uvicorn logs everything but access lines there
-            record.name = "uvicorn"
-        raised = record.exc_info[1] if record.exc_info else None
-        if raised is not None and not self.tracebacks:
-            message += f" ({type(raised).__name__}: {_first_line(raised)})"
-        traceback_text = self.formatException(record.exc_info) if raised is not None and self.tracebacks else ""
-        if self.json:
-            entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-                     "level": record.levelname, "logger": record.name, "message": message,
-                     **getattr(record, "fields", {})}
-            if traceback_text:
-                entry["exception"] = traceback_text
-            return json.dumps(entry, default=str)
-        if record.name == "mcprun":
-            prefix = {"WARNING": "warning: ", "ERROR": "error: ", "CRITICAL": "error: "}.get(record.levelname, "")
-            line = f"mcprun: {prefix}{_one_line(message)}"
-        else:
-            line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname} {record.name}: {_one_line(message)}"
-        return line + ("\n" + traceback_text if traceback_text else "")
-
-
-def configure_logging(level: str, log_format: str = DEFAULT_LOG_FORMAT) -> None:
-    """Send every log record, fastmcp's and uvicorn's too, to stderr in one format at one level."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogFormatter(log_format, tracebacks=level == "DEBUG"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    own = logging.getLogger("mcprun")  # its own handler: a server that sets up logging again can't restyle it
-    own.handlers[:] = [handler]
-    own.propagate = False
-    fastmcp_logger = logging.getLogger("fastmcp")
-    fastmcp_logger.handlers.clear()  # fastmcp installs its own at import
-    fastmcp_logger.propagate = True
-    fastmcp_logger.setLevel(level)
-    logging.getLogger("mcprun").setLevel(min(logging.INFO, logging.getLevelName(level)))  # ready lines always
-    logging.getLogger("mcprun.access").setLevel(level)
-
-
-def divert_stdout() -> int | None:
-    """Point fd 1 at stderr so stray prints miss the protocol; return the saved wire fd."""
-    try:
-        sys.stdout.flush()
-        wire = os.dup(1)
-        os.dup2(2, 1)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return wire
-
-
-def restore_stdout(wire: int | None) -> None:
-    """Give fd 1 back to the protocol stream, flushing what was printed meanwhile to stderr."""
-    if wire is None:
-        return
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
-    os.dup2(wire, 1)
-    os.close(wire)
-
-
-@dataclasses.dataclass(frozen=True)
-class Wire:
-    """The stdio protocol stream on private descriptors, while fd 0 reads end-of-file and fd 1 writes to stderr."""
-
-    stdin: int
-    stdout: int
-
-    def streams(self) -> tuple:
-        """Return the stdin and stdout the SDK's stdio_server() takes, over the private descriptors."""
-        import io
-
-        import anyio
-
-        reader = io.TextIOWrapper(os.fdopen(self.stdin, "rb", closefd=False), encoding="utf-8", errors="replace")
-        writer = io.TextIOWrapper(os.fdopen(self.stdout, "wb", closefd=False), encoding="utf-8")
-        return anyio.wrap_file(reader), anyio.wrap_file(writer)
-
-
-def take_wire() -> Wire:
-    """Keep stdin and stdout for the protocol alone, from now until mcprun exits.
-
-    The protocol moves to private descriptors; fd 0 then reads end-of-file and fd 1 writes to
-    stderr, so what the server prints or reads, when it is imported, in its lifespan, in a tool,
-    in a child process or at exit, buffered or not, misses the wire.
-    """
-    import fcntl
-
-    sys.stdout.flush()
-    try:
-        wire = Wire(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3), fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3))
-    except OSError as exc:
-        raise UsageError(f"stdio needs an open stdin and stdout ({exc.strerror}): start mcprun from an MCP client, "
-                         "or serve with --transport http") from None
-    empty, closed = os.pipe()  # reads as end-of-file, even where there is no /dev/null (an empty chroot)
-    os.close(closed)
-    os.dup2(empty, 0)
-    os.close(empty)
-    os.dup2(2, 1)
-    return wire
-
-
-# -- compatibility: servers written for older generations of the stack -------
+# -- prepared process, 1: compatibility with older generations of the stack ---
 #
 # mcp 2.x renamed mcp 1.x's high-level server (mcp.server.fastmcp.FastMCP -> mcp.server.mcpserver.MCPServer)
 # and replaced the low-level Server's decorators with constructor arguments, so files written for mcp 1.x
 # die on their first lines. mcprun maps the old names onto the bundled ones: only names mcp 2.x lacks, so
 # valid 2.x code never changes, and --no-compat turns it all off.
 
+
+def server_kind(obj: Any) -> str | None:
+    """Return 'fastmcp', 'sdk' or 'lowlevel' for a server object this mcprun can serve, else None."""
+    from fastmcp import FastMCP
+    from mcp.server.lowlevel import Server
+    from mcp.server.mcpserver import MCPServer
+
+    if isinstance(obj, FastMCP):
+        return "fastmcp"
+    if isinstance(obj, MCPServer):
+        return "sdk"
+    if isinstance(obj, Server):
+        return "lowlevel"
+    return None
 LEGACY_PACKAGE = "mcp.server.fastmcp"
 MODERN_PACKAGE = "mcp.server.mcpserver"
+
 # fastmcp 2.x/3.x modules fastmcp 4 split or moved: old name -> the modules that hold its names now
 FASTMCP3_MODULES = {
     "fastmcp.server.proxy": ("fastmcp.server.providers.proxy",),
@@ -1361,84 +1504,12 @@ FASTMCP3_MODULES = {
     "fastmcp.prompts.prompt": ("fastmcp.prompts.base", "fastmcp.prompts.function_prompt"),
     "fastmcp.resources.resource": ("fastmcp.resources.base", "fastmcp.resources.function_resource"),
 }
+
 # FastMCP() arguments fastmcp 4 removed, that mcprun maps: old name -> mcprun setting it becomes (or None)
 FASTMCP3_SETTINGS = {"host": "host", "port": "port", "sse_path": "path", "streamable_http_path": "path",
                      "stateless_http": "stateless", "json_response": None, "message_path": None,
                      "log_level": None, "debug": None}
 _legacy_request = contextvars.ContextVar("mcprun_legacy_request", default=None)  # for get_context()/request_context
-
-
-class LegacyImports(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """A sys.meta_path finder serving mcp.server.fastmcp[.*] from the bundled mcp.server.mcpserver[.*]."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname == LEGACY_PACKAGE or fullname.startswith(LEGACY_PACKAGE + "."):
-            return importlib.util.spec_from_loader(fullname, self, is_package=True)
-        if fullname in FASTMCP3_MODULES and importlib.machinery.PathFinder.find_spec(fullname, path) is None:
-            return importlib.util.spec_from_loader(fullname, self)
-        return None
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module) -> None:
-        if module.__name__ in FASTMCP3_MODULES:
-            sources = FASTMCP3_MODULES[module.__name__]
-            for source in sources:
-                module.__dict__.update((k, v) for k, v in vars(importlib.import_module(source)).items()
-                                       if not k.startswith("__"))
-            warn(f"{module.__name__} is fastmcp 2.x/3.x: mapped onto {', '.join(sources)} (import from there)")
-            return
-        modern_name = MODERN_PACKAGE + module.__name__[len(LEGACY_PACKAGE):]
-        try:
-            modern = importlib.import_module(modern_name)
-        except ModuleNotFoundError:
-            raise ModuleNotFoundError(f"No module named {module.__name__!r}: mcp 1.x had it, mcp 2.x has no "
-                                      f"{modern_name} to map it onto", name=module.__name__) from None
-        module.__dict__.update((k, v) for k, v in vars(modern).items() if not k.startswith("__"))
-        module.__dict__.update(legacy_names(module.__name__))
-
-
-def install_compat() -> None:
-    """Make mcp 1.x names importable and usable (inert until a server file uses them)."""
-    sys.meta_path.insert(0, LegacyImports())
-    import mcp.shared.exceptions
-    from mcp.server.lowlevel.server import Server
-    from mcp.server.mcpserver import Context
-
-    if not hasattr(mcp.shared.exceptions, "McpError"):
-        mcp.shared.exceptions.McpError = mcp.shared.exceptions.MCPError
-    for name, value in legacy_context_members().items():
-        if not hasattr(Context, name):
-            setattr(Context, name, value)
-    if not hasattr(Server, "call_tool"):  # once: mcp 2.x has none of these
-        for name, value in legacy_lowlevel_members(Server).items():
-            setattr(Server, name, value)
-    import fastmcp
-    from fastmcp.server.context import Context as FastMCPContext
-
-    if not hasattr(fastmcp.FastMCP.__init__, "__wrapped__"):
-        for name, value in fastmcp3_members(fastmcp.FastMCP).items():
-            setattr(fastmcp.FastMCP, name, value)
-    for name, replacement in (("sample", "call an LLM from the tool itself (server-initiated sampling is "
-                                          "deprecated in MCP, SEP-2577)"),
-                              ("list_roots", "take the paths as tool arguments or configuration (roots are "
-                                             "deprecated in MCP, SEP-2577)")):
-        if not hasattr(FastMCPContext, name):
-            setattr(FastMCPContext, name, _removed_in_fastmcp4(f"ctx.{name}()", replacement))
-
-
-def legacy_names(module_name: str) -> dict:
-    """Names an mcp 1.x module had that its mcp 2.x counterpart lacks."""
-    suffix = module_name[len(LEGACY_PACKAGE):]
-    if suffix in ("", ".server"):
-        fastmcp_class, settings_class = legacy_fastmcp_classes()
-        return {"FastMCP": fastmcp_class, "Settings": settings_class}
-    if suffix == ".exceptions":
-        from mcp.server.mcpserver.exceptions import MCPServerError
-
-        return {"FastMCPError": MCPServerError, "ValidationError": type("ValidationError", (MCPServerError,), {})}
-    return {}
 
 
 @functools.cache
@@ -1528,6 +1599,50 @@ def legacy_fastmcp_classes() -> tuple:
     return FastMCP, Settings
 
 
+def legacy_names(module_name: str) -> dict:
+    """Names an mcp 1.x module had that its mcp 2.x counterpart lacks."""
+    suffix = module_name[len(LEGACY_PACKAGE):]
+    if suffix in ("", ".server"):
+        fastmcp_class, settings_class = legacy_fastmcp_classes()
+        return {"FastMCP": fastmcp_class, "Settings": settings_class}
+    if suffix == ".exceptions":
+        from mcp.server.mcpserver.exceptions import MCPServerError
+
+        return {"FastMCPError": MCPServerError, "ValidationError": type("ValidationError", (MCPServerError,), {})}
+    return {}
+
+
+class LegacyImports(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """A sys.meta_path finder serving mcp.server.fastmcp[.*] from the bundled mcp.server.mcpserver[.*]."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == LEGACY_PACKAGE or fullname.startswith(LEGACY_PACKAGE + "."):
+            return importlib.util.spec_from_loader(fullname, self, is_package=True)
+        if fullname in FASTMCP3_MODULES and importlib.machinery.PathFinder.find_spec(fullname, path) is None:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        if module.__name__ in FASTMCP3_MODULES:
+            sources = FASTMCP3_MODULES[module.__name__]
+            for source in sources:
+                module.__dict__.update((k, v) for k, v in vars(importlib.import_module(source)).items()
+                                       if not k.startswith("__"))
+            warn(f"{module.__name__} is fastmcp 2.x/3.x: mapped onto {', '.join(sources)} (import from there)")
+            return
+        modern_name = MODERN_PACKAGE + module.__name__[len(LEGACY_PACKAGE):]
+        try:
+            modern = importlib.import_module(modern_name)
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError(f"No module named {module.__name__!r}: mcp 1.x had it, mcp 2.x has no "
+                                      f"{modern_name} to map it onto", name=module.__name__) from None
+        module.__dict__.update((k, v) for k, v in vars(modern).items() if not k.startswith("__"))
+        module.__dict__.update(legacy_names(module.__name__))
+
+
 def fastmcp3_members(server_class: type) -> dict:
     """fastmcp 2.x/3.x FastMCP API that fastmcp 4 removed, mapped where a faithful mapping exists.
 
@@ -1615,6 +1730,30 @@ def legacy_context_members() -> dict:
         "fastmcp": property(lambda self: self.mcp_server),
         "client_id": property(lambda self: (getattr(self.request_context, "meta", None) or {}).get("client_id")),
     }
+
+
+async def _complete(func, params):
+    import mcp.types as types
+
+    completion = await func(params.ref, params.argument, params.context)
+    return types.CompleteResult(completion=completion or types.Completion(values=[], total=None, has_more=None))
+
+
+def _any_url(uri: str) -> Any:
+    """mcp 1.x handed resource URIs to handlers as pydantic AnyUrl."""
+    from pydantic import AnyUrl
+
+    try:
+        return AnyUrl(uri)
+    except ValueError:
+        return uri
+
+
+def _takes_argument(func: Any) -> bool:
+    try:
+        return len(inspect.signature(func).parameters) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def legacy_lowlevel_members(server_class: type) -> dict:
@@ -1725,28 +1864,33 @@ def legacy_lowlevel_members(server_class: type) -> dict:
     }
 
 
-async def _complete(func, params):
-    import mcp.types as types
+def install_compat() -> None:
+    """Make mcp 1.x names importable and usable (inert until a server file uses them)."""
+    sys.meta_path.insert(0, LegacyImports())
+    import mcp.shared.exceptions
+    from mcp.server.lowlevel.server import Server
+    from mcp.server.mcpserver import Context
 
-    completion = await func(params.ref, params.argument, params.context)
-    return types.CompleteResult(completion=completion or types.Completion(values=[], total=None, has_more=None))
+    if not hasattr(mcp.shared.exceptions, "McpError"):
+        mcp.shared.exceptions.McpError = mcp.shared.exceptions.MCPError
+    for name, value in legacy_context_members().items():
+        if not hasattr(Context, name):
+            setattr(Context, name, value)
+    if not hasattr(Server, "call_tool"):  # once: mcp 2.x has none of these
+        for name, value in legacy_lowlevel_members(Server).items():
+            setattr(Server, name, value)
+    import fastmcp
+    from fastmcp.server.context import Context as FastMCPContext
 
-
-def _any_url(uri: str) -> Any:
-    """mcp 1.x handed resource URIs to handlers as pydantic AnyUrl."""
-    from pydantic import AnyUrl
-
-    try:
-        return AnyUrl(uri)
-    except ValueError:
-        return uri
-
-
-def _takes_argument(func: Any) -> bool:
-    try:
-        return len(inspect.signature(func).parameters) > 0
-    except (TypeError, ValueError):
-        return False
+    if not hasattr(fastmcp.FastMCP.__init__, "__wrapped__"):
+        for name, value in fastmcp3_members(fastmcp.FastMCP).items():
+            setattr(fastmcp.FastMCP, name, value)
+    for name, replacement in (("sample", "call an LLM from the tool itself (server-initiated sampling is "
+                                          "deprecated in MCP, SEP-2577)"),
+                              ("list_roots", "take the paths as tool arguments or configuration (roots are "
+                                             "deprecated in MCP, SEP-2577)")):
+        if not hasattr(FastMCPContext, name):
+            setattr(FastMCPContext, name, _removed_in_fastmcp4(f"ctx.{name}()", replacement))
 
 
 def server_path(server: Any) -> str:
@@ -1758,6 +1902,16 @@ def server_path(server: Any) -> str:
         return "fastmcp 4 FastMCP, with fastmcp 2.x/3.x arguments mapped"
     return {"fastmcp": "fastmcp 4 FastMCP", "sdk": "mcp 2.x MCPServer", "lowlevel": "low-level mcp Server"}.get(
         kind, "unknown")
+
+
+def _where_unset(settings: Settings, wanted: dict, source: str) -> Settings:
+    """Return settings with the wanted values for the options the user left at their defaults."""
+    changes = {name: value for name, value in wanted.items()
+               if settings.sources.get(name, "default") == "default" and value != getattr(settings, name)
+               and not (name == "path" and value == settings.http_path)}
+    if not changes:
+        return settings
+    return dataclasses.replace(settings, **changes, sources={**settings.sources, **dict.fromkeys(changes, source)})
 
 
 def adopt_server_settings(settings: Settings, server: Any) -> Settings:
@@ -1772,17 +1926,55 @@ def adopt_server_settings(settings: Settings, server: Any) -> Settings:
     return _where_unset(settings, wanted, "the server's constructor")
 
 
-def _where_unset(settings: Settings, wanted: dict, source: str) -> Settings:
-    """Return settings with the wanted values for the options the user left at their defaults."""
-    changes = {name: value for name, value in wanted.items()
-               if settings.sources.get(name, "default") == "default" and value != getattr(settings, name)
-               and not (name == "path" and value == settings.http_path)}
-    if not changes:
-        return settings
-    return dataclasses.replace(settings, **changes, sources={**settings.sources, **dict.fromkeys(changes, source)})
+# -- prepared process, 2: the --pythonpath folders ---------------------------
+
+MANIFEST = "MANIFEST"
 
 
-# -- requirements: what a server declares it needs, checked offline -----------
+def check_vendored_for_here(folder: str) -> None:
+    """Refuse a vendored folder made for another Python or machine (its MANIFEST says which)."""
+    try:
+        lines = Path(folder, MANIFEST).read_text().splitlines()
+    except OSError:
+        return
+    said = dict(line.split(" ", 1) for line in lines if line.startswith(("python ", "platform ")))
+    running = "%d.%d" % sys.version_info[:2]
+    if said.get("python", running) != running:
+        raise Failure(f"--pythonpath {_short_path(folder)} was vendored for Python {said['python']}, but mcprun runs "
+                      f"{running}: vendor again with 'mcprun vendor ... --python-version {running}'")
+    machine = platform.machine()
+    if "platform" in said and not said["platform"].endswith(("_" + machine, "any")):
+        raise Failure(f"--pythonpath {_short_path(folder)} was vendored for {said['platform']}, but this machine is "
+                      f"{machine}: vendor again with --platform")
+
+
+def _walk_two_levels(folder: str):
+    """Yield os.walk entries for folder, its packages and their subpackages (not deeper)."""
+    for entry in os.walk(folder):
+        if entry[0].count(os.sep) - folder.rstrip(os.sep).count(os.sep) >= 2:
+            entry[1].clear()  # prune: compiled modules sit near a package's top
+        yield entry
+
+
+def add_pythonpath(folders: tuple) -> None:
+    """Search these folders after the bundle, warning when their compiled modules are for another Python."""
+    running = "cpython-%d%d-" % sys.version_info[:2]
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise UsageError(f"--pythonpath {folder}: no such folder")
+        check_vendored_for_here(folder)
+        foreign = sorted({name for _, _, names in _walk_two_levels(folder) for name in names
+                          if ".cpython-" in name and name.endswith(".so") and running not in name})
+        if foreign:
+            tag = foreign[0].split(".cpython-")[1].split("-")[0]
+            warn(f"--pythonpath {folder} holds modules compiled for CPython {tag[0]}.{tag[1:]} (e.g. {foreign[0]}), "
+                 f"but mcprun runs {platform.python_version()}: rebuild the folder with 'pip install --target DIR "
+                 f"--python-version {sys.version_info[0]}.{sys.version_info[1]} --only-binary=:all: ...'")
+        if folder not in sys.path:
+            sys.path.append(folder)
+
+
+# -- prepared process, 3: requirements, what a server declares it needs, checked offline ---
 #
 # mcprun never installs anything. What a server declares (fastmcp.json 'environment', PEP 723 script
 # metadata, --with/--with-requirements/--project/--python, FastMCP(dependencies=...)) is checked
@@ -1797,6 +1989,53 @@ class Declared:
 
     requirements: tuple = ()  # (requirement text, origin)
     pythons: tuple = ()  # (version or specifier, origin)
+
+
+def load_toml(text: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def script_metadata(path: Path) -> dict:
+    """Return the PEP 723 '# /// script' table of a Python file, or {}."""
+    try:
+        source = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    blocks = [m for m in _SCRIPT_METADATA.finditer(source) if m["type"] == "script"]
+    if not blocks:
+        return {}
+    content = "".join(line[2:] if line.startswith("# ") else line[1:]
+                      for line in blocks[0]["content"].splitlines(keepends=True))
+    try:
+        return load_toml(content)
+    except ValueError as exc:
+        raise UsageError(f"{_short_path(path)}: the '# /// script' block is not valid TOML: {exc}") from None
+
+
+def read_requirements_file(path: Path, origin: str) -> list:
+    """Return (requirement, origin) for each line of a requirements file (no options, no includes)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+    found = [line.split(" #")[0].strip() for line in lines]
+    return [(line, f"{origin} ({_short_path(path)})") for line in found if line and not line.startswith(("#", "-"))]
+
+
+def project_requirements(path: Path, origin: str) -> list:
+    """Return (requirement, origin) for the [project] dependencies of a pyproject.toml or its folder."""
+    path = path / "pyproject.toml" if path.is_dir() else path
+    try:
+        project = load_toml(path.read_text(encoding="utf-8")).get("project", {})
+    except OSError as exc:
+        raise UsageError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{origin}: {path} is not valid TOML: {exc}") from None
+    return [(text, f"{origin} ({_short_path(path)})") for text in project.get("dependencies") or []]
 
 
 def declared_requirements(settings: Settings, target: Target) -> Declared:
@@ -1828,53 +2067,6 @@ def declared_requirements(settings: Settings, target: Target) -> Declared:
     if settings.python:
         pythons.append((settings.python, "--python"))
     return Declared(tuple(requirements), tuple(pythons))
-
-
-def script_metadata(path: Path) -> dict:
-    """Return the PEP 723 '# /// script' table of a Python file, or {}."""
-    try:
-        source = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return {}
-    blocks = [m for m in _SCRIPT_METADATA.finditer(source) if m["type"] == "script"]
-    if not blocks:
-        return {}
-    content = "".join(line[2:] if line.startswith("# ") else line[1:]
-                      for line in blocks[0]["content"].splitlines(keepends=True))
-    try:
-        return load_toml(content)
-    except ValueError as exc:
-        raise UsageError(f"{_short_path(path)}: the '# /// script' block is not valid TOML: {exc}") from None
-
-
-def load_toml(text: str) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib
-    return tomllib.loads(text)
-
-
-def read_requirements_file(path: Path, origin: str) -> list:
-    """Return (requirement, origin) for each line of a requirements file (no options, no includes)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UsageError(f"{origin}: cannot read {path}: {exc.strerror}") from None
-    found = [line.split(" #")[0].strip() for line in lines]
-    return [(line, f"{origin} ({_short_path(path)})") for line in found if line and not line.startswith(("#", "-"))]
-
-
-def project_requirements(path: Path, origin: str) -> list:
-    """Return (requirement, origin) for the [project] dependencies of a pyproject.toml or its folder."""
-    path = path / "pyproject.toml" if path.is_dir() else path
-    try:
-        project = load_toml(path.read_text(encoding="utf-8")).get("project", {})
-    except OSError as exc:
-        raise UsageError(f"{origin}: cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise UsageError(f"{origin}: {path} is not valid TOML: {exc}") from None
-    return [(text, f"{origin} ({_short_path(path)})") for text in project.get("dependencies") or []]
 
 
 @functools.cache
@@ -1969,8 +2161,8 @@ def requirement_problems(declared: Declared, compat: bool) -> list[str]:
 
 
 def check_requirements(declared: Declared, settings: Settings, where: str) -> None:
-    """Raise one Failure listing every declared requirement this mcprun cannot meet."""
-    problems = requirement_problems(declared, settings.compat)
+    """Raise one Failure listing every declared requirement this mcprun cannot meet (none with --skip-env)."""
+    problems = [] if settings.skip_env else requirement_problems(declared, settings.compat)
     if not problems:
         return
     missing = [text for text, _ in declared.requirements if any(problem.startswith(f"{text} (not installed;")
@@ -2020,6 +2212,19 @@ def fetch_with_uv(settings: Settings) -> Settings:
     return dataclasses.replace(settings, pythonpath=(*settings.pythonpath, str(cache)))
 
 
+def meet_requirements(settings: Settings, target: Target) -> Settings:
+    """The gate before the server's code runs: what it declares must be met by the bundle and the
+    --pythonpath folders (with --allow-network, uv fetches what is missing first); return the settings
+    to serve with (uv's folders added)."""
+    if settings.skip_env:
+        return settings
+    declared = declared_requirements(settings, target)
+    if settings.allow_network and requirement_problems(declared, settings.compat):
+        settings = fetch_with_uv(settings)
+    check_requirements(declared, settings, settings.spec if settings.config else target.spec)
+    return settings
+
+
 def server_dependencies(server: Any) -> Declared:
     """Requirements a server object declares itself: FastMCP(dependencies=...) of mcp 1.x and fastmcp 2/3."""
     found = getattr(getattr(server, "settings", None), "dependencies", None) or getattr(
@@ -2028,424 +2233,121 @@ def server_dependencies(server: Any) -> Declared:
     return Declared(tuple((text, f"FastMCP({name!r}, dependencies=...)") for text in found if isinstance(text, str)))
 
 
-# -- vendoring: a folder of the packages a server needs, made on a connected machine
-#
-# 'mcprun vendor' runs the user's own pip (with the user's index, proxy and configuration) for the
-# target machine's Python and wheel tags. To pip, the bundle counts as installed: PIP_WITH_MAPPINGS
-# drops every requirement the bundle meets as pip reads it (requirements on mcp and fastmcp count as
-# met at any depth, since the mappings serve mcp 1.x and fastmcp 2/3), so pip fetches only what is
-# missing; a requirement the bundle does not meet meets the bundle's version as a constraint, and
-# pip reports the conflict. What the user names is pinned to its newest release first, so that pip
-# never falls back to an older one in silence.
-
-MANIFEST = "MANIFEST"
-DEFAULT_MANYLINUX = "manylinux_2_28"  # RHEL 8's glibc, and every manylinux tag below it (2_17 = manylinux2014 ...)
-DEFAULT_RESOLVE_TIMEOUT = 300.0  # seconds pip gets for each resolution of what vendor installs
-MINIMUM_PIP = (22, 2)  # install --dry-run --report
-SERVED_BY_MAPPINGS = ("mcp", "fastmcp")  # requirements on these count as met while the mappings are on
+# -- prepared process, 4: environment, logging, the stdio wire ---------------
 
 
-def default_platform() -> str:
-    """Return the wheel platform vendor installs for by default: this machine's architecture, glibc 2.28."""
-    return f"{DEFAULT_MANYLINUX}_{platform.machine()}"
+def one_line_warnings() -> Any:
+    """Return a warnings.showwarning that logs each distinct warning once, as one 'mcprun: warning:' line."""
+    shown: set = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if (category, str(message)) not in shown:
+            shown.add((category, str(message)))
+            warn(f"{category.__name__}: {message} ({_short_path(filename)}:{lineno})")
+
+    return show
 
 
-def platform_ladder(tag: str) -> list[str]:
-    """Return every platform tag a machine of tag takes wheels for: manylinux_2_28_x86_64 takes
-    manylinux_2_28 down to manylinux_2_17 (manylinux2014) and manylinux1, and linux_x86_64."""
-    legacy = {"manylinux2014": (2, 17), "manylinux2010": (2, 12), "manylinux1": (2, 5)}
-    found = re.fullmatch(r"(manylinux_(\d+)_(\d+)|manylinux2014|manylinux2010|manylinux1|musllinux_1_(\d+))_(\w+)",
-                         tag)
-    if not found:
-        return [tag]
-    arch = found[5]
-    if found[4] is not None:  # musllinux_1_2 takes musllinux_1_1 too
-        return [f"musllinux_1_{minor}_{arch}" for minor in range(int(found[4]), 0, -1)]
-    major, minor = (int(found[2]), int(found[3])) if found[2] else legacy[found[1]]
-    tags = [f"manylinux_{major}_{m}_{arch}" for m in range(minor, 4, -1)]
-    tags += [f"{name}_{arch}" for name, (_, m) in legacy.items() if m <= minor]
-    return [*tags, f"linux_{arch}"]
-
-
-def vendor_requirements(settings: Settings) -> list:
-    """Return (requirement, origin) for the vendor command's items: package names or pins, requirements
-    files, or a server spec whose declared needs count (fastmcp.json environment, # /// script)."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    found = []
-    for item in (settings.spec, *settings.server_args):
-        if item.endswith(".txt"):
-            found += read_requirements_file(Path(item), item)
-            continue
-        if item.endswith((".py", ".json")) or "/" in item or Path(item).exists():
-            config = settings.config if item == settings.spec else (
-                load_server_config(Path(item)) if item.endswith(".json") and not _is_mcp_config(Path(item)) else None)
-            item_settings = dataclasses.replace(settings, spec=item, config=config, with_packages=())
-            found += declared_requirements(item_settings, resolve_target(item_settings)).requirements
-            continue
-        try:
-            Requirement(item)
-        except InvalidRequirement:
-            raise UsageError(f"{item!r} is no package, requirements file or server file to vendor") from None
-        found.append((item, "command line"))
-    return found + [(text, "--with") for text in settings.with_packages]
-
-
-def vendor(settings: Settings, output: str, python_version: str | None, platform_tag: str | None,
-           resolve_timeout: float | None = None) -> int:
-    """mcprun vendor: install what the named packages or server need, and the bundle lacks, into a folder."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    if not output:
-        raise UsageError("mcprun vendor needs -o DIR, the folder to fill")
-    declared = vendor_requirements(settings)
-    python_version = python_version or "%d.%d" % sys.version_info[:2]
-    platform_tag = platform_tag or default_platform()
-    bundle = bundled_distributions()
-    mapped = SERVED_BY_MAPPINGS if settings.compat else ()
-    wanted, served, conflicts = [], [], []
-    for text, origin in declared:
-        requirement = Requirement(text)
-        name = canonicalize_name(requirement.name)
-        if name not in bundle:
-            wanted.append(requirement)
-            continue
-        if requirement.specifier and not requirement.specifier.contains(bundle[name], prereleases=True):
-            if name in mapped:
-                served.append(f"{text} ({origin})")
-            else:
-                conflicts.append(f"{text} ({origin}; the bundle has {requirement.name} {bundle[name]})")
-        if requirement.extras:  # the packages its extras add
-            wanted.append(Requirement(f"{requirement.name}[{','.join(sorted(requirement.extras))}]"))
-    if conflicts:
-        raise Failure(f"cannot vendor {', '.join(conflicts)}: a --pythonpath folder never replaces bundled "
-                      "packages")
-    folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    resolved, wheels = [], {}
-    if wanted:
-        resolved, wheels = install_with_pip(wanted, folder, python_version, platform_ladder(platform_tag), bundle,
-                                            mapped, resolve_timeout or DEFAULT_RESOLVE_TIMEOUT)
-    served += served_requirements(resolved, bundle, mapped)
-    lines = [f"# made by mcprun {__version__} vendor: packages for --pythonpath, beside the bundle",
-             f"python {python_version}", f"platform {platform_tag}"]
-    lines += [f"{item['metadata']['name']} {item['metadata']['version']} sha256={wheels[item['metadata']['name']][1]} "
-              f"{wheels[item['metadata']['name']][0]}" for item in resolved]
-    (folder / MANIFEST).write_text("\n".join(lines) + "\n")
-    named = [f"{item['metadata']['name']} {item['metadata']['version']}" for item in resolved if item.get("requested")]
-    others = [f"{item['metadata']['name']} {item['metadata']['version']}" for item in resolved if not item.get("requested")]
-    shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
-    what = ", ".join(named) or (shown if others else "nothing (the bundle has it all)")
-    if named and others:
-        what += f" and {len(others)} package{'s' if len(others) > 1 else ''} {'they' if len(named) > 1 else 'it'} " \
-                f"need{'' if len(named) > 1 else 's'} ({shown})"
-    mappings = f"; served by mcprun's mappings, not vendored: {', '.join(dict.fromkeys(served))}" if served else ""
-    info(f"vendored {what} into {folder} for CPython {python_version} on {platform_tag}{mappings}")
-    return EXIT_OK
-
-
-def served_requirements(resolved: list, bundle: dict, mapped: tuple) -> list[str]:
-    """Return the requirements on mcp/fastmcp, of the resolved distributions, that the bundle's versions don't
-    meet and the mappings serve: 'mcp<2 (arxiv-mcp-server 0.8.2)'."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    found = []
-    for item in resolved:
-        for text in item["metadata"].get("requires_dist") or ():
-            requirement = Requirement(text)
-            name = canonicalize_name(requirement.name)
-            if name in mapped and requirement.specifier and not requirement.specifier.contains(
-                    bundle[name], prereleases=True) and (requirement.marker is None or requirement.marker.evaluate(
-                    {"extra": ""})):
-                found.append(f"{requirement.name}{requirement.specifier} ({item['metadata']['name']} "
-                             f"{item['metadata']['version']})")
-    return found
-
-
-def install_with_pip(wanted: list, folder: Path, python_version: str, tags: list, bundle: dict, mapped: tuple,
-                     timeout: float) -> tuple[list, dict]:
-    """Resolve wanted with the user's pip for the target, around the bundle, and install the result into folder
-    (no dependency the bundle has); return pip's report of what was installed and {name: (wheel, sha256)}."""
-    from packaging.utils import canonicalize_name
-
-    pip = find_pip()
-    target = ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
-              *[option for tag in tags for option in ("--platform", tag)]]
-    beside = {"MCPRUN_BUNDLE": json.dumps({"versions": bundle, "extras": bundled_extras(), "mapped": mapped})}
-    with tempfile.TemporaryDirectory(prefix="mcprun-vendor-") as scratch:
-        constraints = Path(scratch, "bundle.txt")  # resolve around the bundle's versions
-        constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(bundle.items())))
-        resolve = ["install", "--dry-run", "--ignore-installed", "--target", str(Path(scratch, "unused")), *target]
-        unpinned = [requirement for requirement in wanted if _pinned(requirement, None) is None]
-        newest = resolve_with_pip(pip, [*resolve, "--no-deps"], unpinned, scratch, timeout, beside) if unpinned else []
-        pinned = [_pinned(requirement, newest) or requirement for requirement in wanted]
-        try:
-            resolved = resolve_with_pip(pip, [*resolve, "--constraint", str(constraints)], pinned, scratch, timeout,
-                                        beside)
-        except Error as exc:
-            raise type(exc)(f"{exc}{_what_fits(pip, resolve, constraints, wanted, pinned, scratch, timeout, beside)}"
-                            ) from None
-        resolved = [item for item in resolved if canonicalize_name(item["metadata"]["name"]) not in bundle]
-        wheels = Path(scratch, "wheels")
-        pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in resolved]
-        run_pip(pip, "download", "--no-deps", "--quiet", "--dest", str(wheels), *target, *pins)
-        run_pip(pip, "install", "--no-deps", "--no-index", "--quiet", "--upgrade", "--find-links", str(wheels),
-                "--target", str(folder), *target, *pins)
-        found = {canonicalize_name(path.name.split("-")[0]): (path.name, hashlib.sha256(path.read_bytes()).hexdigest())
-                 for path in wheels.glob("*.whl")}
-        return resolved, {item["metadata"]["name"]: found.get(canonicalize_name(item["metadata"]["name"]), ("?", "?"))
-                          for item in resolved}
-
-
-def _pinned(requirement: Any, newest: list | None) -> Any:
-    """Return the requirement as it is when it names one release (or a URL); else pinned to the release pip
-    picked for it alone in newest (its newest), or None."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    if requirement.url or any(spec.operator in ("==", "===") for spec in requirement.specifier):
-        return requirement
-    version = next((item["metadata"]["version"] for item in newest or ()
-                    if canonicalize_name(item["metadata"]["name"]) == canonicalize_name(requirement.name)), None)
-    extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
-    marker = f"; {requirement.marker}" if requirement.marker else ""
-    return Requirement(f"{requirement.name}{extras}=={version}{marker}") if version else None
-
-
-def _what_fits(pip: list, resolve: list, constraints: Path, wanted: list, pinned: list, scratch: str, timeout: float,
-               beside: dict) -> str:
-    """After a conflict at the newest releases: say which older release of what the user named would fit."""
-    if [str(r) for r in wanted] == [str(r) for r in pinned]:
-        return ""
-    try:
-        fits = resolve_with_pip(pip, [*resolve, "--constraint", str(constraints)], wanted, scratch, timeout, beside)
-    except Error:
-        return ""
-    older = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in fits
-             if item.get("requested") and all(str(r) != f"{item['metadata']['name']}=={item['metadata']['version']}"
-                                               for r in pinned)]
-    return f"; an older release would fit: vendor {' '.join(repr(pin) for pin in older)}" if older else ""
-
-
-def resolve_with_pip(pip: list, options: list, requirements: list, scratch: str, timeout: float,
-                     environment: dict) -> list:
-    """Run a pip resolution (install --dry-run --report), with environment added to its own and bounded by
-    timeout; return the report's install list."""
-    report = Path(scratch, "report.json")
-    report.unlink(missing_ok=True)
-    try:
-        result = run_pip(pip, *options, "--report", str(report), *map(str, requirements), timeout=timeout,
-                         environment=environment, check=False)
-    except subprocess.TimeoutExpired as exc:
-        said = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
-        raise Failure(f"pip did not resolve {' '.join(map(str, requirements))} within {timeout:g} s "
-                      f"({_slow_part(said)}); or give it longer with --resolve-timeout SECONDS") from None
-    if result.returncode != 0:
-        said = result.stdout + result.stderr
-        conflict = _conflict(said)
-        if conflict:
-            raise Failure(f"cannot vendor {' '.join(map(str, requirements))}: {conflict}")
-        raise Failure(f"pip install failed: {_last_error(said)}")
-    return json.loads(report.read_text())["install"]
-
-
-def _conflict(said: str) -> str:
-    """Return pip's 'The conflict is caused by' lines as one phrase, the bundle's pins named as such."""
-    lines = said.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == "The conflict is caused by:"), None)
-    if start is None:
-        return ""
-    causes = []
-    for line in lines[start + 1:]:
-        if not line.strip():
-            break
-        cause = line.strip()
-        if found := re.fullmatch(r"The user requested \(constraint\) (\S+)==(\S+)", cause):
-            cause = f"the bundle has {found[1]} {found[2]}, which a --pythonpath folder cannot replace"
-        causes.append(cause.replace("The user requested ", "you asked for "))
-    return "; ".join(causes[:4]) + (f" (and {len(causes) - 4} more)" if len(causes) > 4 else "")
-
-
-def _slow_part(said: str) -> str:
-    """Say what pip was busy with when it ran out of time, from its progress lines."""
-    looking = list(dict.fromkeys(re.findall(r"pip is looking at multiple versions of (\S+) to determine", said)))
-    if looking:
-        return (f"it was trying one release after another of {', '.join(looking[:4])}: pin "
-                f"{'them' if len(looking) > 1 else 'it'}, e.g. '{looking[0]}==VERSION'")
-    collecting = re.findall(r"^Collecting (\S+)", said, re.M)
-    last = f"it had got to {collecting[-1]}; " if collecting else ""
-    return f"{last}pin what you vendor, e.g. 'NAME==VERSION'"
-
-
-def _last_error(said: str) -> str:
-    lines = [line.strip() for line in said.splitlines() if line.strip()]
-    return next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else "")
-
-
-def find_pip() -> list[str]:
-    """Return the command that runs the user's pip: this Python's (source, zipapp), else python3/python on PATH."""
-    pythons = [] if this_program().kind == "binary" else [sys.executable]
-    pythons += [found for name in ("python3", "python") if (found := shutil.which(name))]
-    each: dict = {}
-    for python in pythons:  # each Python once, by the first name it has here
-        each.setdefault(os.path.realpath(python), python)
-    too_old = []
-    for python in each.values():
-        result = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True,
-                                stdin=subprocess.DEVNULL)
-        version = re.match(r"pip (\d+)\.(\d+)", result.stdout)
-        if result.returncode == 0 and version and tuple(map(int, version.groups())) >= MINIMUM_PIP:
-            return [python, "-c", PIP_WITH_MAPPINGS]
-        if version:
-            too_old.append(f"{python} has pip {version[1]}.{version[2]}")
-    if too_old:
-        raise Failure(f"mcprun vendor needs pip {'.'.join(map(str, MINIMUM_PIP))} or newer ({'; '.join(too_old)}): "
-                      f"upgrade it with '{too_old[0].split(' has ')[0]} -m pip install --upgrade pip'")
-    raise Failure("mcprun vendor needs pip on this machine (e.g. 'apt install python3-pip'); it runs on a "
-                  "connected machine, never on the air-gapped one")
-
-
-def run_pip(pip: list[str], *args: str, timeout: float | None = None, environment: dict | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
-    """Run pip in the user's environment (plus environment); with check, turn its failure into one error line
-    (its own last error line)."""
-    result = subprocess.run([*pip, *args], capture_output=True, text=check, timeout=timeout, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(environment or {})})
-    if not check:
-        return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"),
-                                           result.stderr.decode(errors="replace"))
-    if result.returncode != 0:
-        raise Failure(f"pip {args[0]} failed: {_last_error(result.stderr or result.stdout)}")
-    return result
-
-
-def check_vendored_for_here(folder: str) -> None:
-    """Refuse a vendored folder made for another Python or machine (its MANIFEST says which)."""
-    try:
-        lines = Path(folder, MANIFEST).read_text().splitlines()
-    except OSError:
-        return
-    said = dict(line.split(" ", 1) for line in lines if line.startswith(("python ", "platform ")))
-    running = "%d.%d" % sys.version_info[:2]
-    if said.get("python", running) != running:
-        raise Failure(f"--pythonpath {_short_path(folder)} was vendored for Python {said['python']}, but mcprun runs "
-                      f"{running}: vendor again with 'mcprun vendor ... --python-version {running}'")
-    machine = platform.machine()
-    if "platform" in said and not said["platform"].endswith(("_" + machine, "any")):
-        raise Failure(f"--pythonpath {_short_path(folder)} was vendored for {said['platform']}, but this machine is "
-                      f"{machine}: vendor again with --platform")
-
-
-# -- packing: one zipapp carrying the runner, a server and what it needs ------
-
-PACK_FOLDER = "mcprun_pack/"  # inside the zipapp: pack.json, server/ (the server's folder), deps/ (vendored)
-PACK_SKIPPED = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", "node_modules"}
-
-
-def pack(settings: Settings, output: str, python_version: str | None, platform_tag: str | None,
-         resolve_timeout: float | None = None) -> int:
-    """mcprun pack: copy mcprun.pyz and add the server's folder (or the package named) and its vendored packages."""
-    import zipfile
-
-    if not output:
-        raise UsageError("mcprun pack needs -o FILE, the zipapp to write")
-    spec = settings.spec or ""
-    named = not settings.config and not (spec.endswith(".py") or "/" in spec or ":" in spec or Path(spec).exists())
-    root = None
-    if not named:
-        target = resolve_target(settings)
-        if target.kind not in ("file", "script") and not settings.config:
-            raise UsageError(f"mcprun pack takes a server file, fastmcp.json or a package, not {target.kind} "
-                             f"{target.spec!r}")
-        entry = Path(os.path.abspath(spec.split(":")[0] if settings.config else target.path))
-        root = _package_root(entry)[0] if (entry.parent / "__init__.py").exists() else entry.parent
-        if settings.config and not Path(target.path).resolve().is_relative_to(root.resolve()):
-            raise UsageError(f"{spec}: the server {target.path} lies outside the config's folder; "
-                             "pack a folder that holds both")
-        spec = str(entry.relative_to(root)) + (f":{target.object_name}" if target.object_name and not settings.config
-                                               else "")
-    base = find_zipapp()
-    output_path = Path(output).resolve()
-    with tempfile.TemporaryDirectory(prefix="mcprun-pack-") as scratch:
-        deps = Path(scratch, "deps")
-        vendor(settings, str(deps), python_version, platform_tag, resolve_timeout)
-        files = [] if root is None else [
-            (path, f"server/{path.relative_to(root)}") for path in sorted(root.rglob("*"))
-            if path.is_file() and path != output_path and not PACK_SKIPPED & set(path.relative_to(root).parts)]
-        files += [(path, f"deps/{path.relative_to(deps)}") for path in sorted(deps.rglob("*")) if path.is_file()]
-        manifest = {"spec": spec}
-        if named:  # run by its console script, found in the packed packages
-            from packaging.requirements import Requirement
-
-            script = find_console_script(Requirement(spec).name, console_scripts((str(deps),)))
-            if script is None:
-                raise UsageError(f"{spec} has no console script to run; pack a server file that imports it")
-            manifest = {"script": script.name}
-            spec = script.name
-        digest = hashlib.sha256()
-        for path, name in files:
-            digest.update(name.encode() + b"\0" + path.read_bytes())
-        manifest.update(id=digest.hexdigest()[:16], mcprun=__version__)
-        shutil.copyfile(base, output_path)
-        with zipfile.ZipFile(output_path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(PACK_FOLDER + "pack.json", json.dumps(manifest))
-            for path, name in files:
-                archive.write(path, PACK_FOLDER + name)
-    output_path.chmod(0o755)
-    size = output_path.stat().st_size / 1e6
-    source = f"from {_short_path(root)} " if root else ""
-    info(f"packed {spec} {source}({len(files)} files) into {_short_path(output_path)} "
-         f"({size:.1f} MB): run it with 'python3 {_short_path(output_path)} [options]'")
-    return EXIT_OK
-
-
-def find_zipapp() -> Path:
-    """Return the mcprun.pyz a pack builds on: this one, or one beside this mcprun or in its dist/ folder."""
-    program = this_program()
-    if program.kind == "zipapp":
-        return program.path
-    here = program.path.resolve().parent  # the binary's own folder, not its unpacked copy
-    for candidate in (os.environ.get("MCPRUN_PYZ"), here / "mcprun.pyz", here / "dist" / "mcprun.pyz"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise UsageError("mcprun pack builds on mcprun.pyz: run 'python3 mcprun.pyz pack ...', or put mcprun.pyz "
-                     "beside this mcprun (or name it with MCPRUN_PYZ)")
-
-
-def unpack_packed_server(argv: list[str]) -> list[str]:
-    """In a packed zipapp: unpack its server once and return argv with the server and its packages added."""
-    program = this_program()
-    if program.kind != "zipapp" or os.environ.get("MCPRUN_PACKED"):
-        return argv
-    with shiv_archive(program.path) as archive:
-        try:
-            manifest = json.loads(archive.read(PACK_FOLDER + "pack.json"))
-        except KeyError:
-            return argv
-        root = Path(os.environ.get("SHIV_ROOT") or tempfile.gettempdir())
-        folder = root / f"mcprunpack-{manifest['id']}"
-        if not (folder / ".complete").exists():
-            scratch = Path(tempfile.mkdtemp(prefix=f".mcprunpack-{manifest['id']}-", dir=root))
-            for name in archive.namelist():
-                if name.startswith(PACK_FOLDER) and not name.endswith("/") and name != PACK_FOLDER + "pack.json":
-                    archive.extract(name, scratch)
-            (scratch / PACK_FOLDER / ".complete").touch()
+def prepare_process(settings: Settings, target: Target) -> None:
+    """Set up this process before user code runs: offline defaults, config env and cwd, logging, the mappings
+    and the --pythonpath folders (with those the target implies)."""
+    os.environ.update(OFFLINE_ENVIRONMENT)
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if os.path.expanduser("~") == "~" and not os.environ.get("XDG_DATA_HOME"):
+        # No HOME and no passwd entry (a bare chroot, a container): fastmcp needs a data folder to import.
+        os.environ["XDG_DATA_HOME"] = os.path.join(tempfile.gettempdir(), f"mcprun-{os.getuid()}")
+    if settings.config:
+        deployment = settings.config.deployment
+        for key, value in (deployment.get("env") or {}).items():
+            os.environ[key] = re.sub(r"\$\{([^}]+)\}", lambda m: os.environ.get(m.group(1), m.group(0)), value)
+        if "PYTHONPATH" in (deployment.get("env") or {}):  # set too late for the interpreter to read it
+            sys.path.extend(folder for folder in os.environ["PYTHONPATH"].split(os.pathsep) if folder)
+        if deployment.get("cwd"):
+            cwd = Path(os.path.abspath(settings.config.file.parent / deployment["cwd"]))  # beside a symlink too
             try:
-                os.rename(scratch / PACK_FOLDER, folder)
-            except OSError:  # another start unpacked it first
+                os.chdir(cwd)
+            except OSError as exc:
+                raise UsageError(f"{settings.config.file}: 'deployment.cwd' {str(cwd)!r}: {exc.strerror}") from None
+    # Import the bundled stack first, so a user's mcp.py or fastmcp.py can't shadow it.
+    try:
+        import fastmcp  # noqa: F401
+        import mcp.server.mcpserver  # noqa: F401
+    except ImportError as exc:
+        origin = getattr(sys.modules.get((exc.name or "mcp").split(".")[0]), "__file__", None) or "?"
+        raise Failure(f"the bundled fastmcp stack failed to import ({_first_line(exc)}): {origin} shadows it; "
+                      "remove fastmcp/mcp and their dependencies from PYTHONPATH") from exc
+    configure_logging(settings.log_level, settings.log_format)
+    warnings.showwarning = one_line_warnings()
+    if settings.compat:
+        install_compat()
+    add_pythonpath(tuple(dict.fromkeys((*settings.pythonpath, *target.pythonpath))))
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Any:
+    """Point fd 1 at stderr while the block runs, so that what the server's code prints misses stdout
+    (check's report, --print-config); then give fd 1 back, flushing what was printed meanwhile to stderr."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError):
                 pass
-            shutil.rmtree(scratch, ignore_errors=True)
-    os.environ["MCPRUN_PACKED"] = "1"  # a reloaded child gets its argv as it is
-    command = argv[:1] if argv[:1] and argv[0] in COMMANDS else []
-    added = [manifest["script"]] if "script" in manifest else [str(folder / "server" / manifest["spec"])]
-    if (folder / "deps").is_dir():
-        added += ["--pythonpath", str(folder / "deps")]
-    return [*command, *added, *argv[len(command):]]
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
-# -- servers that start themselves: caught where they start, served as mcprun was asked
+@dataclasses.dataclass(frozen=True)
+class Wire:
+    """The stdio protocol stream on private descriptors, while fd 0 reads end-of-file and fd 1 writes to stderr."""
+
+    stdin: int
+    stdout: int
+
+    def streams(self) -> tuple:
+        """Return the stdin and stdout the SDK's stdio_server() takes, over the private descriptors."""
+        import io
+
+        import anyio
+
+        reader = io.TextIOWrapper(os.fdopen(self.stdin, "rb", closefd=False), encoding="utf-8", errors="replace")
+        writer = io.TextIOWrapper(os.fdopen(self.stdout, "wb", closefd=False), encoding="utf-8")
+        return anyio.wrap_file(reader), anyio.wrap_file(writer)
+
+
+def take_wire() -> Wire:
+    """Keep stdin and stdout for the protocol alone, from now until mcprun exits.
+
+    The protocol moves to private descriptors; fd 0 then reads end-of-file and fd 1 writes to
+    stderr, so what the server prints or reads, when it is imported, in its lifespan, in a tool,
+    in a child process or at exit, buffered or not, misses the wire.
+    """
+    import fcntl
+
+    sys.stdout.flush()
+    try:
+        wire = Wire(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3), fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3))
+    except OSError as exc:
+        raise UsageError(f"stdio needs an open stdin and stdout ({exc.strerror}): start mcprun from an MCP client, "
+                         "or serve with --transport http") from None
+    empty, closed = os.pipe()  # reads as end-of-file, even where there is no /dev/null (an empty chroot)
+    os.close(closed)
+    os.dup2(empty, 0)
+    os.close(empty)
+    os.dup2(2, 1)
+    return wire
+
+
+# -- the server object, 1: catching the server that code starts itself --------
 #
 # Console scripts, -m modules and --script files start their own server: FastMCP.run(), MCPServer.run(),
 # run_stdio_async(), a low-level Server.run() over stdio_server(), at module level or inside main()
@@ -2581,22 +2483,7 @@ def ended_early(label: str, exc: SystemExit, catcher: Catcher) -> None:
     raise Failure(f"{label}: {exc.code}")
 
 
-# -- the server object: import the user's code, find the server, load it -------
-
-
-def server_kind(obj: Any) -> str | None:
-    """Return 'fastmcp', 'sdk' or 'lowlevel' for a server object this mcprun can serve, else None."""
-    from fastmcp import FastMCP
-    from mcp.server.lowlevel import Server
-    from mcp.server.mcpserver import MCPServer
-
-    if isinstance(obj, FastMCP):
-        return "fastmcp"
-    if isinstance(obj, MCPServer):
-        return "sdk"
-    if isinstance(obj, Server):
-        return "lowlevel"
-    return None
+# -- the server object, 2: import the user's code, find the server, load it ---
 
 
 def _package_root(path: Path) -> tuple[Path, str]:
@@ -2607,6 +2494,24 @@ def _package_root(path: Path) -> tuple[Path, str]:
         parts.insert(0, folder.name)
         folder = folder.parent
     return folder, ".".join(parts)
+
+
+def syntax_error(exc: SyntaxError, label: str) -> Failure:
+    """Say where the server's code does not parse."""
+    where = f"{_short_path(exc.filename)}:{exc.lineno}" if exc.filename else label
+    return Failure(f"syntax error in {where}: {exc.msg}")
+
+
+def not_installed(label: str, module: str, script: ConsoleScript | None = None) -> str:
+    """Say that label imports a module mcprun lacks, and how to vendor it for this Python."""
+    python = "%d.%d" % sys.version_info[:2]
+    if script and script.version != "?":
+        return (f"{label} imports {module!r}, which is not installed: {script.folder} lacks what "
+                f"{script.distribution} {script.version} needs; on a connected machine run 'mcprun vendor "
+                f"{script.distribution}=={script.version} --python-version {python} -o DIR', then add --pythonpath DIR")
+    return (f"{label} imports {module!r}, which is not installed: mcprun bundles fastmcp, mcp, httpx and their "
+            f"dependencies only; on a connected machine run 'pip install --target DIR --python-version {python} "
+            f"--only-binary=:all: PACKAGE' (the package that provides {module!r}), then add --pythonpath DIR")
 
 
 def import_server_module(target: Target) -> Any:
@@ -2660,24 +2565,6 @@ def import_server_module(target: Target) -> Any:
         raise Failure(f"importing {label} failed: {_describe(exc)}") from exc
 
 
-def syntax_error(exc: SyntaxError, label: str) -> Failure:
-    """Say where the server's code does not parse."""
-    where = f"{_short_path(exc.filename)}:{exc.lineno}" if exc.filename else label
-    return Failure(f"syntax error in {where}: {exc.msg}")
-
-
-def not_installed(label: str, module: str, script: ConsoleScript | None = None) -> str:
-    """Say that label imports a module mcprun lacks, and how to vendor it for this Python."""
-    python = "%d.%d" % sys.version_info[:2]
-    if script and script.version != "?":
-        return (f"{label} imports {module!r}, which is not installed: {script.folder} lacks what "
-                f"{script.distribution} {script.version} needs; on a connected machine run 'mcprun vendor "
-                f"{script.distribution}=={script.version} --python-version {python} -o DIR', then add --pythonpath DIR")
-    return (f"{label} imports {module!r}, which is not installed: mcprun bundles fastmcp, mcp, httpx and their "
-            f"dependencies only; on a connected machine run 'pip install --target DIR --python-version {python} "
-            f"--only-binary=:all: PACKAGE' (the package that provides {module!r}), then add --pythonpath DIR")
-
-
 def _a_type(obj: Any) -> str:
     """Return 'None', 'an int' or 'a dict': what obj is, for a message."""
     name = type(obj).__name__
@@ -2692,6 +2579,27 @@ def _public_names(module: Any) -> list[str]:
         return not inspect.ismodule(value)
 
     return [name for name, value in vars(module).items() if not name.startswith("_") and defined_here(value)][:12]
+
+
+def _scripts_of(module_name: str) -> list[str]:
+    """Return the console scripts (of the distributions on sys.path) that run a function of this module."""
+    import importlib.metadata
+
+    return sorted({entry.name for entry in importlib.metadata.entry_points(group="console_scripts")
+                   if entry.value.split(":")[0].strip() == module_name})
+
+
+def _has_main_block(module: Any) -> bool:
+    try:
+        source = Path(module.__file__).read_text(encoding="utf-8", errors="replace")
+    except (OSError, TypeError):
+        return False
+    return re.search(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", source, re.M) is not None
+
+
+def _is_factory(obj: Any) -> bool:
+    """A function, method or other callable (a click command, say) that may return or start a server."""
+    return callable(obj) and not inspect.isclass(obj)
 
 
 def find_server_object(module: Any, target: Target) -> tuple[str, Any]:
@@ -2735,27 +2643,6 @@ def find_server_object(module: Any, target: Target) -> tuple[str, Any]:
     raise UsageError(f"no server object in {label}: tried {tried}{hint}")
 
 
-def _scripts_of(module_name: str) -> list[str]:
-    """Return the console scripts (of the distributions on sys.path) that run a function of this module."""
-    import importlib.metadata
-
-    return sorted({entry.name for entry in importlib.metadata.entry_points(group="console_scripts")
-                   if entry.value.split(":")[0].strip() == module_name})
-
-
-def _has_main_block(module: Any) -> bool:
-    try:
-        source = Path(module.__file__).read_text(encoding="utf-8", errors="replace")
-    except (OSError, TypeError):
-        return False
-    return re.search(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", source, re.M) is not None
-
-
-def _is_factory(obj: Any) -> bool:
-    """A function, method or other callable (a click command, say) that may return or start a server."""
-    return callable(obj) and not inspect.isclass(obj)
-
-
 def _check_factory_signature(name: str, factory: Any) -> None:
     """Refuse a factory that needs arguments, before calling it."""
     try:
@@ -2776,6 +2663,27 @@ def _checked_server(name: str, obj: Any, module: Any = None) -> Any:
         raise UsageError(f"factory {name!r} returned {_a_type(obj)}, not an MCP server (FastMCP, MCPServer or a "
                          f"low-level Server) and started none; make it return one{hint}")
     return obj
+
+
+async def await_factory(factory: Any, catcher: Catcher) -> Any:
+    """Await an async factory inside the serving event loop, so its resources live there; None when it
+    started a server itself (catcher took it)."""
+    try:
+        result = await factory()
+    except Exception as exc:
+        raise Failure(f"factory {factory.__name__!r} raised {_describe(exc)}") from exc
+    return None if catcher.started else _checked_server(factory.__name__, result, inspect.getmodule(factory))
+
+
+def check_url_reachable(url: str) -> None:
+    """Open and close a TCP connection to the URL's host, bounded in time."""
+    parsed = urllib.parse.urlsplit(url)
+    port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=URL_CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise Failure(f"cannot reach {url}: {reason}; check the URL and that the server is up") from None
 
 
 def load_server(settings: Settings, target: Target, catcher: Catcher) -> Any:
@@ -2811,28 +2719,7 @@ def load_server(settings: Settings, target: Target, catcher: Catcher) -> Any:
     return None if catcher.started else _checked_server(name, result, module)
 
 
-async def await_factory(factory: Any, catcher: Catcher) -> Any:
-    """Await an async factory inside the serving event loop, so its resources live there; None when it
-    started a server itself (catcher took it)."""
-    try:
-        result = await factory()
-    except Exception as exc:
-        raise Failure(f"factory {factory.__name__!r} raised {_describe(exc)}") from exc
-    return None if catcher.started else _checked_server(factory.__name__, result, inspect.getmodule(factory))
-
-
-def check_url_reachable(url: str) -> None:
-    """Open and close a TCP connection to the URL's host, bounded in time."""
-    parsed = urllib.parse.urlsplit(url)
-    port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=URL_CONNECT_TIMEOUT).close()
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise Failure(f"cannot reach {url}: {reason}; check the URL and that the server is up") from None
-
-
-# -- code that starts its own server: run as python would, the server it starts caught
+# -- the server object, 3: running code that starts its own server, as python would ---
 
 
 def adopt_started(settings: Settings, transport: str, options: dict) -> Settings:
@@ -2905,11 +2792,11 @@ def start_target(settings: Settings, target: Target, catcher: Catcher) -> Any:
     return load_server(settings, target, catcher)
 
 
-# -- transports --------------------------------------------------------------
-
-
 def describe_server(server: Any, target: Target) -> str:
     return f"{getattr(server, 'name', None) or 'server'!r} from {target.spec}"
+
+
+# -- transports: stdio, the listening socket, systemd ------------------------
 
 
 async def serve_stdio(server: Any, settings: Settings, wire: Wire) -> None:
@@ -2973,18 +2860,6 @@ def ready_message(description: str, settings: Settings, sock: socket.socket, not
         f" ({', '.join(notes)})" if notes else "")
 
 
-def announcer(settings: Settings, sock: socket.socket, notes: tuple = ()) -> Any:
-    """Return what serve_http calls once the server is ready: log the ready line, tell systemd."""
-    def announce(description: str) -> None:
-        info(ready_message(description, settings, sock, notes))
-        sd_notify(f"READY=1\nMAINPID={os.getpid()}")
-
-    return announce
-
-
-# -- systemd: socket activation and readiness, no library needed
-
-
 def systemd_socket() -> socket.socket | None:
     """Take the listening socket systemd passes on fd 3 (socket activation), or return None.
 
@@ -3027,7 +2902,16 @@ def sd_notify(state: str) -> None:
         logging.getLogger("mcprun").debug("sd_notify %r to %s failed: %s", state, address, exc)
 
 
-# -- HTTP: the server's app behind mcprun's gateway (auth, origins, health, drain, logs)
+def announcer(settings: Settings, sock: socket.socket, notes: tuple = ()) -> Any:
+    """Return what serve_http calls once the server is ready: log the ready line, tell systemd."""
+    def announce(description: str) -> None:
+        info(ready_message(description, settings, sock, notes))
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+
+    return announce
+
+
+# -- transports: HTTP, the server's app behind mcprun's gateway --------------
 
 
 def server_has_own_auth(server: Any) -> bool:
@@ -3035,6 +2919,23 @@ def server_has_own_auth(server: Any) -> bool:
     if server_kind(server) == "fastmcp":
         return getattr(server, "auth", None) is not None
     return getattr(getattr(server, "settings", None), "auth", None) is not None
+
+
+def lowlevel_sse_app(server: Any, path: str, security: Any, max_body: int) -> Any:
+    """Return an SSE app for a low-level Server (MCPServer.sse_app's routes, which it lacks)."""
+    from mcp.server.sse import SseServerTransport
+    from starlette.applications import Starlette
+    from starlette.routing import Mount, Route
+
+    transport = SseServerTransport("/messages/", security_settings=security, max_request_body_size=max_body)
+
+    class SseEndpoint:  # a class instance, so Starlette hands it the raw ASGI call
+        async def __call__(self, scope, receive, send):
+            async with transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+
+    return Starlette(routes=[Route(path, endpoint=SseEndpoint(), methods=["GET"]),
+                             Mount("/messages/", app=transport.handle_post_message)])
 
 
 def build_http_app(server: Any, settings: Settings) -> Any:
@@ -3056,23 +2957,6 @@ def build_http_app(server: Any, settings: Settings) -> Any:
                                       transport_security=unguarded, max_request_body_size=settings.max_body,
                                       session_idle_timeout=settings.session_idle_timeout,
                                       max_sessions=settings.max_sessions)
-
-
-def lowlevel_sse_app(server: Any, path: str, security: Any, max_body: int) -> Any:
-    """Return an SSE app for a low-level Server (MCPServer.sse_app's routes, which it lacks)."""
-    from mcp.server.sse import SseServerTransport
-    from starlette.applications import Starlette
-    from starlette.routing import Mount, Route
-
-    transport = SseServerTransport("/messages/", security_settings=security, max_request_body_size=max_body)
-
-    class SseEndpoint:  # a class instance, so Starlette hands it the raw ASGI call
-        async def __call__(self, scope, receive, send):
-            async with transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
-                await server.run(read_stream, write_stream, server.create_initialization_options())
-
-    return Starlette(routes=[Route(path, endpoint=SseEndpoint(), methods=["GET"]),
-                             Mount("/messages/", app=transport.handle_post_message)])
 
 
 def read_auth_tokens(settings: Settings) -> tuple:
@@ -3179,25 +3063,7 @@ class Flight:
     event_stream: bool = False  # the response is text/event-stream
     finished: bool = False  # the response body is complete
     disconnected: bool = False  # the client went away
-
-
 RETIRING = threading.Event()  # set in a worker the supervisor replaces: others serve the socket on
-
-
-def new_work(body: bytes) -> list | None:
-    """Return the ids of the requests in a body that start new work (a call, a read ...: not a follow-up such
-    as a list or a ping, nor a notification or a reply), [None] for a body too big to look into, else None."""
-    if len(body) > INSPECTED_BODY:
-        return [None]
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    messages = [m for m in (parsed if isinstance(parsed, list) else [parsed]) if isinstance(m, dict)]
-    return [m["id"] for m in messages if m.get("method") not in (None, *FOLLOW_UPS)
-            and _is_request_id(m.get("id"))] or None
-
-
 _SSE_RESPONSE = re.compile(rb'^data: \{"jsonrpc":"2\.0","id":("(?:[^"\\]|\\.)*"|-?\d+),"(?:result|error)"', re.M)
 _SSE_SESSION = re.compile(rb"^data: \S*[?&]session_id=([0-9a-fA-F-]+)", re.M)
 INSPECTED_BODY = 1024 * 1024  # bytes of a request body the access log and drain look into
@@ -3266,6 +3132,20 @@ class SessionBook:
 def _is_request_id(value: Any) -> bool:
     """A JSON-RPC request id is a string or an integer; with anything else the SDK takes it as a notification."""
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def new_work(body: bytes) -> list | None:
+    """Return the ids of the requests in a body that start new work (a call, a read ...: not a follow-up such
+    as a list or a ping, nor a notification or a reply), [None] for a body too big to look into, else None."""
+    if len(body) > INSPECTED_BODY:
+        return [None]
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    messages = [m for m in (parsed if isinstance(parsed, list) else [parsed]) if isinstance(m, dict)]
+    return [m["id"] for m in messages if m.get("method") not in (None, *FOLLOW_UPS)
+            and _is_request_id(m.get("id"))] or None
 
 
 def replaying(read: list, receive: Any) -> Any:
@@ -3690,64 +3570,19 @@ async def serve(server: Any, settings: Settings, target: Target, sock: socket.so
         await serve_http(server, settings, target, sock, announce)
 
 
-# -- the running program: source, zipapp or binary ---------------------------
-#
-# The same code runs three ways. What differs between them (where the program is, how to start it
-# again, what the processes it starts inherit) is asked here, and nowhere else.
+# -- lifecycle: serve, reload ------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Program:
-    """This mcprun as it runs."""
-
-    kind: str  # "source" (mcprun.py), "zipapp" (shiv's mcprun.pyz) or "binary" (PyInstaller's mcprun)
-    path: Path  # the file the user ran (the binary's, not its unpacked copy in the cache)
-    command: tuple  # what starts it again (--reload)
-
-    def start(self) -> None:
-        """In the binary: make sys.executable the mcprun file the user ran, and start multiprocessing's
-        workers through it.
-
-        packaging/launcher.c unpacks the binary once into a cache and runs it from there, naming itself
-        in MCPRUN_BINARY; servers that start sys.executable, --reload and pack start that file.
-        """
-        if self.kind != "binary":
-            return
-        os.environ.pop("MCPRUN_BINARY", None)
-        sys.executable = str(self.path)
-        import multiprocessing
-
-        multiprocessing.set_executable(sys.executable)
-        multiprocessing.freeze_support()  # a worker a server started with multiprocessing: runs, then exits
-
-    def restore_child_environment(self) -> None:
-        """Give what mcprun starts (pip, the server's subprocesses) the environment the binary was started with."""
-        if self.kind == "binary":
-            undo_pyinstaller_environment()
+async def _serve_checked(server: Any, settings: Settings, target: Target, serve_server: Any) -> None:
+    """Check what the server object declares it needs (FastMCP(dependencies=...)), then serve it."""
+    check_requirements(server_dependencies(server), settings, target.spec)
+    await serve_server(server, settings)
 
 
-@functools.cache
-def this_program() -> Program:
-    """Return the running mcprun: the binary, the zipapp or the source file."""
-    if pyinstaller_frozen():
-        binary = os.environ.get("MCPRUN_BINARY") or sys.executable
-        return Program("binary", Path(binary), (binary,))
-    if pyz := shiv_archive_path():
-        return Program("zipapp", Path(pyz), (sys.executable, pyz))
-    source = os.path.abspath(__file__)
-    return Program("source", Path(source), (sys.executable, source))
-
-
-def run_python_code(args: list[str]) -> int:
-    """Do what 'python -c CODE ARGS' does: servers start sys.executable so, and in the binary that is mcprun."""
-    if not args:
-        raise UsageError("-c needs the code to run, as python's -c does")
-    sys.argv = ["-c", *args[1:]]
-    exec(compile(args[0], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-    return EXIT_OK
-
-
-# -- lifecycle: reload, run -------------------------------------------------
+async def _serve_loaded(loaded: Any, settings: Settings, target: Target, serve_server: Any, catcher: Catcher) -> None:
+    server = await await_factory(loaded, catcher) if inspect.iscoroutinefunction(loaded) else loaded
+    if server is not None:
+        await _serve_checked(server, settings, target, serve_server)
 
 
 def launch(settings: Settings, target: Target, serve_server: Any) -> None:
@@ -3772,17 +3607,20 @@ def launch(settings: Settings, target: Target, serve_server: Any) -> None:
     catcher.raise_failure()
 
 
-async def _serve_loaded(loaded: Any, settings: Settings, target: Target, serve_server: Any, catcher: Catcher) -> None:
-    server = await await_factory(loaded, catcher) if inspect.iscoroutinefunction(loaded) else loaded
-    if server is not None:
-        await _serve_checked(server, settings, target, serve_server)
-
-
-async def _serve_checked(server: Any, settings: Settings, target: Target, serve_server: Any) -> None:
-    """Check what the server object declares it needs (FastMCP(dependencies=...)), then serve it."""
-    if not settings.skip_env:
-        check_requirements(server_dependencies(server), settings, target.spec)
-    await serve_server(server, settings)
+def _stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM a child's process group, then SIGKILL it after RELOAD_STOP_TIMEOUT."""
+    if process.poll() is not None:
+        return
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            process.wait(RELOAD_STOP_TIMEOUT)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def run_with_reload(settings: Settings, target: Target) -> int:
@@ -3822,23 +3660,7 @@ def run_with_reload(settings: Settings, target: Target) -> int:
     return EXIT_OK
 
 
-def _stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM a child's process group, then SIGKILL it after RELOAD_STOP_TIMEOUT."""
-    if process.poll() is not None:
-        return
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            return
-        try:
-            process.wait(RELOAD_STOP_TIMEOUT)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-# -- lifecycle: worker processes ------------------------------------------------
+# -- lifecycle: worker processes ---------------------------------------------
 
 
 @dataclasses.dataclass(eq=False)
@@ -3853,6 +3675,124 @@ class Worker:
     description: str = ""
     failure: tuple | None = None  # (exit code, message) from a worker that could not start
     received: bytes = b""
+
+
+def _read_reports(worker: Worker) -> bool:
+    """Read a worker's reports ('ready<TAB>description', 'error<TAB>code<TAB>message'); True if it just became ready."""
+    if worker.status < 0:
+        return False
+    was_ready = worker.ready
+    try:
+        while chunk := os.read(worker.status, 65536):
+            worker.received += chunk
+        os.close(worker.status)  # end of file: the worker is ready (or gone) and closed its end
+        worker.status = -1
+    except BlockingIOError:
+        pass
+    *lines, worker.received = worker.received.split(b"\n")
+    for line in lines:
+        kind, _, rest = line.decode("utf-8", "replace").partition("\t")
+        if kind == "ready":
+            worker.ready, worker.description = True, rest
+        elif kind == "error":
+            code, _, message = rest.partition("\t")
+            worker.failure = (int(code), message)
+    return worker.ready and not was_ready
+
+
+def _exit_status(status: int) -> str:
+    """Say how a process ended, from its wait status."""
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _stop_workers(workers: list[Worker]) -> None:
+    """SIGTERM the workers left, then SIGKILL those still running after RELOAD_STOP_TIMEOUT; reap them all."""
+    deadline = time.monotonic() + RELOAD_STOP_TIMEOUT
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for worker in workers:
+            try:
+                os.kill(worker.pid, signum)
+            except ProcessLookupError:
+                pass
+        while workers and (signum == signal.SIGKILL or time.monotonic() < deadline):
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG if signum == signal.SIGTERM else 0)
+            except ChildProcessError:
+                workers.clear()
+                break
+            if pid == 0:
+                time.sleep(0.02)
+            workers[:] = [w for w in workers if w.pid != pid]
+    for worker in workers:
+        if worker.status >= 0:
+            os.close(worker.status)
+
+
+def _stop_without_supervisor(supervisor: int) -> None:
+    """In a worker: drain and stop, as SIGTERM does, once the supervisor is gone (killed with SIGKILL)."""
+    while os.getppid() == supervisor:
+        time.sleep(PARENT_POLL_INTERVAL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def serve_worker(settings: Settings, target: Target, sock: socket.socket, status: int, supervisor: int,
+                 inherited: list[int], blocked: set) -> int:
+    """In a forked worker: load the server and serve it on the shared socket; return the exit code.
+
+    It reports on the status pipe once ready, or why it could not start (the supervisor says so), and
+    drains and stops when the supervisor is gone.
+    """
+    import threading
+
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until uvicorn takes it: stop at once while loading
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, lambda *_: None)  # a terminal's hang-up is the supervisor's to act on
+    signal.signal(signal.SIGUSR1, lambda *_: (RETIRING.set(), signal.raise_signal(signal.SIGTERM)))
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    for fd in inherited:
+        os.close(fd)
+    os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd
+    threading.Thread(target=_stop_without_supervisor, args=(supervisor,), daemon=True).start()
+    reporting = [status]
+
+    def report(line: str) -> None:
+        if reporting:
+            try:
+                os.write(reporting[0], (line + "\n").encode())
+            except OSError:
+                pass
+
+    def announce(description: str) -> None:
+        report(f"ready\t{description}")
+        os.close(reporting.pop())  # from now on, failures are this worker's to log
+
+    try:
+        launch(settings, target, lambda server, chosen: serve(server, chosen, target, sock, announce))
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except SystemExit as exc:  # the server's code called sys.exit()
+        code = exc.code if isinstance(exc.code, int) else EXIT_FAILURE
+        report(f"error\t{code}\ta worker exited with code {code} while starting (see the lines above)")
+        return code
+    except BaseException as raised:
+        code, message = describe_failure(raised, settings.debug)
+        if reporting:
+            report(f"error\t{code}\t{message}")
+        else:
+            error(message)
+        return code
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def run_workers(settings: Settings, target: Target, sock: socket.socket | None) -> int:
@@ -4006,122 +3946,29 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
         sock.close()
 
 
-def _read_reports(worker: Worker) -> bool:
-    """Read a worker's reports ('ready<TAB>description', 'error<TAB>code<TAB>message'); True if it just became ready."""
-    if worker.status < 0:
-        return False
-    was_ready = worker.ready
-    try:
-        while chunk := os.read(worker.status, 65536):
-            worker.received += chunk
-        os.close(worker.status)  # end of file: the worker is ready (or gone) and closed its end
-        worker.status = -1
-    except BlockingIOError:
-        pass
-    *lines, worker.received = worker.received.split(b"\n")
-    for line in lines:
-        kind, _, rest = line.decode("utf-8", "replace").partition("\t")
-        if kind == "ready":
-            worker.ready, worker.description = True, rest
-        elif kind == "error":
-            code, _, message = rest.partition("\t")
-            worker.failure = (int(code), message)
-    return worker.ready and not was_ready
+# -- lifecycle: run, the pipeline --------------------------------------------
 
 
-def _exit_status(status: int) -> str:
-    """Say how a process ended, from its wait status."""
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-def _stop_workers(workers: list[Worker]) -> None:
-    """SIGTERM the workers left, then SIGKILL those still running after RELOAD_STOP_TIMEOUT; reap them all."""
-    deadline = time.monotonic() + RELOAD_STOP_TIMEOUT
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        for worker in workers:
-            try:
-                os.kill(worker.pid, signum)
-            except ProcessLookupError:
-                pass
-        while workers and (signum == signal.SIGKILL or time.monotonic() < deadline):
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG if signum == signal.SIGTERM else 0)
-            except ChildProcessError:
-                workers.clear()
-                break
-            if pid == 0:
-                time.sleep(0.02)
-            workers[:] = [w for w in workers if w.pid != pid]
-    for worker in workers:
-        if worker.status >= 0:
-            os.close(worker.status)
-
-
-def serve_worker(settings: Settings, target: Target, sock: socket.socket, status: int, supervisor: int,
-                 inherited: list[int], blocked: set) -> int:
-    """In a forked worker: load the server and serve it on the shared socket; return the exit code.
-
-    It reports on the status pipe once ready, or why it could not start (the supervisor says so), and
-    drains and stops when the supervisor is gone.
-    """
-    import threading
-
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until uvicorn takes it: stop at once while loading
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGHUP, lambda *_: None)  # a terminal's hang-up is the supervisor's to act on
-    signal.signal(signal.SIGUSR1, lambda *_: (RETIRING.set(), signal.raise_signal(signal.SIGTERM)))
-    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    for fd in inherited:
-        os.close(fd)
-    os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to systemd
-    threading.Thread(target=_stop_without_supervisor, args=(supervisor,), daemon=True).start()
-    reporting = [status]
-
-    def report(line: str) -> None:
-        if reporting:
-            try:
-                os.write(reporting[0], (line + "\n").encode())
-            except OSError:
-                pass
-
-    def announce(description: str) -> None:
-        report(f"ready\t{description}")
-        os.close(reporting.pop())  # from now on, failures are this worker's to log
-
-    try:
-        launch(settings, target, lambda server, chosen: serve(server, chosen, target, sock, announce))
-        return EXIT_OK
-    except KeyboardInterrupt:
-        return EXIT_OK
-    except SystemExit as exc:  # the server's code called sys.exit()
-        code = exc.code if isinstance(exc.code, int) else EXIT_FAILURE
-        report(f"error\t{code}\ta worker exited with code {code} while starting (see the lines above)")
-        return code
-    except BaseException as raised:
-        code, message = describe_failure(raised, settings.debug)
-        if reporting:
-            report(f"error\t{code}\t{message}")
+def run(settings: Settings) -> int:
+    """Resolve, prepare, load and serve; return the exit code."""
+    target = resolve_target(settings)
+    if settings.reload:
+        if settings.transport == "sse":
+            warn("--reload does not work with SSE (sessions are lost on restart); running without it")
         else:
-            error(message)
-        return code
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+            return run_with_reload(settings, target)
+    prepare_process(settings, target)
+    settings = meet_requirements(settings, target)
+    wire = take_wire() if settings.transport == "stdio" else None
+    sock = systemd_socket() if settings.transport != "stdio" else None
+    if settings.workers > 1:
+        return run_workers(settings, target, sock)
+    announce = announcer(settings, sock, ("socket from systemd",)) if sock else None
+    launch(settings, target, lambda server, chosen: serve(server, chosen, target, sock, announce, wire))
+    return EXIT_OK
 
 
-def _stop_without_supervisor(supervisor: int) -> None:
-    """In a worker: drain and stop, as SIGTERM does, once the supervisor is gone (killed with SIGKILL)."""
-    while os.getppid() == supervisor:
-        time.sleep(PARENT_POLL_INTERVAL)
-    os.kill(os.getpid(), signal.SIGTERM)
+# -- sub-commands: check and --print-config ----------------------------------
 
 
 def not_imported(target: Target) -> str | None:
@@ -4144,11 +3991,8 @@ def served_by(settings: Settings) -> str:
         if described := not_imported(target):
             return described
         prepare_process(settings, target)
-        wire = divert_stdout()
-        try:
+        with stdout_to_stderr():
             loaded = start_target(settings, target, Catcher(stop))
-        finally:
-            restore_stdout(wire)
     except Error as exc:
         return f"cannot load: {exc}"
     except StartedItself as started:
@@ -4160,64 +4004,23 @@ def served_by(settings: Settings) -> str:
     return f"{describe_server(loaded, target)}: {server_path(loaded)}"
 
 
-def check(settings: Settings, as_json: bool = False) -> int:
-    """mcprun check: do everything serving would do up to the first request, then report; 0 if it would serve."""
-    report: dict = {"ok": False, "spec": settings.spec}
-    try:
-        target = resolve_target(settings)
-        prepare_process(settings, target)
-        declared = declared_requirements(settings, target)
-        report["requirements"] = [{"requirement": text, "from": origin} for text, origin in declared.requirements]
-        if not settings.skip_env:
-            check_requirements(declared, settings, settings.spec if settings.config else target.spec)
-        if target.kind in ("url", "mcp_config"):
-            report.update(ok=True, path=not_imported(target))
-        else:
-            wire = divert_stdout()  # the server's own prints stay out of the report
-            try:
-                server, found = inspect_target(settings, target)
-            finally:
-                restore_stdout(wire)
-            own = server_dependencies(server)
-            report["requirements"] += [{"requirement": text, "from": origin} for text, origin in own.requirements]
-            if not settings.skip_env:
-                check_requirements(own, settings, target.spec)
-            started = f", started by {not_imported(target).split(', which')[0]}" if target.kind in SELF_STARTING else ""
-            report.update(found, path=server_path(server) + started, ok=True)
-    except Error as exc:
-        report["error"] = str(exc)
-        error(str(exc))
-    if as_json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_report(report))
-    return EXIT_OK if report["ok"] else EXIT_FAILURE
-
-
-def inspect_target(settings: Settings, target: Target) -> tuple[Any, dict]:
-    """Load the target as serving would, or run it until it starts its server, and list what the server offers
-    (in the code's own event loop, for a server it starts itself); return the server and the list."""
+async def _list_everything(lowlevel: Any, listed: Any, found: dict) -> None:
+    """Run the low-level server on memory streams and fill found through a client session."""
     import anyio
+    from mcp import ClientSession
+    from mcp.shared.memory import create_client_server_memory_streams
 
-    found: list = []  # kept here too: some code swallows what it runs into (asyncio.gather(return_exceptions))
-
-    async def look(server: Any, transport: str, options: dict) -> None:
-        found.append(StartedItself(server, await inventory(server)))
-        raise found[-1]
-
-    catcher = Catcher(look)
-    try:
-        loaded = start_target(settings, target, catcher)
-        if inspect.iscoroutinefunction(loaded):
-            loaded = anyio.run(await_factory, loaded, catcher)
-        if loaded is not None:
-            return loaded, anyio.run(inventory, loaded)
-    except StartedItself:
-        pass
-    if found:
-        return found[0].server, found[0].report
-    catcher.raise_failure()
-    raise Failure(f"{target.spec} exited without starting a server")
+    async with create_client_server_memory_streams() as (client_streams, server_streams):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(lambda: lowlevel.run(*server_streams, lowlevel.create_initialization_options()))
+            async with ClientSession(*client_streams) as session:
+                started = await session.initialize()
+                found["name"], found["version"] = started.server_info.name, started.server_info.version
+                found["tools"] = await listed(session.list_tools, "tools")
+                found["resources"] = await listed(session.list_resources, "resources")
+                found["resource_templates"] = await listed(session.list_resource_templates, "resource_templates")
+                found["prompts"] = await listed(session.list_prompts, "prompts")
+            tasks.cancel_scope.cancel()
 
 
 async def inventory(server: Any) -> dict:
@@ -4247,23 +4050,30 @@ async def inventory(server: Any) -> dict:
     return found
 
 
-async def _list_everything(lowlevel: Any, listed: Any, found: dict) -> None:
-    """Run the low-level server on memory streams and fill found through a client session."""
+def inspect_target(settings: Settings, target: Target) -> tuple[Any, dict]:
+    """Load the target as serving would, or run it until it starts its server, and list what the server offers
+    (in the code's own event loop, for a server it starts itself); return the server and the list."""
     import anyio
-    from mcp import ClientSession
-    from mcp.shared.memory import create_client_server_memory_streams
 
-    async with create_client_server_memory_streams() as (client_streams, server_streams):
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(lambda: lowlevel.run(*server_streams, lowlevel.create_initialization_options()))
-            async with ClientSession(*client_streams) as session:
-                started = await session.initialize()
-                found["name"], found["version"] = started.server_info.name, started.server_info.version
-                found["tools"] = await listed(session.list_tools, "tools")
-                found["resources"] = await listed(session.list_resources, "resources")
-                found["resource_templates"] = await listed(session.list_resource_templates, "resource_templates")
-                found["prompts"] = await listed(session.list_prompts, "prompts")
-            tasks.cancel_scope.cancel()
+    found: list = []  # kept here too: some code swallows what it runs into (asyncio.gather(return_exceptions))
+
+    async def look(server: Any, transport: str, options: dict) -> None:
+        found.append(StartedItself(server, await inventory(server)))
+        raise found[-1]
+
+    catcher = Catcher(look)
+    try:
+        loaded = start_target(settings, target, catcher)
+        if inspect.iscoroutinefunction(loaded):
+            loaded = anyio.run(await_factory, loaded, catcher)
+        if loaded is not None:
+            return loaded, anyio.run(inventory, loaded)
+    except StartedItself:
+        pass
+    if found:
+        return found[0].server, found[0].report
+    catcher.raise_failure()
+    raise Failure(f"{target.spec} exited without starting a server")
 
 
 def format_report(report: dict) -> str:
@@ -4291,263 +4101,433 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run(settings: Settings) -> int:
-    """Resolve, prepare, load and serve; return the exit code."""
-    target = resolve_target(settings)
-    if settings.reload:
-        if settings.transport == "sse":
-            warn("--reload does not work with SSE (sessions are lost on restart); running without it")
-        else:
-            return run_with_reload(settings, target)
-    prepare_process(settings, target)
-    if not settings.skip_env:
+def check(settings: Settings, as_json: bool = False) -> int:
+    """mcprun check: do everything serving would do up to the first request, then report; 0 if it would serve."""
+    report: dict = {"ok": False, "spec": settings.spec}
+    try:
+        target = resolve_target(settings)
+        prepare_process(settings, target)
         declared = declared_requirements(settings, target)
-        if settings.allow_network and requirement_problems(declared, settings.compat):
-            settings = fetch_with_uv(settings)
+        report["requirements"] = [{"requirement": text, "from": origin} for text, origin in declared.requirements]
         check_requirements(declared, settings, settings.spec if settings.config else target.spec)
-    wire = take_wire() if settings.transport == "stdio" else None
-    sock = systemd_socket() if settings.transport != "stdio" else None
-    if settings.workers > 1:
-        return run_workers(settings, target, sock)
-    announce = announcer(settings, sock, ("socket from systemd",)) if sock else None
-    launch(settings, target, lambda server, chosen: serve(server, chosen, target, sock, announce, wire))
+        if target.kind in ("url", "mcp_config"):
+            report.update(ok=True, path=not_imported(target))
+        else:
+            with stdout_to_stderr():  # the server's own prints stay out of the report
+                server, found = inspect_target(settings, target)
+            own = server_dependencies(server)
+            report["requirements"] += [{"requirement": text, "from": origin} for text, origin in own.requirements]
+            check_requirements(own, settings, target.spec)
+            started = f", started by {not_imported(target).split(', which')[0]}" if target.kind in SELF_STARTING else ""
+            report.update(found, path=server_path(server) + started, ok=True)
+    except Error as exc:
+        report["error"] = str(exc)
+        error(str(exc))
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    return EXIT_OK if report["ok"] else EXIT_FAILURE
+
+
+# -- sub-commands: vendor, a folder of the packages a server needs, made on a connected machine ---
+#
+# 'mcprun vendor' runs the user's own pip (with the user's index, proxy and configuration) for the
+# target machine's Python and wheel tags. To pip, the bundle counts as installed: PIP_WITH_MAPPINGS
+# drops every requirement the bundle meets as pip reads it (requirements on mcp and fastmcp count as
+# met at any depth, since the mappings serve mcp 1.x and fastmcp 2/3), so pip fetches only what is
+# missing; a requirement the bundle does not meet meets the bundle's version as a constraint, and
+# pip reports the conflict. What the user names is pinned to its newest release first, so that pip
+# never falls back to an older one in silence.
+
+MINIMUM_PIP = (22, 2)  # install --dry-run --report
+SERVED_BY_MAPPINGS = ("mcp", "fastmcp")  # requirements on these count as met while the mappings are on
+
+
+def default_platform() -> str:
+    """Return the wheel platform vendor installs for by default: this machine's architecture, glibc 2.28."""
+    return f"{DEFAULT_MANYLINUX}_{platform.machine()}"
+
+
+def platform_ladder(tag: str) -> list[str]:
+    """Return every platform tag a machine of tag takes wheels for: manylinux_2_28_x86_64 takes
+    manylinux_2_28 down to manylinux_2_17 (manylinux2014) and manylinux1, and linux_x86_64."""
+    legacy = {"manylinux2014": (2, 17), "manylinux2010": (2, 12), "manylinux1": (2, 5)}
+    found = re.fullmatch(r"(manylinux_(\d+)_(\d+)|manylinux2014|manylinux2010|manylinux1|musllinux_1_(\d+))_(\w+)",
+                         tag)
+    if not found:
+        return [tag]
+    arch = found[5]
+    if found[4] is not None:  # musllinux_1_2 takes musllinux_1_1 too
+        return [f"musllinux_1_{minor}_{arch}" for minor in range(int(found[4]), 0, -1)]
+    major, minor = (int(found[2]), int(found[3])) if found[2] else legacy[found[1]]
+    tags = [f"manylinux_{major}_{m}_{arch}" for m in range(minor, 4, -1)]
+    tags += [f"{name}_{arch}" for name, (_, m) in legacy.items() if m <= minor]
+    return [*tags, f"linux_{arch}"]
+
+
+def vendor_requirements(settings: Settings) -> list:
+    """Return (requirement, origin) for the vendor command's items: package names or pins, requirements
+    files, or a server spec whose declared needs count (fastmcp.json environment, # /// script)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    found = []
+    for item in (settings.spec, *settings.server_args):
+        if item.endswith(".txt"):
+            found += read_requirements_file(Path(item), item)
+            continue
+        if item.endswith((".py", ".json")) or "/" in item or Path(item).exists():
+            config = settings.config if item == settings.spec else (
+                load_server_config(Path(item)) if item.endswith(".json") and not _is_mcp_config(Path(item)) else None)
+            item_settings = dataclasses.replace(settings, spec=item, config=config, with_packages=())
+            found += declared_requirements(item_settings, resolve_target(item_settings)).requirements
+            continue
+        try:
+            Requirement(item)
+        except InvalidRequirement:
+            raise UsageError(f"{item!r} is no package, requirements file or server file to vendor") from None
+        found.append((item, "command line"))
+    return found + [(text, "--with") for text in settings.with_packages]
+
+
+def served_requirements(resolved: list, bundle: dict, mapped: tuple) -> list[str]:
+    """Return the requirements on mcp/fastmcp, of the resolved distributions, that the bundle's versions don't
+    meet and the mappings serve: 'mcp<2 (arxiv-mcp-server 0.8.2)'."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found = []
+    for item in resolved:
+        for text in item["metadata"].get("requires_dist") or ():
+            requirement = Requirement(text)
+            name = canonicalize_name(requirement.name)
+            if name in mapped and requirement.specifier and not requirement.specifier.contains(
+                    bundle[name], prereleases=True) and (requirement.marker is None or requirement.marker.evaluate(
+                    {"extra": ""})):
+                found.append(f"{requirement.name}{requirement.specifier} ({item['metadata']['name']} "
+                             f"{item['metadata']['version']})")
+    return found
+
+
+def _pinned(requirement: Any, newest: list | None) -> Any:
+    """Return the requirement as it is when it names one release (or a URL); else pinned to the release pip
+    picked for it alone in newest (its newest), or None."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    if requirement.url or any(spec.operator in ("==", "===") for spec in requirement.specifier):
+        return requirement
+    version = next((item["metadata"]["version"] for item in newest or ()
+                    if canonicalize_name(item["metadata"]["name"]) == canonicalize_name(requirement.name)), None)
+    extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+    marker = f"; {requirement.marker}" if requirement.marker else ""
+    return Requirement(f"{requirement.name}{extras}=={version}{marker}") if version else None
+
+
+def _conflict(said: str) -> str:
+    """Return pip's 'The conflict is caused by' lines as one phrase, the bundle's pins named as such."""
+    lines = said.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "The conflict is caused by:"), None)
+    if start is None:
+        return ""
+    causes = []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        cause = line.strip()
+        if found := re.fullmatch(r"The user requested \(constraint\) (\S+)==(\S+)", cause):
+            cause = f"the bundle has {found[1]} {found[2]}, which a --pythonpath folder cannot replace"
+        causes.append(cause.replace("The user requested ", "you asked for "))
+    return "; ".join(causes[:4]) + (f" (and {len(causes) - 4} more)" if len(causes) > 4 else "")
+
+
+def _slow_part(said: str) -> str:
+    """Say what pip was busy with when it ran out of time, from its progress lines."""
+    looking = list(dict.fromkeys(re.findall(r"pip is looking at multiple versions of (\S+) to determine", said)))
+    if looking:
+        return (f"it was trying one release after another of {', '.join(looking[:4])}: pin "
+                f"{'them' if len(looking) > 1 else 'it'}, e.g. '{looking[0]}==VERSION'")
+    collecting = re.findall(r"^Collecting (\S+)", said, re.M)
+    last = f"it had got to {collecting[-1]}; " if collecting else ""
+    return f"{last}pin what you vendor, e.g. 'NAME==VERSION'"
+
+
+def _last_error(said: str) -> str:
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else "")
+
+
+def find_pip() -> list[str]:
+    """Return the command that runs the user's pip: this Python's (source, zipapp), else python3/python on PATH."""
+    pythons = [] if this_program().kind == "binary" else [sys.executable]
+    pythons += [found for name in ("python3", "python") if (found := shutil.which(name))]
+    each: dict = {}
+    for python in pythons:  # each Python once, by the first name it has here
+        each.setdefault(os.path.realpath(python), python)
+    too_old = []
+    for python in each.values():
+        result = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL)
+        version = re.match(r"pip (\d+)\.(\d+)", result.stdout)
+        if result.returncode == 0 and version and tuple(map(int, version.groups())) >= MINIMUM_PIP:
+            return [python, "-c", PIP_WITH_MAPPINGS]
+        if version:
+            too_old.append(f"{python} has pip {version[1]}.{version[2]}")
+    if too_old:
+        raise Failure(f"mcprun vendor needs pip {'.'.join(map(str, MINIMUM_PIP))} or newer ({'; '.join(too_old)}): "
+                      f"upgrade it with '{too_old[0].split(' has ')[0]} -m pip install --upgrade pip'")
+    raise Failure("mcprun vendor needs pip on this machine (e.g. 'apt install python3-pip'); it runs on a "
+                  "connected machine, never on the air-gapped one")
+
+
+def run_pip(pip: list[str], *args: str, timeout: float | None = None, environment: dict | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run pip in the user's environment (plus environment); with check, turn its failure into one error line
+    (its own last error line)."""
+    result = subprocess.run([*pip, *args], capture_output=True, text=check, timeout=timeout, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(environment or {})})
+    if not check:
+        return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"),
+                                           result.stderr.decode(errors="replace"))
+    if result.returncode != 0:
+        raise Failure(f"pip {args[0]} failed: {_last_error(result.stderr or result.stdout)}")
+    return result
+
+
+def resolve_with_pip(pip: list, options: list, requirements: list, scratch: str, timeout: float,
+                     environment: dict) -> list:
+    """Run a pip resolution (install --dry-run --report), with environment added to its own and bounded by
+    timeout; return the report's install list."""
+    report = Path(scratch, "report.json")
+    report.unlink(missing_ok=True)
+    try:
+        result = run_pip(pip, *options, "--report", str(report), *map(str, requirements), timeout=timeout,
+                         environment=environment, check=False)
+    except subprocess.TimeoutExpired as exc:
+        said = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+        raise Failure(f"pip did not resolve {' '.join(map(str, requirements))} within {timeout:g} s "
+                      f"({_slow_part(said)}); or give it longer with --resolve-timeout SECONDS") from None
+    if result.returncode != 0:
+        said = result.stdout + result.stderr
+        conflict = _conflict(said)
+        if conflict:
+            raise Failure(f"cannot vendor {' '.join(map(str, requirements))}: {conflict}")
+        raise Failure(f"pip install failed: {_last_error(said)}")
+    return json.loads(report.read_text())["install"]
+
+
+def _what_fits(pip: list, resolve: list, constraints: Path, wanted: list, pinned: list, scratch: str, timeout: float,
+               beside: dict) -> str:
+    """After a conflict at the newest releases: say which older release of what the user named would fit."""
+    if [str(r) for r in wanted] == [str(r) for r in pinned]:
+        return ""
+    try:
+        fits = resolve_with_pip(pip, [*resolve, "--constraint", str(constraints)], wanted, scratch, timeout, beside)
+    except Error:
+        return ""
+    older = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in fits
+             if item.get("requested") and all(str(r) != f"{item['metadata']['name']}=={item['metadata']['version']}"
+                                               for r in pinned)]
+    return f"; an older release would fit: vendor {' '.join(repr(pin) for pin in older)}" if older else ""
+
+
+def install_with_pip(wanted: list, folder: Path, python_version: str, tags: list, bundle: dict, mapped: tuple,
+                     timeout: float) -> tuple[list, dict]:
+    """Resolve wanted with the user's pip for the target, around the bundle, and install the result into folder
+    (no dependency the bundle has); return pip's report of what was installed and {name: (wheel, sha256)}."""
+    from packaging.utils import canonicalize_name
+
+    pip = find_pip()
+    target = ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
+              *[option for tag in tags for option in ("--platform", tag)]]
+    beside = {"MCPRUN_BUNDLE": json.dumps({"versions": bundle, "extras": bundled_extras(), "mapped": mapped})}
+    with tempfile.TemporaryDirectory(prefix="mcprun-vendor-") as scratch:
+        constraints = Path(scratch, "bundle.txt")  # resolve around the bundle's versions
+        constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(bundle.items())))
+        resolve = ["install", "--dry-run", "--ignore-installed", "--target", str(Path(scratch, "unused")), *target]
+        unpinned = [requirement for requirement in wanted if _pinned(requirement, None) is None]
+        newest = resolve_with_pip(pip, [*resolve, "--no-deps"], unpinned, scratch, timeout, beside) if unpinned else []
+        pinned = [_pinned(requirement, newest) or requirement for requirement in wanted]
+        try:
+            resolved = resolve_with_pip(pip, [*resolve, "--constraint", str(constraints)], pinned, scratch, timeout,
+                                        beside)
+        except Error as exc:
+            raise type(exc)(f"{exc}{_what_fits(pip, resolve, constraints, wanted, pinned, scratch, timeout, beside)}"
+                            ) from None
+        resolved = [item for item in resolved if canonicalize_name(item["metadata"]["name"]) not in bundle]
+        wheels = Path(scratch, "wheels")
+        pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in resolved]
+        run_pip(pip, "download", "--no-deps", "--quiet", "--dest", str(wheels), *target, *pins)
+        run_pip(pip, "install", "--no-deps", "--no-index", "--quiet", "--upgrade", "--find-links", str(wheels),
+                "--target", str(folder), *target, *pins)
+        found = {canonicalize_name(path.name.split("-")[0]): (path.name, hashlib.sha256(path.read_bytes()).hexdigest())
+                 for path in wheels.glob("*.whl")}
+        return resolved, {item["metadata"]["name"]: found.get(canonicalize_name(item["metadata"]["name"]), ("?", "?"))
+                          for item in resolved}
+
+
+def vendor(settings: Settings, output: str, python_version: str | None, platform_tag: str | None,
+           resolve_timeout: float | None = None) -> int:
+    """mcprun vendor: install what the named packages or server need, and the bundle lacks, into a folder."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    if not output:
+        raise UsageError("mcprun vendor needs -o DIR, the folder to fill")
+    declared = vendor_requirements(settings)
+    python_version = python_version or "%d.%d" % sys.version_info[:2]
+    platform_tag = platform_tag or default_platform()
+    bundle = bundled_distributions()
+    mapped = SERVED_BY_MAPPINGS if settings.compat else ()
+    wanted, served, conflicts = [], [], []
+    for text, origin in declared:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        if name not in bundle:
+            wanted.append(requirement)
+            continue
+        if requirement.specifier and not requirement.specifier.contains(bundle[name], prereleases=True):
+            if name in mapped:
+                served.append(f"{text} ({origin})")
+            else:
+                conflicts.append(f"{text} ({origin}; the bundle has {requirement.name} {bundle[name]})")
+        if requirement.extras:  # the packages its extras add
+            wanted.append(Requirement(f"{requirement.name}[{','.join(sorted(requirement.extras))}]"))
+    if conflicts:
+        raise Failure(f"cannot vendor {', '.join(conflicts)}: a --pythonpath folder never replaces bundled "
+                      "packages")
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    resolved, wheels = [], {}
+    if wanted:
+        resolved, wheels = install_with_pip(wanted, folder, python_version, platform_ladder(platform_tag), bundle,
+                                            mapped, resolve_timeout or DEFAULT_RESOLVE_TIMEOUT)
+    served += served_requirements(resolved, bundle, mapped)
+    lines = [f"# made by mcprun {__version__} vendor: packages for --pythonpath, beside the bundle",
+             f"python {python_version}", f"platform {platform_tag}"]
+    lines += [f"{item['metadata']['name']} {item['metadata']['version']} sha256={wheels[item['metadata']['name']][1]} "
+              f"{wheels[item['metadata']['name']][0]}" for item in resolved]
+    (folder / MANIFEST).write_text("\n".join(lines) + "\n")
+    named = [f"{item['metadata']['name']} {item['metadata']['version']}" for item in resolved if item.get("requested")]
+    others = [f"{item['metadata']['name']} {item['metadata']['version']}" for item in resolved if not item.get("requested")]
+    shown = ", ".join(others[:8]) + (f" and {len(others) - 8} more" if len(others) > 8 else "")
+    what = ", ".join(named) or (shown if others else "nothing (the bundle has it all)")
+    if named and others:
+        what += f" and {len(others)} package{'s' if len(others) > 1 else ''} {'they' if len(named) > 1 else 'it'} " \
+                f"need{'' if len(named) > 1 else 's'} ({shown})"
+    mappings = f"; served by mcprun's mappings, not vendored: {', '.join(dict.fromkeys(served))}" if served else ""
+    info(f"vendored {what} into {folder} for CPython {python_version} on {platform_tag}{mappings}")
     return EXIT_OK
 
 
-# -- CLI parser --------------------------------------------------------------
+# -- sub-commands: pack, one zipapp carrying the runner, a server and what it needs ---
+
+PACK_FOLDER = "mcprun_pack/"  # inside the zipapp: pack.json, server/ (the server's folder), deps/ (vendored)
+PACK_SKIPPED = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", "node_modules"}
 
 
-EPILOG = f"""\
-examples:
-  mcprun server.py                          serve server.py's mcp/server/app over stdio
-  mcprun server.py:create_server -t http    call a factory, serve on http://127.0.0.1:8000/mcp
-  mcprun my_package.server:mcp -t sse -p 0  import string, SSE on a free port
-  mcprun fastmcp.json                       run a fastmcp.json (also found in . with no SPEC)
-  mcprun https://example.org/mcp            stdio proxy to a remote server
-  mcprun server.py -- --config dev.toml     pass arguments to the server (sys.argv)
-  mcprun check server.py --json             preflight: would it serve? its tools, resources, prompts
-  mcprun vendor server.py -o deps           (connected machine) fetch what the server needs, for
-                                            --pythonpath deps on the offline one
-  mcprun vendor mcp-server-git -o deps      (connected machine) a server from PyPI, by name or NAME==X.Y
-  mcprun mcp-server-git --pythonpath deps -t http -- --repository /srv/repo
-                                            (offline) run its console script, as uvx would, over HTTP
-  mcprun pack server.py -o server.pyz       (connected machine) one zipapp: mcprun, the server's
-                                            folder and its packages; python3 server.pyz serves it
-  MCPRUN_AUTH_TOKEN=$(cat /etc/mcp-token) mcprun server.py -t http --host 0.0.0.0
-                                            serve on every interface; clients send the bearer token
-
-how SPEC is found, in this order:
-  http(s)://...    a proxy to that remote server
-  NAME.json        a fastmcp.json, or an mcp.json (mcpServers: one proxy for them all)
-  a file           server.py[:obj] (its mcp, server or app, or that object or factory); a file
-                   without .py is run as a script: pip's DIR/bin/NAME runs its console script
-  module[:obj]     an import string, when the module is found (current folder, --pythonpath)
-  NAME             a console script of a package in a --pythonpath folder (or the only one of
-                   the package called NAME); an unknown name lists the console scripts there
-  code that starts its own server (a console script, -m, --script, main() calling mcp.run()) is
-  caught where it starts and served on the transport, address and gateway mcprun is given
-
-environment:
-  MCPRUN_<OPTION> sets an option (MCPRUN_PORT=9000, MCPRUN_NO_BANNER=1, MCPRUN_AUTH_TOKEN=..., ...);
-  precedence: command line > fastmcp.json deployment > MCPRUN_* > defaults.
-
-signals (http/sse):
-  SIGTERM, SIGINT  stop accepting, let calls in flight finish (--graceful-timeout), exit 0
-  second SIGINT    stop at once
-  SIGHUP           with --workers: replace the workers one at a time, with the code on disk
-
-systemd: takes a listening socket from socket activation (LISTEN_FDS) and reports READY=1 and
-  STOPPING=1 to NOTIFY_SOCKET (Type=notify).
-
-exit codes:
-  {EXIT_OK}  the server stopped cleanly
-  {EXIT_FAILURE}  the server or its code failed at run time (import error, port in use, ...)
-  {EXIT_USAGE}  bad command line, spec or config file
-"""
+def find_zipapp() -> Path:
+    """Return the mcprun.pyz a pack builds on: this one, or one beside this mcprun or in its dist/ folder."""
+    program = this_program()
+    if program.kind == "zipapp":
+        return program.path
+    here = program.path.resolve().parent  # the binary's own folder, not its unpacked copy
+    for candidate in (os.environ.get("MCPRUN_PYZ"), here / "mcprun.pyz", here / "dist" / "mcprun.pyz"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise UsageError("mcprun pack builds on mcprun.pyz: run 'python3 mcprun.pyz pack ...', or put mcprun.pyz "
+                     "beside this mcprun (or name it with MCPRUN_PYZ)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the command-line parser; it only describes, so tests and man pages can use it."""
-    parser = argparse.ArgumentParser(
-        prog="mcprun",
-        usage="mcprun [run|check|vendor|pack] [SPEC] [options] [-- server args]",
-        description="Run a Python MCP server (FastMCP, official SDK, fastmcp.json, mcp.json) "
-                    "or proxy a remote one, with no install step.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "spec", nargs="?", metavar="SPEC",
-        help="server.py[:obj], pkg.module:obj, a console script, fastmcp.json, mcp.json or an http(s):// URL "
-             f"(default: ./{CONFIG_FILE_NAME}); see 'how SPEC is found' below",
-    )
-    parser.add_argument("server_args", nargs="*", metavar="ARG", help="arguments for the server (also after --)")
-    parser.add_argument("-m", "--module", action="store_true",
-                        help="SPEC is a module to run as 'python -m SPEC' would, in this process; the server it "
-                             "starts is caught and served")
-    parser.add_argument("--script", action="store_true",
-                        help="SPEC is a .py file that starts its own server: run it as __main__ with the bundle; "
-                             "the server it starts is caught and served")
-    parser.add_argument("--version", action="store_true",
-                        help="print mcprun, fastmcp, mcp and Python versions and exit")
-    parser.add_argument("--json", action="store_true",
-                        help="with 'mcprun check': print the report as JSON")
-    vendoring = parser.add_argument_group(
-        "mcprun vendor PACKAGE...|requirements.txt|SPEC -o DIR, mcprun pack SPEC|PACKAGE -o FILE (on a connected "
-        "machine)")
-    vendoring.add_argument("-o", "--output", metavar="PATH",
-                           help="vendor: the folder to install into, for --pythonpath; pack: the zipapp to write")
-    vendoring.add_argument("--python-version", metavar="X.Y",
-                           help="Python of the machine that will run it (default: this mcprun's)")
-    vendoring.add_argument("--platform", metavar="TAG",
-                           help=f"wheel platform of that machine; older manylinux tags count too (default: "
-                                f"{DEFAULT_MANYLINUX}_ARCH, this machine's ARCH)")
-    vendoring.add_argument("--resolve-timeout", type=parse_seconds, metavar="SECONDS",
-                           help=f"give up when pip takes longer to resolve (default: {DEFAULT_RESOLVE_TIMEOUT:g})")
+def pack(settings: Settings, output: str, python_version: str | None, platform_tag: str | None,
+         resolve_timeout: float | None = None) -> int:
+    """mcprun pack: copy mcprun.pyz and add the server's folder (or the package named) and its vendored packages."""
+    import zipfile
 
-    serving = parser.add_argument_group("serving")
-    serving.add_argument("-t", "--transport", choices=TRANSPORTS, metavar="{stdio,http,streamable-http,sse}",
-                         help=f"protocol to serve (default: {DEFAULT_TRANSPORT})")
-    serving.add_argument("--host", metavar="HOST", help=f"address to bind for http/sse (default: {DEFAULT_HOST})")
-    serving.add_argument("-p", "--port", type=parse_port, metavar="PORT",
-                         help=f"port for http/sse, 0 for a free one (default: {DEFAULT_PORT})")
-    serving.add_argument("--path", metavar="PATH",
-                         help=f"route of the endpoint (default: {DEFAULT_HTTP_PATH} for http, {DEFAULT_SSE_PATH} for sse)")
-    serving.add_argument("--stateless", action="store_true", default=None,
-                         help="serve streamable HTTP without sessions (each request stands alone)")
-    serving.add_argument("-w", "--workers", type=parse_workers, metavar="N",
-                         help="processes serving http on one port, or 'auto' for one per usable core; "
-                              f"more than 1 needs --stateless (default: {DEFAULT_WORKERS})")
+    if not output:
+        raise UsageError("mcprun pack needs -o FILE, the zipapp to write")
+    spec = settings.spec or ""
+    named = not settings.config and not (spec.endswith(".py") or "/" in spec or ":" in spec or Path(spec).exists())
+    root = None
+    if not named:
+        target = resolve_target(settings)
+        if target.kind not in ("file", "script") and not settings.config:
+            raise UsageError(f"mcprun pack takes a server file, fastmcp.json or a package, not {target.kind} "
+                             f"{target.spec!r}")
+        entry = Path(os.path.abspath(spec.split(":")[0] if settings.config else target.path))
+        root = _package_root(entry)[0] if (entry.parent / "__init__.py").exists() else entry.parent
+        if settings.config and not Path(target.path).resolve().is_relative_to(root.resolve()):
+            raise UsageError(f"{spec}: the server {target.path} lies outside the config's folder; "
+                             "pack a folder that holds both")
+        spec = str(entry.relative_to(root)) + (f":{target.object_name}" if target.object_name and not settings.config
+                                               else "")
+    base = find_zipapp()
+    output_path = Path(output).resolve()
+    with tempfile.TemporaryDirectory(prefix="mcprun-pack-") as scratch:
+        deps = Path(scratch, "deps")
+        vendor(settings, str(deps), python_version, platform_tag, resolve_timeout)
+        files = [] if root is None else [
+            (path, f"server/{path.relative_to(root)}") for path in sorted(root.rglob("*"))
+            if path.is_file() and path != output_path and not PACK_SKIPPED & set(path.relative_to(root).parts)]
+        files += [(path, f"deps/{path.relative_to(deps)}") for path in sorted(deps.rglob("*")) if path.is_file()]
+        manifest = {"spec": spec}
+        if named:  # run by its console script, found in the packed packages
+            from packaging.requirements import Requirement
 
-    security = parser.add_argument_group("http security")
-    security.add_argument("--auth-token", metavar="TOKEN",
-                          help="require 'Authorization: Bearer TOKEN' (visible in ps: prefer the file or "
-                               "MCPRUN_AUTH_TOKEN)")
-    security.add_argument("--auth-token-file", metavar="FILE",
-                          help="read the bearer token(s) from FILE, one per line (# comments allowed)")
-    security.add_argument("--require-auth", action="store_true", default=None,
-                          help="refuse to serve http/sse without a token (default: warn when bound beyond loopback)")
-    security.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="HOST",
-                          help="also accept this Host header, e.g. mcp.example.org or *.example.org; "
-                               "repeatable (default: loopback names when bound to loopback)")
-    security.add_argument("--allowed-origin", dest="allowed_origins", action="append", metavar="ORIGIN",
-                          help="also accept requests from this browser Origin, e.g. https://app.example.org; "
-                               "repeatable")
-    security.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
-                          help="let browser pages from ORIGIN read responses (CORS, preflight answered); "
-                               "repeatable, implies --allowed-origin")
-
-    operations = parser.add_argument_group("http operations")
-    operations.add_argument("--health-path", type=parse_route, metavar="PATH",
-                            help=f"liveness route, no auth (default: {DEFAULT_HEALTH_PATH})")
-    operations.add_argument("--ready-path", type=parse_route, metavar="PATH",
-                            help=f"readiness route, 200 while serving, 503 while draining (default: {DEFAULT_READY_PATH})")
-    operations.add_argument("--graceful-timeout", type=parse_seconds, metavar="SECONDS",
-                            help="on SIGTERM/SIGINT, seconds calls in flight get to finish "
-                                 f"(default: {DEFAULT_GRACEFUL_TIMEOUT:g})")
-    operations.add_argument("--max-body", type=parse_size, metavar="SIZE",
-                            help="largest request body, e.g. 16MiB or 500kB (default: 16MiB)")
-    operations.add_argument("--max-connections", type=parse_count, metavar="N",
-                            help="connections open at once, per process; past it the one waiting longest "
-                                 f"for a request is closed (default: {DEFAULT_MAX_CONNECTIONS}, within the "
-                                 "open files limit)")
-    operations.add_argument("--read-timeout", type=parse_seconds, metavar="SECONDS",
-                            help="seconds a client has to send a request's headers, and the longest pause "
-                                 f"in its body; 0 for none (default: {DEFAULT_READ_TIMEOUT:g})")
-    operations.add_argument("--max-sessions", type=parse_count, metavar="N",
-                            help="sessions (sse: event streams) open at once, per process; one client address "
-                                 f"may hold a quarter of them (default: {DEFAULT_MAX_SESSIONS})")
-    operations.add_argument("--session-idle-timeout", type=parse_period, metavar="SECONDS",
-                            help="close a session after this long without a request "
-                                 f"(default: {DEFAULT_SESSION_IDLE_TIMEOUT:g})")
-    operations.add_argument("--no-access-log", dest="access_log", action="store_false", default=None,
-                            help="don't log one line per http request")
-
-    behaviour = parser.add_argument_group("behaviour")
-    behaviour.add_argument("-l", "--log-level", type=parse_log_level, metavar="LEVEL",
-                           help=f"{', '.join(LOG_LEVELS)}; DEBUG also shows tracebacks (default: {DEFAULT_LOG_LEVEL})")
-    behaviour.add_argument("--log-format", type=parse_log_format, metavar="FORMAT",
-                           help=f"text or json (one object per line) (default: {DEFAULT_LOG_FORMAT})")
-    behaviour.add_argument("--no-banner", dest="show_banner", action="store_false", default=None,
-                           help="don't print the start-up line (the http ready line stays)")
-    behaviour.add_argument("--reload", action="store_true", default=None,
-                           help="restart the server when a file changes (development)")
-    behaviour.add_argument("--no-reload", dest="reload", action="store_false", help="turn --reload off")
-    behaviour.add_argument("--reload-dir", dest="reload_dirs", action="append", metavar="DIR",
-                           help="folder to watch with --reload, repeatable (default: the server's folder)")
-    behaviour.add_argument("--pythonpath", action="append", metavar="DIR",
-                           help="folder of extra packages the server imports, searched after the bundle, "
-                                "repeatable (make one with pip install --target DIR)")
-    requirements = parser.add_argument_group(
-        "requirements (checked offline against the bundle and --pythonpath folders; nothing is installed)")
-    requirements.add_argument("--with", dest="with_packages", action="append", metavar="REQ",
-                              help="the server needs this package, e.g. 'pandas>=2'; repeatable")
-    requirements.add_argument("--with-requirements", metavar="FILE", help="the server needs what FILE lists")
-    requirements.add_argument("--project", metavar="DIR", help="the server needs its project's dependencies "
-                                                              "(DIR/pyproject.toml)")
-    requirements.add_argument("--python", metavar="VERSION", help="the server needs this Python, e.g. 3.11 or >=3.10")
-    requirements.add_argument("--allow-network", action="store_true", default=None,
-                              help="with --with/--with-requirements/--project/--python and uv on PATH, let uv "
-                                   "fetch what is missing (as fastmcp run does); never without this flag")
-    requirements.add_argument("--skip-env", action="store_true", default=None,
-                              help="don't check what the server declares it needs (fastmcp.json environment, "
-                                   "# /// script, dependencies=)")
-
-    behaviour.add_argument("--no-compat", dest="compat", action="store_false", default=None,
-                           help="don't map mcp 1.x APIs (mcp.server.fastmcp, low-level decorators) onto the bundled "
-                                "mcp 2.x")
-    behaviour.add_argument("--skip-source", action="store_true", default=None,
-                           help="skip source preparation (accepted for fastmcp run compatibility; "
-                                "local files need none)")
-    behaviour.add_argument("--print-config", action="store_true",
-                           help="print the effective settings and where each came from, and how the server "
-                                "would be served (imports it), then exit")
-    return parser
+            script = find_console_script(Requirement(spec).name, console_scripts((str(deps),)))
+            if script is None:
+                raise UsageError(f"{spec} has no console script to run; pack a server file that imports it")
+            manifest = {"script": script.name}
+            spec = script.name
+        digest = hashlib.sha256()
+        for path, name in files:
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+        manifest.update(id=digest.hexdigest()[:16], mcprun=__version__)
+        shutil.copyfile(base, output_path)
+        with zipfile.ZipFile(output_path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(PACK_FOLDER + "pack.json", json.dumps(manifest))
+            for path, name in files:
+                archive.write(path, PACK_FOLDER + name)
+    output_path.chmod(0o755)
+    size = output_path.stat().st_size / 1e6
+    source = f"from {_short_path(root)} " if root else ""
+    info(f"packed {spec} {source}({len(files)} files) into {_short_path(output_path)} "
+         f"({size:.1f} MB): run it with 'python3 {_short_path(output_path)} [options]'")
+    return EXIT_OK
 
 
-def version_line() -> str:
-    """Return mcprun's version with those of the bundled stack, on one line."""
-    parts = [f"fastmcp {_version_of('fastmcp')}", f"mcp {_version_of('mcp')}",
-             f"Python {platform.python_version()}", f"{platform.system()}-{platform.machine()}"]
-    return f"mcprun {__version__} ({', '.join(parts)})"
-
-
-def parse_command_line(argv: list[str]) -> argparse.Namespace:
-    """Parse argv, honouring 'run' and everything after '--' as server arguments."""
-    command = "run"
-    if argv and argv[0] in COMMANDS:
-        command, argv = argv[0], argv[1:]
-    end = _options_end(argv)
-    args = build_parser().parse_args(argv[:end])
-    args.server_args = [*args.server_args, *argv[end + 1:]]
-    args.argv = argv
-    args.command = command
-    return args
+def unpack_packed_server(argv: list[str]) -> list[str]:
+    """In a packed zipapp: unpack its server once and return argv with the server and its packages added."""
+    program = this_program()
+    if program.kind != "zipapp" or os.environ.get("MCPRUN_PACKED"):
+        return argv
+    with shiv_archive(program.path) as archive:
+        try:
+            manifest = json.loads(archive.read(PACK_FOLDER + "pack.json"))
+        except KeyError:
+            return argv
+        root = Path(os.environ.get("SHIV_ROOT") or tempfile.gettempdir())
+        folder = root / f"mcprunpack-{manifest['id']}"
+        if not (folder / ".complete").exists():
+            scratch = Path(tempfile.mkdtemp(prefix=f".mcprunpack-{manifest['id']}-", dir=root))
+            for name in archive.namelist():
+                if name.startswith(PACK_FOLDER) and not name.endswith("/") and name != PACK_FOLDER + "pack.json":
+                    archive.extract(name, scratch)
+            (scratch / PACK_FOLDER / ".complete").touch()
+            try:
+                os.rename(scratch / PACK_FOLDER, folder)
+            except OSError:  # another start unpacked it first
+                pass
+            shutil.rmtree(scratch, ignore_errors=True)
+    os.environ["MCPRUN_PACKED"] = "1"  # a reloaded child gets its argv as it is
+    command = argv[:1] if argv[:1] and argv[0] in COMMANDS else []
+    added = [manifest["script"]] if "script" in manifest else [str(folder / "server" / manifest["spec"])]
+    if (folder / "deps").is_dir():
+        added += ["--pythonpath", str(folder / "deps")]
+    return [*command, *added, *argv[len(command):]]
 
 
 # -- main --------------------------------------------------------------------
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """Return the single exception inside nested exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def describe_failure(raised: BaseException, debug: bool) -> tuple[int, str]:
-    """Return the exit code and the one error line for a failed run; print the traceback at DEBUG."""
-    exc = _unwrap(raised)
-    if isinstance(exc, Error):
-        if debug and exc.__cause__ is not None:
-            traceback.print_exception(exc.__cause__)
-        user_code = isinstance(exc, Failure) and exc.__cause__ is not None  # a traceback to offer
-        hint = "; rerun with --log-level DEBUG for the traceback" if user_code and not debug else ""
-        return exc.exit_code, f"{exc}{hint}"
-    if debug:  # a failure in the server while it runs
-        traceback.print_exception(raised)
-    hint = "" if debug else "; rerun with --log-level DEBUG for the traceback"
-    return EXIT_FAILURE, f"the server failed: {_describe(exc)}{hint}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -4589,7 +4569,5 @@ def main(argv: list[str] | None = None) -> int:
         code, message = describe_failure(raised, debug)
         error(message)
         return code
-
-
 if __name__ == "__main__":
     sys.exit(main())
