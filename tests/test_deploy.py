@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import os
 import re
@@ -57,28 +56,6 @@ async def slow(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return f"slept {seconds:g}"
 """
-
-
-@functools.cache
-def mcprun_help() -> str:
-    result = subprocess.run([*mcprun_command(), "--help"], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "COLUMNS": "200"})
-    return result.stdout
-
-
-@functools.cache
-def mcprun_source() -> str:
-    return (ROOT / "mcprun.py").read_text()
-
-
-def needs_option(option: str) -> None:
-    if option not in mcprun_help():
-        pytest.skip(f"mcprun has no {option} yet (not in 'mcprun --help'); the recipes use it")
-
-
-def needs_feature(variable: str, what: str) -> None:
-    if variable not in mcprun_source():
-        pytest.skip(f"mcprun does not support {what} yet ({variable} appears nowhere in mcprun.py)")
 
 
 def binary_under_test() -> Path:
@@ -260,7 +237,6 @@ def systemd_folders(tmp_path):
 
 def test_systemd_service_runs_as_systemd_starts_it(token, tmp_path, server_file, systemd_folders):
     """mcprun.service's own command line and environment: READY=1, serving with the credential, STOPPING=1, exit 0."""
-    needs_feature("NOTIFY_SOCKET", "sd_notify")
     credentials, cache, notify = systemd_folders
     command, environment = systemd_command(SYSTEMD / "mcprun.service", server_file, credentials, cache, free_port())
     env = child_env(token, **{**environment, "NOTIFY_SOCKET": notify.path, "TMPDIR": str(tmp_path)})
@@ -288,7 +264,6 @@ def test_systemd_socket_activation(token, tmp_path, server_file, systemd_folders
 
     The first client connects before mcprun runs: its connection waits in the socket's backlog, then is served.
     """
-    needs_feature("LISTEN_FDS", "systemd socket activation")
     activate = shutil.which("systemd-socket-activate")
     if not activate:
         pytest.skip("no systemd-socket-activate here")
@@ -633,7 +608,6 @@ def test_deployment_follows_the_rules():
 
 def test_deployment_arguments_serve(token, tmp_path, server_file):
     """The Deployment's own args run: stateless, workers auto, token file, the probes' routes."""
-    needs_option("--workers")
     [container] = resource("Deployment")["spec"]["template"]["spec"]["containers"]
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")

@@ -283,7 +283,7 @@ def test_sigterm_lets_a_slow_call_finish_runs_lifespan_shutdown_and_exits_0(toke
             root = server.url.rsplit("/", 1)[0]
             assert keep_alive.get(f"{root}/readyz").status_code == 200
             server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            wait_for(lambda: keep_alive.get(f"{root}/readyz").status_code == 503, timeout=5, what="the drain")
             assert keep_alive.get(f"{root}/readyz").json() == {"status": "stopping"}
         assert server.process.wait(15) == 0, server.stderr
         thread.join(15)
@@ -331,8 +331,11 @@ def test_second_sigint_forces(token):
     with serving(token, PRODUCTION, "--graceful-timeout", "60", cwd=SERVERS) as server:
         start_in_thread(call, server.url, "hang", {})
         wait_for(lambda: text_of(run_async(call(server.url, "held", {}))) == "1")
-        server.process.send_signal(signal.SIGINT)
-        time.sleep(0.5)
+        with httpx.Client(timeout=10) as keep_alive:  # an open connection sees the drain begin
+            root = server.url.rsplit("/", 1)[0]
+            assert keep_alive.get(f"{root}/readyz").status_code == 200
+            server.process.send_signal(signal.SIGINT)
+            wait_for(lambda: keep_alive.get(f"{root}/readyz").status_code == 503, timeout=5, what="the drain")
         assert server.process.poll() is None  # draining, for up to 60 s
         server.process.send_signal(signal.SIGINT)
         server.process.wait(10)  # well before the grace period ends
