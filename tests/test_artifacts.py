@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, stdio_exchange, tools_call
+from helpers import INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, stdio_exchange, tools_call
 
 DIST = ROOT / "dist"
 PYZ = DIST / "mcprun.pyz"
@@ -301,7 +301,7 @@ def test_binary_unpacks_once_and_a_kill_leaves_no_process(token, tmp_path):
     import signal
     import time
 
-    from conftest import RunningServer, pids_with_token
+    from helpers import RunningServer, pids_with_token
 
     cache = tmp_path / "cache"
     env = binary_cache_env(token, MCPRUN_CACHE=str(cache))

@@ -8,7 +8,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import (DEMO_RESULT, INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, free_port, mcprun_command,
+from helpers import (DEMO_RESULT, INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, free_port, mcprun_command,
                       run_async, run_cli, serving, started, stdio_exchange, stdio_transport, tools_call)
 
 COMPAT = SERVERS / "compat"

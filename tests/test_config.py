@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from fastmcp.client.transports import SSETransport
-from conftest import (
+from helpers import (
     DEMO_RESULT, ROOT, SERVERS, TOKEN_VARIABLE, child_env, exercise_fastmcp, exercise_sdk, free_port,
     mcprun_command, run_async, run_cli, serving, started, stdio_transport,
 )

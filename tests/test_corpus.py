@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, child_env, mcprun_command, run_cli
+from helpers import ROOT, child_env, mcprun_command, run_cli
 
 NATIVE = json.loads((ROOT / "tests" / "corpus" / "native_tools.json").read_text())
 LOCK = {found[1]: (found[2], found[3]) for found in re.finditer(

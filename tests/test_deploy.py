@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import (ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command, run_async, serving,
+from helpers import (ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command, run_async, serving,
                       started, wait_for)
 
 DEPLOY = ROOT / "packaging" / "deploy"
@@ -523,7 +523,7 @@ def _namespace_pid(pid: int) -> int:
 
 
 def _pids_of(token: str) -> list[int]:
-    from conftest import pids_with_token
+    from helpers import pids_with_token
 
     return pids_with_token(token)
 

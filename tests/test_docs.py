@@ -6,7 +6,7 @@ The convention, for every fenced block in README.md and docs/*.md:
   in a backslash continues on the next one); the lines after it, up to the next command, are
   what it prints, stdout and stderr together. The commands of one block run one after another
   in one bash, in a fresh folder holding a copy of examples/ and the page's files (below), with
-  `mcprun` on PATH running the program under test (conftest.mcprun_command()). A command that
+  `mcprun` on PATH running the program under test (helpers.mcprun_command()). A command that
   exits non-zero must show its status (`; echo "exit $?"`). In the expected output, a line
   `...` matches any number of lines and `[..]` any text within a line; trailing spaces and
   trailing blank lines are ignored.
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, ROOT, TOKEN_VARIABLE, kill_token, mcprun_command
+from helpers import EXAMPLES, ROOT, TOKEN_VARIABLE, kill_token, mcprun_command
 
 README = (ROOT / "README.md").read_text()
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -6,7 +6,7 @@ import socket
 import time
 
 import pytest
-from conftest import READY, SERVERS, exercise_fastmcp, run_async, serving
+from helpers import READY, SERVERS, exercise_fastmcp, run_async, serving
 
 TOOL_SOURCE = '''
 from fastmcp import FastMCP
@@ -71,7 +71,7 @@ def test_reload_restarts_on_change(token, tmp_path):
 
 def test_reload_passes_server_args_once(token):
     """Positional and after-'--' server args reach the reloaded server exactly once."""
-    from conftest import exercise_fastmcp, started
+    from helpers import exercise_fastmcp, started
 
     with started(token, "fastmcp_server.py", "first", "--reload", "-t", "http", "-p", "0", "--", "--second",
                  cwd=SERVERS) as server:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import (
+from helpers import (
     INITIALIZE, INITIALIZED, READY, SERVERS, child_env, exercise_fastmcp, mcprun_command, pids_with_token,
     run_async, serving, stdio_exchange, tools_call,
 )

@@ -4,7 +4,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import DEMO_RESULT, ROOT, SERVERS, child_env, mcprun_command, serving
+from helpers import DEMO_RESULT, ROOT, SERVERS, child_env, mcprun_command, serving
 
 MCP1_PYTHON = ROOT / ".venv-mcp1" / "bin" / "python"
 CLIENT = ROOT / "tests" / "clients" / "mcp1_client.py"

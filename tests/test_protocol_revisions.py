@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from conftest import INITIALIZED, SERVERS, mcprun_command, serving, stdio_exchange, tools_call
+from helpers import INITIALIZED, SERVERS, mcprun_command, serving, stdio_exchange, tools_call
 
 REVISIONS = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"]
 SPECS = ["fastmcp_server.py", "compat/mcp1_full.py", "compat/lowlevel_object.py"]

@@ -4,7 +4,7 @@ import json
 import shutil
 
 import pytest
-from conftest import (
+from helpers import (
     INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, mcprun_command, run_cli, stdio_exchange, tools_call,
 )
 

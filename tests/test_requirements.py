@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import (INITIALIZE, INITIALIZED, SERVERS, child_env, mcprun_command, run_cli, stdio_exchange,
+from helpers import (INITIALIZE, INITIALIZED, SERVERS, child_env, error_line, mcprun_command, run_cli, stdio_exchange,
                       tools_call)
 
 COMPAT = SERVERS / "compat"
@@ -40,13 +40,6 @@ def fake_package(folder, name: str, version: str):
     return folder
 
 
-def one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("mcprun: error: ")
-    return lines[0]
-
-
 def test_satisfied_script_metadata_serves(token, tmp_path):
     server = server_declaring(tmp_path, "httpx>=0.20", "pydantic>=2", "tzdata; python_version < '3'")
     result = run_cli(token, str(server), input="")
@@ -55,7 +48,7 @@ def test_satisfied_script_metadata_serves(token, tmp_path):
 
 def test_unmet_script_metadata_is_one_error_with_the_vendoring_command(token, tmp_path):
     server = server_declaring(tmp_path, "nosuchpkg-xyz==1.0", "pydantic<2", "httpx>=0.20")
-    line = one_error_line(result := run_cli(token, str(server), cwd=tmp_path, input=""))
+    line = error_line(result := run_cli(token, str(server), cwd=tmp_path, input=""), 1)
     assert result.returncode == 1
     assert line.startswith("mcprun: error: declares.py needs what this mcprun does not have: ")
     assert "nosuchpkg-xyz==1.0 (not installed; declares.py (# /// script))" in line
@@ -72,7 +65,7 @@ def test_pythonpath_folders_satisfy_requirements(token, tmp_path):
     assert run_cli(token, str(server), input="").returncode == 1
     assert run_cli(token, str(server), "--pythonpath", str(folder), input="").returncode == 0
     too_old = run_cli(token, str(server), "--pythonpath", str(folder), "--with", "fakepkg>=2", input="")
-    line = one_error_line(too_old)
+    line = error_line(too_old, 1)
     assert "fakepkg>=2 (have 1.2; --with)" in line and "in the bundle" not in line
 
 
@@ -91,14 +84,14 @@ def test_command_line_requirements(token, tmp_path, args, files, fragment):
         (tmp_path / name).write_text(text)
     result = run_cli(token, str(SERVERS / "fastmcp_server.py"), *args, cwd=tmp_path, input="")
     assert result.returncode == 1
-    assert fragment in one_error_line(result)
+    assert fragment in error_line(result, 1)
 
 
 def test_dependencies_declared_by_an_mcp1_server(token, tmp_path):
     server = tmp_path / "old.py"
     server.write_text("from mcp.server.fastmcp import FastMCP\n\n"
                       "mcp = FastMCP('Old', dependencies=['nosuchpkg-ghi', 'httpx'])\n")
-    line = one_error_line(result := run_cli(token, str(server), cwd=tmp_path, input=""))
+    line = error_line(result := run_cli(token, str(server), cwd=tmp_path, input=""), 1)
     assert result.returncode == 1
     assert "nosuchpkg-ghi (not installed; FastMCP('Old', dependencies=...))" in line
 
@@ -106,7 +99,7 @@ def test_dependencies_declared_by_an_mcp1_server(token, tmp_path):
 def test_requirements_on_older_stacks_are_served_through_the_mappings(token, tmp_path):
     server = server_declaring(tmp_path, "mcp<2", "fastmcp>=2,<3")
     assert run_cli(token, str(server), input="").returncode == 0
-    assert "mcp<2 (have 2." in one_error_line(run_cli(token, str(server), "--no-compat", input=""))
+    assert "mcp<2 (have 2." in error_line(run_cli(token, str(server), "--no-compat", input=""), 1)
 
 
 # -- mcprun check ----------------------------------------------------------------------------
@@ -156,7 +149,7 @@ def test_check_a_broken_server(token, spec, fragment):
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["ok"] is False and fragment in report["error"]
-    assert fragment in one_error_line(result)
+    assert fragment in error_line(result, 1, report=True)
     text = run_cli(token, "check", spec, cwd=SERVERS)
     assert text.returncode == 1
     assert text.stdout.startswith("mcprun check: it would not serve\n")
@@ -202,7 +195,7 @@ def test_uv_is_never_run_without_allow_network(token, tmp_path):
     env = child_env(token, PATH=path_with(marking_uv(tmp_path)), XDG_CACHE_HOME=str(tmp_path / "cache"))
     result = run_cli(token, "server.py", "--with", "tabulate", cwd=tmp_path, env=env, input="")
     assert result.returncode == 1
-    assert "tabulate (not installed; --with)" in one_error_line(result)
+    assert "tabulate (not installed; --with)" in error_line(result, 1)
     assert not (tmp_path / "uv-ran").exists()
     assert not list((tmp_path / "cache").glob("mcprun/uv-*"))  # (the binary unpacks itself there; uv's folder: none)
 
@@ -232,7 +225,7 @@ def test_allow_network_without_uv_is_the_offline_check(token, tmp_path):
     env = child_env(token, PATH="/usr/bin:/bin", XDG_CACHE_HOME=str(tmp_path / "cache"))
     result = run_cli(token, "server.py", "--with", "tabulate", "--allow-network", cwd=tmp_path, env=env, input="")
     assert result.returncode == 1
-    assert "tabulate (not installed; --with)" in one_error_line(result)
+    assert "tabulate (not installed; --with)" in error_line(result, 1)
 
 
 def test_uv_failure_is_one_error_line(token, tmp_path):

@@ -13,7 +13,7 @@ import sys
 
 import anyio
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 sys.path.insert(0, str(ROOT))
 import mcprun  # noqa: E402

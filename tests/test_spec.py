@@ -10,7 +10,7 @@ import urllib.request
 from importlib.metadata import version
 
 import pytest
-from conftest import (
+from helpers import (
     DEMO_RESULT, ROOT, SERVERS, child_env, exercise_fastmcp, exercise_sdk, run_async, run_cli, serving, started,
     stdio_transport,
 )
@@ -35,7 +35,8 @@ SPECS = {
     "file that starts its server when imported": (["runs_at_import.py"], SERVERS),
 }
 # The official SDK client runs against these too (every transport); fastmcp's Client against all.
-SDK_CLIENT_SPECS = ("file default app", "file:async_factory", "package file from another cwd", "pkg.module", "sdk file")
+SDK_CLIENT_SPECS = ("file default mcp", "file default app", "file:async_factory", "package file from another cwd",
+                    "pkg.module", "sdk file")
 
 
 @pytest.mark.parametrize("spec, cwd", SPECS.values(), ids=SPECS.keys())

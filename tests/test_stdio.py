@@ -4,7 +4,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import (
+from helpers import (
     INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, exercise_fastmcp, mcprun_command, run_async, stdio_exchange,
     stdio_transport, tools_call,
 )

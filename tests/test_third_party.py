@@ -9,7 +9,7 @@ the network, which mcprun must never do on its own (and this machine doesn't all
 import json
 
 import pytest
-from conftest import INITIALIZE, INITIALIZED, ROOT, mcprun_command, run_async, serving, stdio_exchange, tools_call
+from helpers import INITIALIZE, INITIALIZED, ROOT, mcprun_command, run_async, serving, stdio_exchange, tools_call
 
 TARGET = ROOT / "build-cache" / "third-party"
 SERVER = TARGET / "duckduckgo_mcp_server" / "server.py"

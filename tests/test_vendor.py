@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     INITIALIZE, INITIALIZED, child_env, error_line, mcprun_command, run_cli, stdio_exchange, tools_call,
 )
 

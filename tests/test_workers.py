@@ -18,7 +18,7 @@ import threading
 import time
 
 import pytest
-from conftest import (SERVERS, RunningServer, child_env, kill_token, mcprun_command, pids_with_token, run_async,
+from helpers import (SERVERS, RunningServer, child_env, kill_token, mcprun_command, pids_with_token, run_async,
                       run_cli, serving, wait_for)
 
 PID_SERVER = "pid_server.py"
@@ -177,8 +177,19 @@ def test_second_sigint_stops_the_workers_at_once(token, tmp_path):
 
         threading.Thread(target=hanging_call, daemon=True).start()
         wait_for(started.exists, what="the call in flight")
+        address = http.client.urlsplit(server.url)
+        keep_alive = http.client.HTTPConnection(address.hostname, address.port, timeout=10)  # sees its worker drain
+
+        def readiness() -> int:
+            keep_alive.request("GET", "/readyz")
+            response = keep_alive.getresponse()
+            response.read()
+            return response.status
+
+        assert readiness() == 200
         server.process.send_signal(signal.SIGINT)
-        time.sleep(0.5)
+        wait_for(lambda: readiness() == 503, timeout=5, what="the drain")
+        keep_alive.close()
         assert server.process.poll() is None  # draining, for up to 60 s
         server.process.send_signal(signal.SIGTERM)  # systemd's SIGTERM to every process of the service: no force
         time.sleep(0.5)
