@@ -630,14 +630,14 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
 
 
-def parse_count(text: str) -> int:
+def parse_count(text: str, example: str = "a positive whole number (e.g. 1000)") -> int:
     """argparse type: a positive whole number."""
     try:
         count = int(text)
     except ValueError:
         count = 0
     if count < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (e.g. 1000)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {example}")
     return count
 
 
@@ -669,13 +669,7 @@ def parse_workers(text: str) -> int:
     """argparse type: a number of worker processes, or 'auto' for the usable cores."""
     if text.strip().lower() == "auto":
         return usable_cores()
-    try:
-        workers = int(text)
-    except ValueError:
-        workers = 0
-    if workers < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1, 2, ... or auto)")
-    return workers
+    return parse_count(text, "a number of workers (1, 2, ... or auto)")
 
 
 def parse_route(text: str) -> str:
@@ -741,8 +735,8 @@ systemd: takes a listening socket from socket activation (LISTEN_FDS) and report
 
 exit codes:
   {EXIT_OK}  the server stopped cleanly
-  {EXIT_FAILURE}  the server or its code failed at run time (import error, port in use, ...)
-  {EXIT_USAGE}  bad command line, spec or config file
+  {EXIT_FAILURE}  the run failed: the server's code (an import error, ...), a requirement, the port, pip
+  {EXIT_USAGE}  what was given is wrong: the command line, the spec, a config file, an MCPRUN_* variable
 """
 
 
@@ -3156,96 +3150,177 @@ def replaying(read: list, receive: Any) -> Any:
     return replay
 
 
-class Gateway:
-    """mcprun's ASGI front for every server over HTTP.
+FLIGHT = "mcprun.flight"  # the scope key under which the gateway's pieces share a request's Flight
 
-    In order: health and readiness routes, the access log and the bookkeeping of requests in
-    flight (for a graceful drain), the Host/Origin guard, CORS, bearer auth, the body limit,
-    the JSON content-type check; then the server's own app.
-    """
 
-    def __init__(self, app: Any, settings: Settings, tokens: tuple, on_ready: Any) -> None:
-        from fastmcp.server.http import HostOriginGuardMiddleware
-        from mcp.server.transport_security import RequestBodyLimitMiddleware
+def request_session(scope: dict, sse: bool) -> str | None:
+    """Return the session a request belongs to: its mcp-session-id header, or an SSE post's session_id."""
+    if sse and scope["method"] == "POST":
+        return dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"))).get("session_id")
+    return dict(scope["headers"]).get(b"mcp-session-id", b"").decode("latin-1") or None
 
-        self.server_app = app
-        self.settings = settings
-        self.sse = settings.transport == "sse"
-        self.on_ready = on_ready  # called once the server's lifespan has started
-        guarded = RequestBodyLimitMiddleware(JsonOnly(app, settings), settings.max_body)
-        if tokens:
-            guarded = BearerAuth(guarded, tokens)
-        if settings.cors_origins:
-            from starlette.middleware.cors import CORSMiddleware
 
-            guarded = CORSMiddleware(
-                guarded, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["authorization", "content-type", "accept", "last-event-id", "mcp-session-id",
-                               "mcp-protocol-version"],
-                expose_headers=["mcp-session-id", "mcp-protocol-version"], max_age=600)
-        origins = settings.allowed_origins + settings.cors_origins
-        self.app = HostOriginGuardMiddleware(guarded, allowed_hosts=list(settings.allowed_hosts) or None,
-                                             allowed_origins=list(origins) or None)
-        self.access = logging.getLogger("mcprun.access") if settings.access_log else None
-        self.ready = False
-        self.stopping = False  # draining: new calls are refused (or, RETIRING, served) and connections close
-        self.stopped = False  # drained: whatever comes now is refused
-        self.flights: set[Flight] = set()
-        self.pending: dict[str, set] = {}  # SSE: open stream's session -> ids of accepted calls its stream owes
-        self.sessions = None if settings.stateless else SessionBook(settings.max_sessions,
-                                                                    settings.session_idle_timeout)
-        self.large = None  # an anyio.Semaphore of LARGE_AT_ONCE, made in the running loop
-        self.last_call_ended = float("-inf")  # anyio clock
+class Health:
+    """Answer the health route (200 while the process runs) and the readiness route (200 when ready,
+    503 while starting or stopping); pass every other request on."""
+
+    def __init__(self, app: Any, settings: Settings, state: Any) -> None:
+        self.app, self.health_path, self.ready_path, self.state = app, settings.health_path, settings.ready_path, state
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":
-            return await self.lifespan(scope, receive, send)
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if scope["path"] == self.settings.health_path:
+        if scope["path"] == self.health_path:
             return await send_json(send, 200, {"status": "ok"})
-        if scope["path"] == self.settings.ready_path:
-            state = "stopping" if self.stopping else "ready" if self.ready else "starting"
+        if scope["path"] == self.ready_path:
+            state = self.state()
             return await send_json(send, 200 if state == "ready" else 503, {"status": state})
-        await self.handle(scope, receive, send)
+        await self.app(scope, receive, send)
 
-    async def lifespan(self, scope, receive, send):
-        async def send_and_note(message):
-            await send(message)
-            if message["type"] == "lifespan.startup.complete":
-                set_inner_limits(self.server_app, self.settings.max_body, self.settings.max_sessions)
-                self.ready = True
-                self.on_ready()
 
-        await self.server_app(scope, receive, send_and_note)
+class AccessLog:
+    """Write one line per request that reached the book of calls (Calls), once it has ended: client,
+    method and path as sent, status (499: no response), duration, and the session, JSON-RPC methods
+    and tool noted on its Flight. What a client sent is escaped and cut to LOGGED_FIELD characters."""
 
-    async def handle(self, scope, receive, send):
+    def __init__(self, app: Any) -> None:
+        self.app, self.log = app, logging.getLogger("mcprun.access")
+
+    async def __call__(self, scope, receive, send):
+        began = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if (flight := scope.get(FLIGHT)) is not None:
+                self.write(scope, flight, began)
+
+    def write(self, scope: dict, flight: Flight, began: float) -> None:
+        client = scope.get("client")
+        path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]  # as sent: %0a stays %0a
+        fields = {
+            "client": f"{client[0]}:{client[1]}" if client else "-", "method": _loggable(scope["method"]),
+            "path": _loggable(path), "status": flight.status or 499,
+            "duration_ms": round((time.perf_counter() - began) * 1000, 1),
+            "session": flight.session and flight.session[:8] + "…",  # enough to follow a session, not to use it
+            "rpc": _loggable(flight.rpc) or None, "tool": _loggable(flight.tool) or None,
+        }
+        extra = "".join(f" {key}={fields[key]}" for key in ("session", "rpc", "tool") if fields[key])
+        self.log.info('%s "%s %s" %d %.1fms%s', fields["client"], fields["method"], fields["path"],
+                      fields["status"], fields["duration_ms"], extra, extra={"fields": fields})
+
+
+class Closing:
+    """Once the drain has begun, refuse new event streams (they would hold the process open); once it
+    has ended, refuse everything: 503 and 'Connection: close'."""
+
+    def __init__(self, app: Any, calls: Any) -> None:
+        self.app, self.calls = app, calls
+
+    async def __call__(self, scope, receive, send):
+        if (self.calls.stopping and scope["method"] == "GET") or self.calls.stopped:
+            return await send_json(send, 503, {"error": "server shutting down"}, headers=((b"connection", b"close"),))
+        await self.app(scope, receive, send)
+
+
+class Sessions:
+    """Cap the sessions open (streamable HTTP's, or SSE's event streams) in total and per client address,
+    refusing a new one with 503 or 429 (SessionBook); keep the book as requests in a session start and end."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app, self.sse = app, settings.transport == "sse"
+        self.book = SessionBook(settings.max_sessions, settings.session_idle_timeout)
+
+    async def __call__(self, scope, receive, send):
         import anyio
 
-        began = time.perf_counter()
-        headers = dict(scope["headers"])
-        session = headers.get(b"mcp-session-id", b"").decode("latin-1") or None
-        if self.sse and scope["method"] == "POST":
-            session = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1"))).get("session_id")
-        flight = Flight(stream=scope["method"] == "GET", session=session, cancel=anyio.CancelScope(),
-                        late=self.stopping)
-        if (self.stopping and flight.stream) or self.stopped:
-            return await send_json(send, 503, {"error": "server shutting down"}, headers=((b"connection", b"close"),))
-        client = (scope.get("client") or ("-",))[0]
-        book, now = self.sessions, anyio.current_time()
-        opening = book and (flight.stream if self.sse else scope["method"] == "POST" and session is None)
+        book, stream = self.book, scope["method"] == "GET"
+        session = request_session(scope, self.sse)
+        client, now = (scope.get("client") or ("-",))[0], anyio.current_time()
+        opening = stream if self.sse else scope["method"] == "POST" and session is None
         if opening and (refused := book.refusal(client, now)):
             return await send_json(send, refused[0], {"jsonrpc": "2.0", "id": None, "error": {
                 "code": -32000, "message": refused[1]}}, headers=((b"retry-after", b"10"),))
-        length = headers.get(b"content-length", b"")
-        large = scope["method"] == "POST" and (not length.isdigit() or int(length) > LARGE_BODY)
-        if large and not await self.admit_large():  # from here to the try below, nothing returns or raises
+        status = 0
+        held = f"stream {id(scope)}" if self.sse and stream else session  # an SSE stream is its session
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"mcp-session-id" and session is None and status == 200:  # a new session
+                        book.opened(value.decode("latin-1"), client, anyio.current_time())
+            await send(message)
+
+        if self.sse and stream:
+            book.opened(held, client, now, busy=1)
+        elif session:
+            book.touched(session, now, 1)
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            if self.sse and stream:
+                book.closed(held)
+            elif session:
+                ended = status == 404 or (scope["method"] == "DELETE" and status in (200, 204))
+                book.closed(session) if ended else book.touched(session, anyio.current_time(), -1)
+
+
+class LargeBodies:
+    """Handle at most LARGE_AT_ONCE requests whose body is over LARGE_BODY bytes (or of unknown length)
+    at once; the rest wait, unread, for a place up to --read-timeout, then get 503. uvicorn stops reading
+    a body past 64 kB until the app reads it, so the memory large requests take is bounded by the places."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app, self.timeout = app, settings.read_timeout
+        self.places = None  # an anyio.Semaphore, made in the running loop
+
+    async def __call__(self, scope, receive, send):
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if scope["method"] != "POST" or (length.isdigit() and int(length) <= LARGE_BODY):
+            return await self.app(scope, receive, send)
+        if not await self.admitted():
             return await send_json(send, 503, {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message":
                                    "server busy with large requests; retry later"}}, headers=((b"retry-after", b"5"),))
-        if book and self.sse and flight.stream:
-            book.opened(f"stream {id(flight)}", client, now, busy=1)
-        elif book and session:
-            book.touched(session, now, 1)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.places.release()
+
+    async def admitted(self) -> bool:
+        import anyio
+
+        if self.places is None:
+            self.places = anyio.Semaphore(LARGE_AT_ONCE)
+        with anyio.move_on_after(self.timeout or None):
+            await self.places.acquire()
+            return True
+        warn_now_and_then("large", f"{LARGE_AT_ONCE} large requests (over 1 MiB) in progress for "
+                          f"{self.timeout:g} s: the next ones get 503")
+        return False
+
+
+class Calls:
+    """The book of requests in flight, for a graceful drain.
+
+    Each request gets a Flight (shared with the pieces around it under scope[FLIGHT]): its JSON-RPC
+    ids, methods and tool from the body; its status, session and kind of response from what is sent;
+    for SSE, the replies its session's event stream still owes. A client that goes away mid-call has
+    its calls cancelled in its session. drain() stops new work and ends what is left at its deadline.
+    """
+
+    def __init__(self, app: Any, server_app: Any, settings: Settings) -> None:
+        self.app, self.server_app, self.sse = app, server_app, settings.transport == "sse"
+        self.stopping = False  # draining: new calls are refused (or, RETIRING, served) and connections close
+        self.stopped = False  # drained: whatever comes now is refused (Closing)
+        self.flights: set[Flight] = set()
+        self.pending: dict[str, set] = {}  # SSE: open stream's session -> ids of accepted calls its stream owes
+        self.last_call_ended = float("-inf")  # anyio clock
+
+    async def __call__(self, scope, receive, send):
+        import anyio
+
+        flight = Flight(stream=scope["method"] == "GET", session=request_session(scope, self.sse),
+                        cancel=anyio.CancelScope(), late=self.stopping)
+        scope[FLIGHT] = flight
         body = bytearray()
 
         async def receive_and_inspect():
@@ -3271,8 +3346,6 @@ class Gateway:
                         flight.event_stream = value.startswith(b"text/event-stream")
                     elif name == b"mcp-session-id":
                         flight.session = value.decode("latin-1")
-                        if book and session is None and flight.status == 200:  # a new session
-                            book.opened(flight.session, client, anyio.current_time())
             elif message["type"] == "http.response.body":
                 if flight.stream and self.sse:
                     self.note_sse_output(flight, message.get("body", b""))
@@ -3294,34 +3367,11 @@ class Gateway:
             elif flight.disconnected and not flight.finished and flight.request_ids and flight.session:
                 await self.cancel_abandoned(scope, flight)
         finally:
-            if large:
-                self.large.release()
             self.flights.discard(flight)
             if not flight.stream:
                 self.last_call_ended = anyio.current_time()
             if flight.stream and self.sse and flight.session:
                 self.pending.pop(flight.session, None)
-            if book and self.sse and flight.stream:
-                book.closed(f"stream {id(flight)}")
-            elif book and session:
-                ended = flight.status == 404 or (scope["method"] == "DELETE" and flight.status in (200, 204))
-                book.closed(session) if ended else book.touched(session, anyio.current_time(), -1)
-            if self.access:
-                self.log_access(scope, flight, began)
-
-    async def admit_large(self) -> bool:
-        """Wait for one of the LARGE_AT_ONCE places for a large request (up to --read-timeout); False if none came.
-        Its body waits unread meanwhile (uvicorn stops reading past 64 kB), so memory is bounded by the places."""
-        import anyio
-
-        if self.large is None:
-            self.large = anyio.Semaphore(LARGE_AT_ONCE)
-        with anyio.move_on_after(self.settings.read_timeout or None):
-            await self.large.acquire()
-            return True
-        warn_now_and_then("large", f"{LARGE_AT_ONCE} large requests (over 1 MiB) in progress for "
-                          f"{self.settings.read_timeout:g} s: the next ones get 503")
-        return False
 
     @staticmethod
     async def read_body(receive: Any) -> list:
@@ -3398,22 +3448,6 @@ class Gateway:
         except OSError:
             pass  # the client has gone
 
-    def log_access(self, scope: dict, flight: Flight, began: float) -> None:
-        if scope["path"] in (self.settings.health_path, self.settings.ready_path):
-            return
-        client = scope.get("client")
-        path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]  # as sent: %0a stays %0a
-        fields = {
-            "client": f"{client[0]}:{client[1]}" if client else "-", "method": _loggable(scope["method"]),
-            "path": _loggable(path), "status": flight.status or 499,
-            "duration_ms": round((time.perf_counter() - began) * 1000, 1),
-            "session": flight.session and flight.session[:8] + "…",  # enough to follow a session, not to use it
-            "rpc": _loggable(flight.rpc) or None, "tool": _loggable(flight.tool) or None,
-        }
-        extra = "".join(f" {key}={fields[key]}" for key in ("session", "rpc", "tool") if fields[key])
-        self.access.info('%s "%s %s" %d %.1fms%s', fields["client"], fields["method"], fields["path"],
-                         fields["status"], fields["duration_ms"], extra, extra={"fields": fields})
-
     def busy(self) -> bool:
         """Return True while a call is in flight: a POST, or an SSE response still owed."""
         return any(not flight.stream for flight in self.flights) or any(self.pending.values())
@@ -3446,6 +3480,70 @@ class Gateway:
             if not self.flights:
                 break
             await anyio.sleep(0.01)
+
+
+class Gateway:
+    """mcprun's ASGI front for every server over HTTP: the server's app behind these pieces, in this order:
+
+    Health → AccessLog → Closing → Sessions → LargeBodies → Calls → the Host/Origin guard → CORS →
+    BearerAuth → the SDK's body limit → JsonOnly → the server's app.
+
+    No AccessLog with --no-access-log, no Sessions with --stateless, no CORS without --cors-origin, no
+    BearerAuth without a token. The lifespan goes straight to the server's app; once it has started,
+    the app's inner limits are set and the server is announced.
+    """
+
+    def __init__(self, app: Any, settings: Settings, tokens: tuple, on_ready: Any) -> None:
+        from fastmcp.server.http import HostOriginGuardMiddleware
+        from mcp.server.transport_security import RequestBodyLimitMiddleware
+
+        self.server_app, self.settings, self.on_ready = app, settings, on_ready
+        self.ready = False
+        guarded = RequestBodyLimitMiddleware(JsonOnly(app, settings), settings.max_body)
+        if tokens:
+            guarded = BearerAuth(guarded, tokens)
+        if settings.cors_origins:
+            from starlette.middleware.cors import CORSMiddleware
+
+            guarded = CORSMiddleware(
+                guarded, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["authorization", "content-type", "accept", "last-event-id", "mcp-session-id",
+                               "mcp-protocol-version"],
+                expose_headers=["mcp-session-id", "mcp-protocol-version"], max_age=600)
+        origins = settings.allowed_origins + settings.cors_origins
+        self.guarded = HostOriginGuardMiddleware(guarded, allowed_hosts=list(settings.allowed_hosts) or None,
+                                                 allowed_origins=list(origins) or None)
+        self.calls = Calls(self.guarded, app, settings)
+        chain = LargeBodies(self.calls, settings)
+        if not settings.stateless:
+            chain = Sessions(chain, settings)
+        chain = Closing(chain, self.calls)
+        if settings.access_log:
+            chain = AccessLog(chain)
+        self.chain = Health(chain, settings, self.state)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self.lifespan(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.guarded(scope, receive, send)
+        await self.chain(scope, receive, send)
+
+    def state(self) -> str:
+        return "stopping" if self.calls.stopping else "ready" if self.ready else "starting"
+
+    async def lifespan(self, scope, receive, send):
+        async def send_and_note(message):
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                set_inner_limits(self.server_app, self.settings.max_body, self.settings.max_sessions)
+                self.ready = True
+                self.on_ready()
+
+        await self.server_app(scope, receive, send_and_note)
+
+    async def drain(self, timeout: float, forced: Any) -> None:
+        await self.calls.drain(timeout, forced)
 
 
 def raise_descriptor_limit() -> int:
@@ -3795,8 +3893,9 @@ def serve_worker(settings: Settings, target: Target, sock: socket.socket, status
         sys.stderr.flush()
 
 
-def run_workers(settings: Settings, target: Target, sock: socket.socket | None) -> int:
-    """Serve HTTP from settings.workers processes sharing one listening socket, and look after them.
+class Supervisor:
+    """The process that serves HTTP from settings.workers processes sharing one listening socket, and looks
+    after them (run_workers).
 
     This process imports the bundled stack, not the server: each worker (a fork, so nothing is
     imported or unpacked twice) loads the server itself, so a replacement runs the code on disk.
@@ -3805,27 +3904,86 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
     stops them at once); SIGHUP replaces them one at a time, each new one ready before an old one
     stops, so the socket never stops accepting.
     """
-    import select
 
-    notes = (f"{settings.workers} workers", *(("socket from systemd",) if sock else ()))
-    sock = sock or bind_socket(settings.host, settings.port)
-    wanted, supervisor = settings.workers, os.getpid()
-    signals: list[int] = []
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_read, False)
-    os.set_blocking(wake_write, False)
-    previous_wakeup = signal.set_wakeup_fd(wake_write)
-    previous_handlers = {signum: signal.getsignal(signum) for signum in SUPERVISOR_SIGNALS}
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda signum, _: signals.append(signum))
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, so that a worker's exit wakes select()
-    workers: list[Worker] = []
-    state = {"generation": 0, "failures": 0, "next_start": 0.0, "announced": False, "reloading": False}
-    stopped_at: float | None = None
+    def __init__(self, settings: Settings, target: Target, sock: socket.socket | None) -> None:
+        self.settings, self.target = settings, target
+        self.notes = (f"{settings.workers} workers", *(("socket from systemd",) if sock else ()))
+        self.sock = sock or bind_socket(settings.host, settings.port)
+        self.wanted = settings.workers
+        self.pid = os.getpid()
+        self.workers: list[Worker] = []
+        self.signals: list[int] = []  # received, not yet acted on
+        self.generation = 0  # SIGHUP starts a new one: older workers are replaced
+        self.failures = 0  # workers in a row that died starting
+        self.next_start = 0.0  # monotonic time before which no worker starts (the back-off)
+        self.announced = False  # the ready line is out: a worker that dies starting no longer ends the run
+        self.reloading = False  # a SIGHUP's replacement is under way
+        self.stopped_at: float | None = None  # monotonic time of the SIGTERM/SIGINT
+        self.wake_read, self.wake_write = os.pipe()  # signals and exits wake select()
 
-    def start_worker() -> None:
+    def run(self) -> int:
+        """Start the workers and look after them until they have stopped; return the exit code."""
+        import select
+
+        for fd in (self.wake_read, self.wake_write):
+            os.set_blocking(fd, False)
+        previous_wakeup = signal.set_wakeup_fd(self.wake_write)
+        previous_handlers = {signum: signal.getsignal(signum) for signum in SUPERVISOR_SIGNALS}
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda signum, _: self.signals.append(signum))
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, so that a worker's exit wakes select()
+        try:
+            while True:
+                self.take_signals()
+                for worker in self.workers:
+                    if _read_reports(worker):  # it just became ready: starting works again
+                        self.failures = 0
+                self.reap()
+                if self.stopped_at is None:
+                    self.balance()
+                elif not self.workers:
+                    return EXIT_OK
+                elif time.monotonic() > self.stopped_at + self.settings.graceful_timeout + WORKER_KILL_GRACE:
+                    self.signal_workers(signal.SIGKILL)
+                pause = self.next_start - time.monotonic()
+                timeout = min(1.0, pause) if pause > 0 else 1.0
+                select.select([self.wake_read, *(w.status for w in self.workers if w.status >= 0)], [], [], timeout)
+                try:
+                    while os.read(self.wake_read, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+        finally:
+            _stop_workers(self.workers)
+            signal.set_wakeup_fd(previous_wakeup)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+            for fd in (self.wake_read, self.wake_write):
+                os.close(fd)
+            self.sock.close()
+
+    def take_signals(self) -> None:
+        """Act on the signals received: SIGHUP starts a new generation; SIGTERM/SIGINT stop."""
+        while self.signals:
+            signum = self.signals.pop(0)
+            if signum == signal.SIGHUP:
+                if self.stopped_at is None:
+                    self.generation += 1
+                    self.reloading = True
+                    info(f"SIGHUP: replacing the {self.wanted} workers one at a time")
+                    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+                continue
+            if self.stopped_at is None:
+                self.stopped_at = time.monotonic()
+                sd_notify("STOPPING=1")
+                self.signal_workers(signal.SIGTERM)
+                self.sock.close()  # once the workers close theirs too, new connections are refused, not left waiting
+            elif signum == signal.SIGINT:  # as with one process, only a second SIGINT forces: systemd may
+                self.signal_workers(signal.SIGINT)  # SIGTERM every process of the service; uvicorn's stop-at-once
+
+    def start_worker(self) -> None:
         status_read, status_write = os.pipe()
-        inherited = [wake_read, wake_write, status_read, *(w.status for w in workers if w.status >= 0)]
+        inherited = [self.wake_read, self.wake_write, status_read, *(w.status for w in self.workers if w.status >= 0)]
         # Signals wait until the worker has its own handlers; Python 3.12+ warns of fork with threads
         # (the binary's thread that watches its launcher), which the worker does not need.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
@@ -3835,115 +3993,80 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
         if pid == 0:
             code = EXIT_FAILURE
             try:
-                code = serve_worker(settings, target, sock, status_write, supervisor, inherited, blocked)
+                code = serve_worker(self.settings, self.target, self.sock, status_write, self.pid, inherited, blocked)
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(status_write)
         os.set_blocking(status_read, False)
-        workers.append(Worker(pid, status_read, state["generation"]))
+        self.workers.append(Worker(pid, status_read, self.generation))
 
-    def signal_workers(signum: int, chosen: list | None = None) -> None:
-        for worker in workers if chosen is None else chosen:
+    def signal_workers(self, signum: int, chosen: list | None = None) -> None:
+        for worker in self.workers if chosen is None else chosen:
             try:
                 os.kill(worker.pid, signum)
             except ProcessLookupError:
                 pass
 
-    def worker_exited(worker: Worker, status: int) -> None:
-        workers.remove(worker)
+    def reap(self) -> None:
+        """Collect the workers that have exited."""
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            for worker in [w for w in self.workers if w.pid == pid]:
+                self.worker_exited(worker, status)
+
+    def worker_exited(self, worker: Worker, status: int) -> None:
+        self.workers.remove(worker)
         _read_reports(worker)
         if worker.status >= 0:
             os.close(worker.status)
-        if worker.stopping or stopped_at is not None:
+        if worker.stopping or self.stopped_at is not None:
             return
         how = _exit_status(status)
         if worker.ready:
             warn(f"worker {worker.pid} {how}; starting another")
             return
         code, message = worker.failure or (EXIT_FAILURE, f"a worker {how} before it was ready")
-        if not state["announced"]:
-            raise UsageError(message, code)
-        state["failures"] += 1
-        delay = min(WORKER_BACKOFF * 2 ** (state["failures"] - 1), WORKER_MAX_BACKOFF)
-        state["next_start"] = time.monotonic() + delay
+        if not self.announced:
+            raise Error(message, code)  # the worker's own error line and exit code
+        self.failures += 1
+        delay = min(WORKER_BACKOFF * 2 ** (self.failures - 1), WORKER_MAX_BACKOFF)
+        self.next_start = time.monotonic() + delay
         warn(f"a new worker could not start: {message}; trying again in {delay:g} s")
 
-    def balance() -> None:
+    def balance(self) -> None:
         """Start and retire workers until `wanted` of the newest generation serve."""
-        active = [w for w in workers if not w.stopping]
-        old = [w for w in active if w.generation < state["generation"]]
-        if old and sum(w.ready for w in active) > wanted:  # a new one is ready: one old one may go
+        active = [w for w in self.workers if not w.stopping]
+        old = [w for w in active if w.generation < self.generation]
+        if old and sum(w.ready for w in active) > self.wanted:  # a new one is ready: one old one may go
             old[0].stopping = True
-            signal_workers(signal.SIGUSR1, [old.pop(0)])  # retire: drain while the others serve on
-            active = [w for w in workers if not w.stopping]
-        if state["reloading"] and not old:
-            state["reloading"] = False
-            info(f"reload: {wanted} workers replaced")
+            self.signal_workers(signal.SIGUSR1, [old.pop(0)])  # retire: drain while the others serve on
+            active = [w for w in self.workers if not w.stopping]
+        if self.reloading and not old:
+            self.reloading = False
+            info(f"reload: {self.wanted} workers replaced")
             sd_notify("READY=1")
         ready = [w for w in active if w.ready]
-        if not state["announced"] and len(ready) >= wanted:
-            state["announced"] = True
-            announcer(settings, sock, notes)(ready[0].description)
-        missing = wanted + (1 if old else 0) - len(active)  # during a reload, one new worker at a time
-        if state["failures"] or old:
-            missing = min(missing, 0 if any(not w.ready for w in active if w.generation == state["generation"]) else 1)
-        if missing > 0 and time.monotonic() >= state["next_start"]:
+        if not self.announced and len(ready) >= self.wanted:
+            self.announced = True
+            announcer(self.settings, self.sock, self.notes)(ready[0].description)
+        missing = self.wanted + (1 if old else 0) - len(active)  # during a reload, one new worker at a time
+        if self.failures or old:
+            starting = any(not w.ready for w in active if w.generation == self.generation)
+            missing = min(missing, 0 if starting else 1)
+        if missing > 0 and time.monotonic() >= self.next_start:
             for _ in range(missing):
-                start_worker()
+                self.start_worker()
 
-    try:
-        while True:
-            while signals:
-                signum = signals.pop(0)
-                if signum == signal.SIGHUP:
-                    if stopped_at is None:
-                        state["generation"] += 1
-                        state["reloading"] = True
-                        info(f"SIGHUP: replacing the {wanted} workers one at a time")
-                        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-                    continue
-                if stopped_at is None:
-                    stopped_at = time.monotonic()
-                    sd_notify("STOPPING=1")
-                    signal_workers(signal.SIGTERM)
-                    sock.close()  # once the workers close theirs too, new connections are refused, not left waiting
-                elif signum == signal.SIGINT:  # as with one process, only a second SIGINT forces: systemd may
-                    signal_workers(signal.SIGINT)  # SIGTERM every process of the service; uvicorn's stop-at-once
-            for worker in workers:
-                if _read_reports(worker):  # it just became ready: starting works again
-                    state["failures"] = 0
-            while workers:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                for worker in [w for w in workers if w.pid == pid]:
-                    worker_exited(worker, status)
-            if stopped_at is None:
-                balance()
-            elif not workers:
-                return EXIT_OK
-            elif time.monotonic() > stopped_at + settings.graceful_timeout + WORKER_KILL_GRACE:
-                signal_workers(signal.SIGKILL)
-            pause = state["next_start"] - time.monotonic()
-            timeout = min(1.0, pause) if pause > 0 else 1.0
-            select.select([wake_read, *(w.status for w in workers if w.status >= 0)], [], [], timeout)
-            try:
-                while os.read(wake_read, 512):
-                    pass
-            except BlockingIOError:
-                pass
-    finally:
-        _stop_workers(workers)
-        signal.set_wakeup_fd(previous_wakeup)
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
-        for fd in (wake_read, wake_write):
-            os.close(fd)
-        sock.close()
+
+def run_workers(settings: Settings, target: Target, sock: socket.socket | None) -> int:
+    """Serve HTTP from settings.workers processes sharing one listening socket (see Supervisor)."""
+    return Supervisor(settings, target, sock).run()
 
 
 # -- lifecycle: run, the pipeline --------------------------------------------
