@@ -1166,6 +1166,20 @@ def _from_environment(name: str, kind: Any, variable: str, environ: dict) -> Any
         raise UsageError(f"{variable}={raw!r}: {message}") from None
 
 
+def requested_logging(args: argparse.Namespace, environ: dict) -> tuple[str, str]:
+    """Return the log level and format to report in until the settings are read (or when they cannot be):
+    the command line's, else those of valid MCPRUN_* variables, else the defaults."""
+    chosen = []
+    for name in ("log_level", "log_format"):
+        kind, variable, _ = _MERGED_OPTIONS[name]
+        try:
+            value = getattr(args, name) or _from_environment(name, kind, variable, environ)
+        except UsageError:  # said once the settings are read
+            value = None
+        chosen.append(value or getattr(Settings(spec=None), name))
+    return chosen[0], chosen[1]
+
+
 def find_default_config() -> Path:
     """Return ./fastmcp.json, used when no SPEC is given."""
     path = Path(CONFIG_FILE_NAME)
@@ -4666,10 +4680,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         print(version_line())
         return EXIT_OK
-    level = (args.log_level or os.environ.get("MCPRUN_LOG_LEVEL", "")).upper()
-    log_format = (args.log_format or os.environ.get("MCPRUN_LOG_FORMAT", "")).lower()
-    configure_logging(level if level in LOG_LEVELS else DEFAULT_LOG_LEVEL,
-                      log_format if log_format in LOG_FORMATS else DEFAULT_LOG_FORMAT)
+    level, log_format = requested_logging(args, os.environ)
+    configure_logging(level, log_format)  # again once the server's stack is imported (prepare_process)
     debug = level == "DEBUG"
     try:
         settings = load_settings(args, os.environ)
