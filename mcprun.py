@@ -2182,6 +2182,19 @@ def check_requirements(declared: Declared, settings: Settings, where: str) -> No
                   "or start anyway with --skip-env")
 
 
+def bundle_constraints(folder: str, versions: dict) -> Path:
+    """Write a constraints file pinning the bundle's versions into folder, for pip or uv to resolve around."""
+    constraints = Path(folder, "bundle.txt")
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(versions.items())))
+    return constraints
+
+
+def last_error(said: str) -> str:
+    """Return the line a failed pip or uv run says most about: its last ERROR line, else its last line."""
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else "")
+
+
 def fetch_with_uv(settings: Settings) -> Settings:
     """--allow-network: have uv install what the command line names into a cached folder searched after the bundle.
 
@@ -2205,15 +2218,12 @@ def fetch_with_uv(settings: Settings) -> Settings:
     if not (cache / ".complete").exists():
         info(f"--allow-network: uv is fetching {' '.join(sources)} into {cache}")
         with tempfile.TemporaryDirectory(prefix="mcprun-uv-") as scratch:
-            constraints = Path(scratch, "bundle.txt")  # resolve around the bundle's versions
-            constraints.write_text("".join(f"{name}=={version}\n"
-                                           for name, version in sorted(bundled_distributions().items())))
+            constraints = bundle_constraints(scratch, bundled_distributions())
             result = subprocess.run([uv, "pip", "install", "--quiet", "--target", str(cache), "--python-version",
                                      python, "--constraint", str(constraints), *sources],
                                     capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
-            said = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-            reason = said[-1] if said else f"uv exited with {result.returncode}"
+            reason = last_error(result.stderr) or f"uv exited with {result.returncode}"
             raise Failure(f"uv could not fetch {' '.join(sources)}: {reason}")
         (cache / ".complete").touch()
     add_pythonpath((str(cache),))
@@ -4389,11 +4399,6 @@ def _slow_part(said: str) -> str:
     return f"{last}pin what you vendor, e.g. 'NAME==VERSION'"
 
 
-def _last_error(said: str) -> str:
-    lines = [line.strip() for line in said.splitlines() if line.strip()]
-    return next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else "")
-
-
 def find_pip() -> list[str]:
     """Return the command that runs the user's pip: this Python's (source, zipapp), else python3/python on PATH."""
     pythons = [] if this_program().kind == "binary" else [sys.executable]
@@ -4427,7 +4432,7 @@ def run_pip(pip: list[str], *args: str, timeout: float | None = None, environmen
         return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"),
                                            result.stderr.decode(errors="replace"))
     if result.returncode != 0:
-        raise Failure(f"pip {args[0]} failed: {_last_error(result.stderr or result.stdout)}")
+        raise Failure(f"pip {args[0]} failed: {last_error(result.stderr or result.stdout)}")
     return result
 
 
@@ -4449,7 +4454,7 @@ def resolve_with_pip(pip: list, options: list, requirements: list, scratch: str,
         conflict = _conflict(said)
         if conflict:
             raise Failure(f"cannot vendor {' '.join(map(str, requirements))}: {conflict}")
-        raise Failure(f"pip install failed: {_last_error(said)}")
+        raise Failure(f"pip install failed: {last_error(said)}")
     return json.loads(report.read_text())["install"]
 
 
@@ -4479,8 +4484,7 @@ def install_with_pip(wanted: list, folder: Path, python_version: str, tags: list
               *[option for tag in tags for option in ("--platform", tag)]]
     beside = {"MCPRUN_BUNDLE": json.dumps({"versions": bundle, "extras": bundled_extras(), "mapped": mapped})}
     with tempfile.TemporaryDirectory(prefix="mcprun-vendor-") as scratch:
-        constraints = Path(scratch, "bundle.txt")  # resolve around the bundle's versions
-        constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(bundle.items())))
+        constraints = bundle_constraints(scratch, bundle)
         resolve = ["install", "--dry-run", "--ignore-installed", "--target", str(Path(scratch, "unused")), *target]
         unpinned = [requirement for requirement in wanted if _pinned(requirement, None) is None]
         newest = resolve_with_pip(pip, [*resolve, "--no-deps"], unpinned, scratch, timeout, beside) if unpinned else []
