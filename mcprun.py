@@ -483,7 +483,7 @@ if bundle:  # the bundle counts as installed: drop what it meets wherever pip re
     if "iter_dependencies" not in vars(base.BaseDistribution):
         sys.exit("mcprun: this pip reads requirements elsewhere; upgrade it: python3 -m pip install -U pip")
     versions, extras, mapped = bundle["versions"], bundle["extras"], set(bundle["mapped"])
-    def missing(requirement):
+    def missing(requirement):  # mcprun's bundle_verdict, again: this runs inside pip
         name = canonicalize_name(requirement.name)
         if name not in versions or not (name in mapped or requirement.specifier.contains(versions[name], True)):
             yield requirement  # not bundled, or in conflict with the bundle (pip says so against the constraint)
@@ -523,6 +523,7 @@ class Program:
     kind: str  # "source" (mcprun.py), "zipapp" (shiv's mcprun.pyz) or "binary" (PyInstaller's mcprun)
     path: Path  # the file the user ran (the binary's, not its unpacked copy in the cache)
     command: tuple  # what starts it again (--reload)
+    cache: Path  # where it keeps what it makes for later starts (uv's folders): the binary's, where it unpacked
 
     def start(self) -> None:
         """In the binary: make sys.executable the mcprun file the user ran, and start multiprocessing's
@@ -546,16 +547,29 @@ class Program:
             undo_pyinstaller_environment()
 
 
+def default_cache() -> Path:
+    """The cache of mcprun.py and the zipapp, in the binary's order: $MCPRUN_CACHE, $XDG_CACHE_HOME/mcprun, ~/.cache/mcprun,
+    else $TMPDIR/mcprun-UID (no usable HOME)."""
+    if os.environ.get("MCPRUN_CACHE"):
+        return Path(os.environ["MCPRUN_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME", "").startswith("/"):
+        return Path(os.environ["XDG_CACHE_HOME"], "mcprun")
+    if os.path.expanduser("~") not in ("~", "/"):
+        return Path(os.path.expanduser("~"), ".cache", "mcprun")
+    return Path(tempfile.gettempdir(), f"mcprun-{os.getuid()}")
+
+
 @functools.cache
 def this_program() -> Program:
     """Return the running mcprun: the binary, the zipapp or the source file."""
     if pyinstaller_frozen():
         binary = os.environ.get("MCPRUN_BINARY") or sys.executable
-        return Program("binary", Path(binary), (binary,))
+        # packaging/launcher.c runs CACHE/mcprun-BUILD/app/mcprun, from the first cache folder that works
+        return Program("binary", Path(binary), (binary,), Path(sys.executable).parents[2])
     if pyz := shiv_archive_path():
-        return Program("zipapp", Path(pyz), (sys.executable, pyz))
+        return Program("zipapp", Path(pyz), (sys.executable, pyz), default_cache())
     source = os.path.abspath(__file__)
-    return Program("source", Path(source), (sys.executable, source))
+    return Program("source", Path(source), (sys.executable, source), default_cache())
 
 
 def run_python_code(args: list[str]) -> int:
@@ -851,7 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="folder to watch with --reload, repeatable (default: the server's folder)")
     behaviour.add_argument("--pythonpath", action="append", metavar="DIR",
                            help="folder of extra packages the server imports, searched after the bundle, "
-                                "repeatable (make one with pip install --target DIR)")
+                                "repeatable (make one with mcprun vendor)")
     requirements = parser.add_argument_group(
         "requirements (checked offline against the bundle and --pythonpath folders; nothing is installed)")
     requirements.add_argument("--with", dest="with_packages", action="append", metavar="REQ",
@@ -1964,6 +1978,12 @@ def _walk_two_levels(folder: str):
         yield entry
 
 
+def vendor_advice(what: str) -> str:
+    """Say how to make a --pythonpath folder holding what: mcprun vendor on a connected machine, for this Python."""
+    return (f"on a connected machine run 'mcprun vendor {what} --python-version %d.%d -o DIR', "
+            "then add --pythonpath DIR" % sys.version_info[:2])
+
+
 def add_pythonpath(folders: tuple) -> None:
     """Search these folders after the bundle, warning when their compiled modules are for another Python."""
     running = "cpython-%d%d-" % sys.version_info[:2]
@@ -1975,14 +1995,145 @@ def add_pythonpath(folders: tuple) -> None:
                           if ".cpython-" in name and name.endswith(".so") and running not in name})
         if foreign:
             tag = foreign[0].split(".cpython-")[1].split("-")[0]
-            warn(f"--pythonpath {folder} holds modules compiled for CPython {tag[0]}.{tag[1:]} (e.g. {foreign[0]}), "
-                 f"but mcprun runs {platform.python_version()}: rebuild the folder with 'pip install --target DIR "
-                 f"--python-version {sys.version_info[0]}.{sys.version_info[1]} --only-binary=:all: ...'")
+            warn(f"--pythonpath {_short_path(folder)} holds modules compiled for CPython {tag[0]}.{tag[1:]} (e.g. {foreign[0]}), "
+                 f"but mcprun runs {platform.python_version()}: make it again for this Python; {vendor_advice('...')}")
         if folder not in sys.path:
             sys.path.append(folder)
 
 
-# -- prepared process, 3: requirements, what a server declares it needs, checked offline ---
+# -- prepared process, 3: environment, logging, the stdio wire ---------------
+
+
+def one_line_warnings() -> Any:
+    """Return a warnings.showwarning that logs each distinct warning once, as one 'mcprun: warning:' line."""
+    shown: set = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if (category, str(message)) not in shown:
+            shown.add((category, str(message)))
+            warn(f"{category.__name__}: {message} ({_short_path(filename)}:{lineno})")
+
+    return show
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What prepare_process did to this process before the server's code runs, for the stages after it."""
+
+    settings: Settings
+    target: Target
+    environment: dict  # the variables it set: the offline defaults and fastmcp.json's deployment.env
+    cwd: Path | None  # fastmcp.json's deployment.cwd, now the working folder
+    pythonpath: tuple  # the folders searched after the bundle: --pythonpath, those the target implies, uv's
+
+
+def prepare_process(settings: Settings, target: Target) -> Prepared:
+    """Set up this process before user code runs: offline defaults, config env and cwd, logging, the mappings
+    and the --pythonpath folders (with those the target implies); return what it did."""
+    environment = dict(OFFLINE_ENVIRONMENT)
+    environment.update({key: value for key, value in OFFLINE_DEFAULTS.items() if key not in os.environ})
+    if os.path.expanduser("~") == "~" and not os.environ.get("XDG_DATA_HOME"):
+        # No HOME and no passwd entry (a bare chroot, a container): fastmcp needs a data folder to import.
+        environment["XDG_DATA_HOME"] = os.path.join(tempfile.gettempdir(), f"mcprun-{os.getuid()}")
+    os.environ.update(environment)
+    cwd = None
+    if settings.config:
+        deployment = settings.config.deployment
+        for key, value in (deployment.get("env") or {}).items():
+            environment[key] = re.sub(r"\$\{([^}]+)\}", lambda m: os.environ.get(m.group(1), m.group(0)), value)
+            os.environ[key] = environment[key]
+        if "PYTHONPATH" in (deployment.get("env") or {}):  # set too late for the interpreter to read it
+            sys.path.extend(folder for folder in os.environ["PYTHONPATH"].split(os.pathsep) if folder)
+        if deployment.get("cwd"):
+            cwd = Path(os.path.abspath(settings.config.file.parent / deployment["cwd"]))  # beside a symlink too
+            try:
+                os.chdir(cwd)
+            except OSError as exc:
+                raise UsageError(f"{settings.config.file}: 'deployment.cwd' {str(cwd)!r}: {exc.strerror}") from None
+    # Import the bundled stack first, so a user's mcp.py or fastmcp.py can't shadow it.
+    try:
+        import fastmcp  # noqa: F401
+        import mcp.server.mcpserver  # noqa: F401
+    except ImportError as exc:
+        origin = getattr(sys.modules.get((exc.name or "mcp").split(".")[0]), "__file__", None) or "?"
+        raise Failure(f"the bundled fastmcp stack failed to import ({_first_line(exc)}): {origin} shadows it; "
+                      "remove fastmcp/mcp and their dependencies from PYTHONPATH") from exc
+    configure_logging(settings.log_level, settings.log_format)
+    warnings.showwarning = one_line_warnings()
+    if settings.compat:
+        install_compat()
+    folders = tuple(dict.fromkeys((*settings.pythonpath, *target.pythonpath)))
+    add_pythonpath(folders)
+    prepared = Prepared(settings, target, environment, cwd, folders)
+    logging.getLogger("mcprun").debug("prepared: working folder %s; after the bundle: %s; set %s", cwd or os.getcwd(),
+                                      ", ".join(folders) or "nothing", " ".join(sorted(environment)))
+    return prepared
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Any:
+    """Point fd 1 at stderr while the block runs, so that what the server's code prints misses stdout
+    (check's report, --print-config); then give fd 1 back, flushing what was printed meanwhile to stderr."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wire:
+    """The stdio protocol stream on private descriptors, while fd 0 reads end-of-file and fd 1 writes to stderr."""
+
+    stdin: int
+    stdout: int
+
+    def streams(self) -> tuple:
+        """Return the stdin and stdout the SDK's stdio_server() takes, over the private descriptors."""
+        import io
+
+        import anyio
+
+        reader = io.TextIOWrapper(os.fdopen(self.stdin, "rb", closefd=False), encoding="utf-8", errors="replace")
+        writer = io.TextIOWrapper(os.fdopen(self.stdout, "wb", closefd=False), encoding="utf-8")
+        return anyio.wrap_file(reader), anyio.wrap_file(writer)
+
+
+def take_wire() -> Wire:
+    """Keep stdin and stdout for the protocol alone, from now until mcprun exits.
+
+    The protocol moves to private descriptors; fd 0 then reads end-of-file and fd 1 writes to
+    stderr, so what the server prints or reads, when it is imported, in its lifespan, in a tool,
+    in a child process or at exit, buffered or not, misses the wire.
+    """
+    import fcntl
+
+    sys.stdout.flush()
+    try:
+        wire = Wire(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3), fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3))
+    except OSError as exc:
+        raise UsageError(f"stdio needs an open stdin and stdout ({exc.strerror}): start mcprun from an MCP client, "
+                         "or serve with --transport http") from None
+    empty, closed = os.pipe()  # reads as end-of-file, even where there is no /dev/null (an empty chroot)
+    os.close(closed)
+    os.dup2(empty, 0)
+    os.close(empty)
+    os.dup2(2, 1)
+    return wire
+
+
+# -- prepared process, 4: requirements, what a server declares it needs, checked offline ---
 #
 # mcprun never installs anything. What a server declares (fastmcp.json 'environment', PEP 723 script
 # metadata, --with/--with-requirements/--project/--python, FastMCP(dependencies=...)) is checked
@@ -2176,8 +2327,7 @@ def check_requirements(declared: Declared, settings: Settings, where: str) -> No
     missing = [text for text, _ in declared.requirements if any(problem.startswith(f"{text} (not installed;")
                                                                  for problem in problems)]
     fetch = " ".join(f'--with "{text}"' for text in missing)
-    vendor = f"; on a connected machine 'mcprun vendor {where} {fetch} -o DIR' fetches them for --pythonpath DIR" \
-        if missing else ""
+    vendor = f"; {vendor_advice(f'{where} {fetch}')}" if missing else ""
     raise Failure(f"{where} needs what this mcprun does not have: {', '.join(problems)}{vendor}; "
                   "or start anyway with --skip-env")
 
@@ -2214,7 +2364,7 @@ def fetch_with_uv(settings: Settings) -> Settings:
     python = "%d.%d" % sys.version_info[:2]
     named = [Path(item).read_text(errors="replace") if Path(item).is_file() else item for item in sources]
     key = hashlib.sha256(json.dumps([named, python, platform.machine()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mcprun" / f"uv-{key}"
+    cache = this_program().cache / f"uv-{key}"
     if not (cache / ".complete").exists():
         info(f"--allow-network: uv is fetching {' '.join(sources)} into {cache}")
         with tempfile.TemporaryDirectory(prefix="mcprun-uv-") as scratch:
@@ -2230,17 +2380,20 @@ def fetch_with_uv(settings: Settings) -> Settings:
     return dataclasses.replace(settings, pythonpath=(*settings.pythonpath, str(cache)))
 
 
-def meet_requirements(settings: Settings, target: Target) -> Settings:
+def meet_requirements(prepared: Prepared) -> Prepared:
     """The gate before the server's code runs: what it declares must be met by the bundle and the
-    --pythonpath folders (with --allow-network, uv fetches what is missing first); return the settings
-    to serve with (uv's folders added)."""
+    --pythonpath folders (with --allow-network, uv fetches what is missing first); return the process
+    to serve in (uv's folder added)."""
+    settings, target = prepared.settings, prepared.target
     if settings.skip_env:
-        return settings
+        return prepared
     declared = declared_requirements(settings, target)
     if settings.allow_network and requirement_problems(declared, settings.compat):
         settings = fetch_with_uv(settings)
+        prepared = dataclasses.replace(prepared, settings=settings, pythonpath=tuple(
+            dict.fromkeys((*prepared.pythonpath, *settings.pythonpath))))
     check_requirements(declared, settings, settings.spec if settings.config else target.spec)
-    return settings
+    return prepared
 
 
 def server_dependencies(server: Any) -> Declared:
@@ -2249,120 +2402,6 @@ def server_dependencies(server: Any) -> Declared:
         server, "_mcprun_dependencies", None) or []
     name = getattr(server, "name", None) or "the server"
     return Declared(tuple((text, f"FastMCP({name!r}, dependencies=...)") for text in found if isinstance(text, str)))
-
-
-# -- prepared process, 4: environment, logging, the stdio wire ---------------
-
-
-def one_line_warnings() -> Any:
-    """Return a warnings.showwarning that logs each distinct warning once, as one 'mcprun: warning:' line."""
-    shown: set = set()
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if (category, str(message)) not in shown:
-            shown.add((category, str(message)))
-            warn(f"{category.__name__}: {message} ({_short_path(filename)}:{lineno})")
-
-    return show
-
-
-def prepare_process(settings: Settings, target: Target) -> None:
-    """Set up this process before user code runs: offline defaults, config env and cwd, logging, the mappings
-    and the --pythonpath folders (with those the target implies)."""
-    os.environ.update(OFFLINE_ENVIRONMENT)
-    for key, value in OFFLINE_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    if os.path.expanduser("~") == "~" and not os.environ.get("XDG_DATA_HOME"):
-        # No HOME and no passwd entry (a bare chroot, a container): fastmcp needs a data folder to import.
-        os.environ["XDG_DATA_HOME"] = os.path.join(tempfile.gettempdir(), f"mcprun-{os.getuid()}")
-    if settings.config:
-        deployment = settings.config.deployment
-        for key, value in (deployment.get("env") or {}).items():
-            os.environ[key] = re.sub(r"\$\{([^}]+)\}", lambda m: os.environ.get(m.group(1), m.group(0)), value)
-        if "PYTHONPATH" in (deployment.get("env") or {}):  # set too late for the interpreter to read it
-            sys.path.extend(folder for folder in os.environ["PYTHONPATH"].split(os.pathsep) if folder)
-        if deployment.get("cwd"):
-            cwd = Path(os.path.abspath(settings.config.file.parent / deployment["cwd"]))  # beside a symlink too
-            try:
-                os.chdir(cwd)
-            except OSError as exc:
-                raise UsageError(f"{settings.config.file}: 'deployment.cwd' {str(cwd)!r}: {exc.strerror}") from None
-    # Import the bundled stack first, so a user's mcp.py or fastmcp.py can't shadow it.
-    try:
-        import fastmcp  # noqa: F401
-        import mcp.server.mcpserver  # noqa: F401
-    except ImportError as exc:
-        origin = getattr(sys.modules.get((exc.name or "mcp").split(".")[0]), "__file__", None) or "?"
-        raise Failure(f"the bundled fastmcp stack failed to import ({_first_line(exc)}): {origin} shadows it; "
-                      "remove fastmcp/mcp and their dependencies from PYTHONPATH") from exc
-    configure_logging(settings.log_level, settings.log_format)
-    warnings.showwarning = one_line_warnings()
-    if settings.compat:
-        install_compat()
-    add_pythonpath(tuple(dict.fromkeys((*settings.pythonpath, *target.pythonpath))))
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Any:
-    """Point fd 1 at stderr while the block runs, so that what the server's code prints misses stdout
-    (check's report, --print-config); then give fd 1 back, flushing what was printed meanwhile to stderr."""
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-        os.dup2(2, 1)
-    except (OSError, ValueError, AttributeError):
-        saved = None
-    try:
-        yield
-    finally:
-        if saved is not None:
-            try:
-                sys.stdout.flush()
-            except (OSError, ValueError):
-                pass
-            os.dup2(saved, 1)
-            os.close(saved)
-
-
-@dataclasses.dataclass(frozen=True)
-class Wire:
-    """The stdio protocol stream on private descriptors, while fd 0 reads end-of-file and fd 1 writes to stderr."""
-
-    stdin: int
-    stdout: int
-
-    def streams(self) -> tuple:
-        """Return the stdin and stdout the SDK's stdio_server() takes, over the private descriptors."""
-        import io
-
-        import anyio
-
-        reader = io.TextIOWrapper(os.fdopen(self.stdin, "rb", closefd=False), encoding="utf-8", errors="replace")
-        writer = io.TextIOWrapper(os.fdopen(self.stdout, "wb", closefd=False), encoding="utf-8")
-        return anyio.wrap_file(reader), anyio.wrap_file(writer)
-
-
-def take_wire() -> Wire:
-    """Keep stdin and stdout for the protocol alone, from now until mcprun exits.
-
-    The protocol moves to private descriptors; fd 0 then reads end-of-file and fd 1 writes to
-    stderr, so what the server prints or reads, when it is imported, in its lifespan, in a tool,
-    in a child process or at exit, buffered or not, misses the wire.
-    """
-    import fcntl
-
-    sys.stdout.flush()
-    try:
-        wire = Wire(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3), fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3))
-    except OSError as exc:
-        raise UsageError(f"stdio needs an open stdin and stdout ({exc.strerror}): start mcprun from an MCP client, "
-                         "or serve with --transport http") from None
-    empty, closed = os.pipe()  # reads as end-of-file, even where there is no /dev/null (an empty chroot)
-    os.close(closed)
-    os.dup2(empty, 0)
-    os.close(empty)
-    os.dup2(2, 1)
-    return wire
 
 
 # -- the server object, 1: catching the server that code starts itself --------
@@ -2522,14 +2561,12 @@ def syntax_error(exc: SyntaxError, label: str) -> Failure:
 
 def not_installed(label: str, module: str, script: ConsoleScript | None = None) -> str:
     """Say that label imports a module mcprun lacks, and how to vendor it for this Python."""
-    python = "%d.%d" % sys.version_info[:2]
     if script and script.version != "?":
         return (f"{label} imports {module!r}, which is not installed: {script.folder} lacks what "
-                f"{script.distribution} {script.version} needs; on a connected machine run 'mcprun vendor "
-                f"{script.distribution}=={script.version} --python-version {python} -o DIR', then add --pythonpath DIR")
+                f"{script.distribution} {script.version} needs; "
+                f"{vendor_advice(f'{script.distribution}=={script.version}')}")
     return (f"{label} imports {module!r}, which is not installed: mcprun bundles fastmcp, mcp, httpx and their "
-            f"dependencies only; on a connected machine run 'pip install --target DIR --python-version {python} "
-            f"--only-binary=:all: PACKAGE' (the package that provides {module!r}), then add --pythonpath DIR")
+            f"dependencies only; {vendor_advice('PACKAGE')} (PACKAGE: the one that provides {module!r})")
 
 
 def import_server_module(target: Target) -> Any:
@@ -3345,6 +3382,28 @@ class Calls:
         flight = Flight(stream=scope["method"] == "GET", session=request_session(scope, self.sse),
                         cancel=anyio.CancelScope(), late=self.stopping)
         scope[FLIGHT] = flight
+        send = self.watched(flight, send)
+        self.flights.add(flight)
+        try:
+            with flight.cancel:
+                if flight.late and not RETIRING.is_set() and scope["method"] == "POST" and not self.sse:
+                    receive = await self.refuse_new_work(receive, send)
+                    if receive is None:
+                        return
+                await self.app(scope, self.inspected(flight, receive), send)
+            if flight.cancel.cancelled_caught:
+                await self.end_stopped(flight, send)
+            elif flight.disconnected and not flight.finished and flight.request_ids and flight.session:
+                await self.cancel_abandoned(scope, flight)
+        finally:
+            self.flights.discard(flight)
+            if not flight.stream:
+                self.last_call_ended = anyio.current_time()
+            if flight.stream and self.sse and flight.session:
+                self.pending.pop(flight.session, None)
+
+    def inspected(self, flight: Flight, receive: Any) -> Any:
+        """Wrap receive: note a disconnect, and the JSON-RPC in the body (its first INSPECTED_BODY bytes)."""
         body = bytearray()
 
         async def receive_and_inspect():
@@ -3357,6 +3416,11 @@ class Calls:
                     self.inspect_body(flight, bytes(body))
             return message
 
+        return receive_and_inspect
+
+    def watched(self, flight: Flight, send: Any) -> Any:
+        """Wrap send: note the status, session and kind of the response (and, for SSE, the replies its
+        stream owes or delivers); in the drain, ask the client to close the connection."""
         async def send_and_watch(message):
             if message["type"] == "http.response.start":
                 flight.status = message["status"]
@@ -3376,26 +3440,17 @@ class Calls:
                 flight.finished = not message.get("more_body", False)
             await send(message)
 
-        self.flights.add(flight)
-        try:
-            with flight.cancel:
-                if flight.late and not RETIRING.is_set() and scope["method"] == "POST" and not self.sse:
-                    read = await self.read_body(receive)
-                    if refused := new_work(b"".join(m.get("body", b"") for m in read)):
-                        errors = [{"jsonrpc": "2.0", "id": i, "error": SHUTDOWN_ERROR} for i in refused]
-                        return await send_json(send_and_watch, 503, errors[0] if len(errors) == 1 else errors)
-                    receive = replaying(read, receive)
-                await self.app(scope, receive_and_inspect, send_and_watch)
-            if flight.cancel.cancelled_caught:
-                await self.end_stopped(flight, send_and_watch)
-            elif flight.disconnected and not flight.finished and flight.request_ids and flight.session:
-                await self.cancel_abandoned(scope, flight)
-        finally:
-            self.flights.discard(flight)
-            if not flight.stream:
-                self.last_call_ended = anyio.current_time()
-            if flight.stream and self.sse and flight.session:
-                self.pending.pop(flight.session, None)
+        return send_and_watch
+
+    async def refuse_new_work(self, receive: Any, send: Any) -> Any:
+        """In the drain: answer a POST that starts new calls with 503 and return None; else return a receive
+        that replays the body read to look."""
+        read = await self.read_body(receive)
+        if refused := new_work(b"".join(message.get("body", b"") for message in read)):
+            errors = [{"jsonrpc": "2.0", "id": request_id, "error": SHUTDOWN_ERROR} for request_id in refused]
+            await send_json(send, 503, errors[0] if len(errors) == 1 else errors)
+            return None
+        return replaying(read, receive)
 
     @staticmethod
     async def read_body(receive: Any) -> list:
@@ -3729,20 +3784,27 @@ def launch(settings: Settings, target: Target, serve_server: Any) -> None:
     catcher.raise_failure()
 
 
-def _stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM a child's process group, then SIGKILL it after RELOAD_STOP_TIMEOUT."""
-    if process.poll() is not None:
-        return
+def stop_processes(pids: list[int], group: bool = False) -> None:
+    """SIGTERM these children (with group, their process groups), SIGKILL those still running after
+    RELOAD_STOP_TIMEOUT, and reap them."""
+    left = list(pids)
+    deadline = time.monotonic() + RELOAD_STOP_TIMEOUT
     for signum in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            return
-        try:
-            process.wait(RELOAD_STOP_TIMEOUT)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        for pid in list(left):
+            try:
+                os.killpg(pid, signum) if group else os.kill(pid, signum)
+            except (ProcessLookupError, PermissionError):
+                left.remove(pid)  # gone, reaped elsewhere
+        while left:
+            for pid in list(left):
+                try:
+                    if os.waitpid(pid, 0 if signum == signal.SIGKILL else os.WNOHANG)[0]:
+                        left.remove(pid)
+                except ChildProcessError:
+                    left.remove(pid)
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
 
 
 def run_with_reload(settings: Settings, target: Target) -> int:
@@ -3770,7 +3832,7 @@ def run_with_reload(settings: Settings, target: Target) -> int:
             break
         if changed:
             info(f"reload: {_short_path(sorted(changed)[0][1])} changed; restarting")
-            _stop_process(child)
+            stop_processes([child.pid], group=True)
             child = subprocess.Popen(command, start_new_session=True)
             exited_reported = False
         elif child.poll() is not None and not exited_reported:
@@ -3778,7 +3840,7 @@ def run_with_reload(settings: Settings, target: Target) -> int:
                 return EXIT_OK  # the client closed stdin: nothing left to serve
             info(f"reload: server exited with code {child.returncode}; waiting for a change")
             exited_reported = True
-    _stop_process(child)
+    stop_processes([child.pid], group=True)
     return EXIT_OK
 
 
@@ -3831,29 +3893,6 @@ def _exit_status(status: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
-
-
-def _stop_workers(workers: list[Worker]) -> None:
-    """SIGTERM the workers left, then SIGKILL those still running after RELOAD_STOP_TIMEOUT; reap them all."""
-    deadline = time.monotonic() + RELOAD_STOP_TIMEOUT
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        for worker in workers:
-            try:
-                os.kill(worker.pid, signum)
-            except ProcessLookupError:
-                pass
-        while workers and (signum == signal.SIGKILL or time.monotonic() < deadline):
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG if signum == signal.SIGTERM else 0)
-            except ChildProcessError:
-                workers.clear()
-                break
-            if pid == 0:
-                time.sleep(0.02)
-            workers[:] = [w for w in workers if w.pid != pid]
-    for worker in workers:
-        if worker.status >= 0:
-            os.close(worker.status)
 
 
 def _stop_without_supervisor(supervisor: int) -> None:
@@ -3978,7 +4017,10 @@ class Supervisor:
                 except BlockingIOError:
                     pass
         finally:
-            _stop_workers(self.workers)
+            stop_processes([worker.pid for worker in self.workers])
+            for worker in self.workers:
+                if worker.status >= 0:
+                    os.close(worker.status)
             signal.set_wakeup_fd(previous_wakeup)
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
@@ -4104,8 +4146,7 @@ def run(settings: Settings) -> int:
             warn("--reload does not work with SSE (sessions are lost on restart); running without it")
         else:
             return run_with_reload(settings, target)
-    prepare_process(settings, target)
-    settings = meet_requirements(settings, target)
+    settings = meet_requirements(prepare_process(settings, target)).settings
     wire = take_wire() if settings.transport == "stdio" else None
     sock = systemd_socket() if settings.transport != "stdio" else None
     if settings.workers > 1:
@@ -4337,20 +4378,30 @@ def vendor_requirements(settings: Settings) -> list:
     return found + [(text, "--with") for text in settings.with_packages]
 
 
+def bundle_verdict(requirement: Any, bundle: dict, mapped: tuple) -> str:
+    """Say how the bundle meets a requirement: 'absent' (not bundled), 'met', 'mapped' (an older mcp or fastmcp,
+    served through the mappings) or 'conflict'. PIP_WITH_MAPPINGS applies the same rule inside pip."""
+    from packaging.utils import canonicalize_name
+
+    name = canonicalize_name(requirement.name)
+    if name not in bundle:
+        return "absent"
+    if not requirement.specifier or requirement.specifier.contains(bundle[name], prereleases=True):
+        return "met"
+    return "mapped" if name in mapped else "conflict"
+
+
 def served_requirements(resolved: list, bundle: dict, mapped: tuple) -> list[str]:
     """Return the requirements on mcp/fastmcp, of the resolved distributions, that the bundle's versions don't
     meet and the mappings serve: 'mcp<2 (arxiv-mcp-server 0.8.2)'."""
     from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
 
     found = []
     for item in resolved:
         for text in item["metadata"].get("requires_dist") or ():
             requirement = Requirement(text)
-            name = canonicalize_name(requirement.name)
-            if name in mapped and requirement.specifier and not requirement.specifier.contains(
-                    bundle[name], prereleases=True) and (requirement.marker is None or requirement.marker.evaluate(
-                    {"extra": ""})):
+            if bundle_verdict(requirement, bundle, mapped) == "mapped" and (
+                    requirement.marker is None or requirement.marker.evaluate({"extra": ""})):
                 found.append(f"{requirement.name}{requirement.specifier} ({item['metadata']['name']} "
                              f"{item['metadata']['version']})")
     return found
@@ -4523,15 +4574,15 @@ def vendor(settings: Settings, output: str, python_version: str | None, platform
     wanted, served, conflicts = [], [], []
     for text, origin in declared:
         requirement = Requirement(text)
-        name = canonicalize_name(requirement.name)
-        if name not in bundle:
+        verdict = bundle_verdict(requirement, bundle, mapped)
+        if verdict == "absent":
             wanted.append(requirement)
             continue
-        if requirement.specifier and not requirement.specifier.contains(bundle[name], prereleases=True):
-            if name in mapped:
-                served.append(f"{text} ({origin})")
-            else:
-                conflicts.append(f"{text} ({origin}; the bundle has {requirement.name} {bundle[name]})")
+        if verdict == "mapped":
+            served.append(f"{text} ({origin})")
+        elif verdict == "conflict":
+            conflicts.append(f"{text} ({origin}; the bundle has {requirement.name} "
+                             f"{bundle[canonicalize_name(requirement.name)]})")
         if requirement.extras:  # the packages its extras add
             wanted.append(Requirement(f"{requirement.name}[{','.join(sorted(requirement.extras))}]"))
     if conflicts:
@@ -4647,7 +4698,7 @@ def unpack_packed_server(argv: list[str]) -> list[str]:
             manifest = json.loads(archive.read(PACK_FOLDER + "pack.json"))
         except KeyError:
             return argv
-        root = Path(os.environ.get("SHIV_ROOT") or tempfile.gettempdir())
+        root = Path(os.environ.get("SHIV_ROOT") or tempfile.gettempdir())  # pyz_main.py's: where the zipapp unpacked
         folder = root / f"mcprunpack-{manifest['id']}"
         if not (folder / ".complete").exists():
             scratch = Path(tempfile.mkdtemp(prefix=f".mcprunpack-{manifest['id']}-", dir=root))

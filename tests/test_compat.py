@@ -4,7 +4,6 @@ low-level servers (objects and self-starting scripts), fastmcp 2/3-era packages,
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest

@@ -139,7 +139,8 @@ def test_user_code_error_debug_traceback(token, args, pattern):
 def test_missing_dependency(token):
     error_line(run_cli(token, "broken/import_missing_dependency.py", cwd=SERVERS), EXIT_FAILURE,
                "broken/import_missing_dependency.py imports 'not_installed_pkg_xyz', which is not installed",
-               "on a connected machine run 'pip install --target DIR --python-version", "then add --pythonpath DIR")
+               "on a connected machine run 'mcprun vendor PACKAGE --python-version 3.11 -o DIR', then add --pythonpath DIR "
+               "(PACKAGE: the one that provides 'not_installed_pkg_xyz')")
 
 
 def test_entry_point_refusing_its_arguments(token):
@@ -183,9 +184,9 @@ MODULE_ERRORS = {
                                        "module 'broken.import_missing_dependency' imports "
                                        "'not_installed_pkg_xyz', which is not installed: mcprun bundles "
                                        "fastmcp, mcp, httpx and their dependencies only; on a connected "
-                                       "machine run 'pip install --target DIR --python-version 3.11 "
-                                       "--only-binary=:all: PACKAGE' (the package that provides "
-                                       "'not_installed_pkg_xyz'), then add --pythonpath DIR; rerun with "
+                                       "machine run 'mcprun vendor PACKAGE --python-version 3.11 -o DIR', "
+                                       "then add --pythonpath DIR (PACKAGE: the one that provides "
+                                       "'not_installed_pkg_xyz'); rerun with "
                                        "--log-level DEBUG for the traceback"),
 }
 

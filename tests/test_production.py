@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import (DEMO_RESULT, INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, exercise_fastmcp, kill_token,
+from helpers import (INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env,
                       mcprun_command, run_async, run_cli, serving, started, stdio_exchange, tools_call, wait_for)
 
 PRODUCTION = "production_server.py"
