@@ -10,12 +10,19 @@ The convention, for every fenced block in README.md and docs/*.md:
   exits non-zero must show its status (`; echo "exit $?"`). In the expected output, a line
   `...` matches any number of lines and `[..]` any text within a line; trailing spaces and
   trailing blank lines are ignored.
+- ```console serve is a serving transcript: exactly one "$ " command, which starts a server that
+  keeps running, and the lines it prints as it starts. It runs as a transcript does (same folder,
+  PATH and environment), with stdin an open pipe so that a stdio server keeps serving, and passes
+  once what it has printed matches the expected lines; it fails as soon as a line cannot fit
+  them, if it exits first, or after COMMAND_TIMEOUT. Then every process it started is killed.
+  If mcprun printed a `ready: ... at URL` line, GET /healthz on that address must answer 200.
+  Put `[..]` where times and process ids go; a fixed port that is taken fails with a message.
 - ```LANG file=PATH (e.g. ```python file=server.py) is a file of its page: it is written to
   PATH in the folder of each of that page's transcripts.
-- Any other block (```sh, ```text, ```ini, ```json) is not run: it starts a server, needs the
-  network, root or systemd. Its mcprun commands must still parse with mcprun's own parser:
-  "$ " lines, ini `ExecStart=` lines, and the `args` of a JSON `mcpServers` entry whose
-  `command` is mcprun.
+- Any other block (```sh, ```text, ```ini, ```json) is not run: it needs the network, root,
+  systemd, a package from PyPI or files that are not in examples/ or its page. Its mcprun
+  commands must still parse with mcprun's own parser: "$ " lines, ini `ExecStart=` lines, and
+  the `args` of a JSON `mcpServers` entry whose `command` is mcprun.
 
 Each transcript is one test, named by its page and line (docs/options.md:42).
 """
@@ -27,18 +34,23 @@ import difflib
 import io
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from helpers import EXAMPLES, ROOT, TOKEN_VARIABLE, kill_token, mcprun_command
+from helpers import EXAMPLES, READY, ROOT, TOKEN_VARIABLE, kill_token, mcprun_command
 
 README = (ROOT / "README.md").read_text()
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -54,6 +66,7 @@ class Block:
     file: str | None
     body: str
     files: dict[str, str] = field(default_factory=dict)  # the page's file blocks
+    serve: bool = False  # ```console serve
 
     @property
     def name(self) -> str:
@@ -67,7 +80,7 @@ def blocks_of(page: Path) -> list[Block]:
         words = match["info"].split()
         file = next((word[5:] for word in words if word.startswith("file=")), None)
         blocks.append(Block(page, text.count("\n", 0, match.start()) + 1, words[0] if words else "", file,
-                            match["body"]))
+                            match["body"], serve="serve" in words[1:]))
     files = {block.file: block.body for block in blocks if block.file}
     for block in blocks:
         block.files = files
@@ -75,7 +88,8 @@ def blocks_of(page: Path) -> list[Block]:
 
 
 BLOCKS = [block for page in PAGES for block in blocks_of(page)]
-TRANSCRIPTS = [block for block in BLOCKS if block.language == "console" and not block.file]
+TRANSCRIPTS = [block for block in BLOCKS if block.language == "console" and not block.file and not block.serve]
+SERVING = [block for block in BLOCKS if block.language == "console" and not block.file and block.serve]
 NOT_RUN = [block for block in BLOCKS if block.language != "console" and not block.file]
 
 
@@ -124,28 +138,35 @@ def mcprun_bin(folder: Path) -> Path:
     return bin_dir
 
 
-def run_transcript(block: Block, tmp_path: Path) -> list[tuple[str, list[str], list[str], int]]:
-    """Run the block's commands in one bash; return (command, expected, actual, status) for each."""
-    steps = commands_and_outputs(block.body)
-    assert steps, f"{block.name}: a console block with no '$ ' command"
+@contextlib.contextmanager
+def transcript_folder(block: Block, tmp_path: Path):
+    """Yield (folder, env) to run the block's commands in; kill every process started with env after."""
     work = tmp_path / "work"
     shutil.copytree(EXAMPLES, work / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     for name, content in block.files.items():
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(content)
-    marker = f"--transcript-{uuid.uuid4().hex}--"
-    script = "".join(f"{command}\nprintf '\\n{marker} %s\\n' \"$?\"\n" for command, _ in steps)
     token = uuid.uuid4().hex
     env = {name: value for name, value in os.environ.items()
            if not name.startswith("MCPRUN_") or name == "MCPRUN_CACHE"}
     env.update({"PATH": f"{mcprun_bin(tmp_path)}{os.pathsep}{env['PATH']}", "COLUMNS": "100",
                 TOKEN_VARIABLE: token})
     try:
+        yield work, env
+    finally:
+        kill_token(token)
+
+
+def run_transcript(block: Block, tmp_path: Path) -> list[tuple[str, list[str], list[str], int]]:
+    """Run the block's commands in one bash; return (command, expected, actual, status) for each."""
+    steps = commands_and_outputs(block.body)
+    assert steps, f"{block.name}: a console block with no '$ ' command"
+    marker = f"--transcript-{uuid.uuid4().hex}--"
+    script = "".join(f"{command}\nprintf '\\n{marker} %s\\n' \"$?\"\n" for command, _ in steps)
+    with transcript_folder(block, tmp_path) as (work, env):
         result = subprocess.run(["bash", "-c", script], cwd=work, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 timeout=COMMAND_TIMEOUT * len(steps))
-    finally:
-        kill_token(token)
     chunks = re.split(rf"\n{re.escape(marker)} (\d+)\n", result.stdout)
     assert len(chunks) == 2 * len(steps) + 1, f"{block.name}: the transcript's shell stopped early:\n{result.stdout}"
     return [(command, expected, tidy(chunks[2 * i].splitlines()), int(chunks[2 * i + 1]))
@@ -163,6 +184,64 @@ def test_transcript(block: Block, tmp_path: Path):
         elif status != 0 and "$?" not in command:
             problems.append(f"$ {command}\nexited {status}; show it with '; echo \"exit $?\"'")
     assert not problems, f"{block.name}:\n" + "\n\n".join(problems)
+
+
+# -- serving transcripts: the first lines of a server ---------------------------
+
+
+def could_match(expected: list[str], actual: list[str]) -> bool:
+    """Whether more lines after actual could still make it fit expected."""
+    return any(matches(expected[:count], actual) for count in range(len(expected) + 1))
+
+
+def serve_transcript(block: Block, tmp_path: Path,
+                     timeout: float = COMMAND_TIMEOUT) -> tuple[list[str], list[str], str]:
+    """Start the block's one command; read what it prints until that fits the expected lines or no
+    longer can, it exits, or timeout passes; return (expected, the lines read, what went wrong or "")."""
+    steps = commands_and_outputs(block.body)
+    assert len(steps) == 1, f"{block.name}: a serving transcript has exactly one '$ ' command"
+    expected, actual, problem = tidy(steps[0][1]), [], ""
+    with transcript_folder(block, tmp_path) as (work, env):
+        process = subprocess.Popen(["bash", "-c", steps[0][0]], cwd=work, env=env, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            lines: queue.Queue = queue.Queue()
+            threading.Thread(target=lambda: [*map(lines.put, process.stdout), lines.put(None)], daemon=True).start()
+            deadline = time.monotonic() + timeout
+            while not matches(expected, actual) and could_match(expected, actual):
+                try:
+                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    problem = f"not all printed in {timeout:g}s"
+                    break
+                if line is None:
+                    problem = f"exited {process.wait()} before printing it all"
+                    break
+                actual.append(line.rstrip())
+            ready = next((match for line in actual if (match := READY.match(line))), None)
+            if matches(expected, actual) and ready:
+                url = re.sub(r"(//[^/]+).*", r"\1/healthz", ready["url"])
+                try:  # no proxy from the environment: the server is local
+                    urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=10).close()
+                except OSError as error:
+                    problem = f"GET {url}: {error}"
+        finally:
+            process.kill()  # bash, or the mcprun it exec'd; transcript_folder then kills the rest by token
+            process.wait()
+            process.stdin.close()
+    in_use = [line for line in actual if re.match(r"mcprun: error: port .* is in use", line)]
+    if in_use:
+        problem = f"the documented port is taken on this machine ({in_use[0]})"
+    elif not problem and not matches(expected, actual):
+        problem = "it printed other lines"
+    return expected, actual, problem
+
+
+@pytest.mark.parametrize("block", SERVING, ids=[block.name for block in SERVING])
+def test_serving_transcript(block: Block, tmp_path: Path):
+    expected, actual, problem = serve_transcript(block, tmp_path)
+    diff = "\n".join(difflib.unified_diff(expected, actual, "documented", "actual", lineterm=""))
+    assert not problem, f"{block.name}: {problem}\n{diff}"
 
 
 # -- blocks that are not run: their mcprun commands must parse -----------------
@@ -238,6 +317,7 @@ def test_the_pages_hold_transcripts():
     assert sum(len(commands_and_outputs(block.body)) for block in TRANSCRIPTS) >= 30
     assert len(PARSED) >= 10
     assert {block.page.name for block in TRANSCRIPTS} >= {"README.md", "options.md", "air-gap.md"}
+    assert len(SERVING) >= 2
     indented = [f"{page.relative_to(ROOT)}:{number}" for page in PAGES
                 for number, line in enumerate(page.read_text().splitlines(), 1) if re.match(r"\s+```", line)]
     assert indented == [], "an indented fence is not seen by this test: start it in the first column"
@@ -250,6 +330,8 @@ def test_matching():
     assert not matches(["a", "b"], ["a", "c"])
     assert not matches(["a"], ["a", "b"])
     assert not matches(["x [..] z"], ["x 1", "z"])
+    assert could_match(["a", "b"], []) and could_match(["a", "b"], ["a"]) and could_match(["a", "...", "c"], ["a", "x"])
+    assert not could_match(["a", "b"], ["b"]) and not could_match(["a"], ["a", "b"])
     assert mcprun_arguments('MCPRUN_PORT=1 ./mcprun a.py -t http && echo "exit $?"') == [["a.py", "-t", "http"]]
     assert mcprun_arguments("install -m 755 mcprun /bin/mcprun; python3 mcprun.pyz --version") == [["--version"]]
     assert parse_error(["a.py", "--no-such-option"])
@@ -260,6 +342,24 @@ def test_a_wrong_transcript_fails(tmp_path: Path):
     [(command, expected, actual, status)] = run_transcript(block, tmp_path)
     assert status == 0 and actual[0].startswith("mcprun ")
     assert not matches(expected, actual)
+
+
+def test_a_wrong_serving_transcript_fails(tmp_path: Path):
+    block = Block(ROOT / "README.md", 0, "console", None,
+                  "$ mcprun examples/echo.py\nmcprun: serving 'Wrong' from examples/echo.py over stdio\n", serve=True)
+    expected, actual, problem = serve_transcript(block, tmp_path)
+    assert problem == "it printed other lines" and actual[0].startswith("mcprun: serving 'Echo'")
+
+
+def test_a_serving_transcript_on_a_taken_port_says_so(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        block = Block(ROOT / "README.md", 0, "console", None,
+                      f"$ mcprun examples/echo.py -t http --port {port}\n...\nmcprun: ready: [..]\n", serve=True)
+        expected, actual, problem = serve_transcript(block, tmp_path)
+    assert problem.startswith("the documented port is taken on this machine (mcprun: error: port"), problem
 
 
 def test_readme_is_short_and_links_every_page():
