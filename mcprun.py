@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import contextvars
 import dataclasses
+import errno
 import functools
 import hashlib
 import hmac
@@ -742,7 +743,8 @@ environment:
 signals (http/sse):
   SIGTERM, SIGINT  stop accepting, let calls in flight finish (--graceful-timeout), exit 0
   second SIGINT    stop at once
-  SIGHUP           with --workers: replace the workers one at a time, with the code on disk
+  SIGHUP           read the token file and the TLS certificate again (connections stay open);
+                   with --workers: replace the workers one at a time, with the code on disk
 
 systemd: takes a listening socket from socket activation (LISTEN_FDS) and reports READY=1 and
   STOPPING=1 to NOTIFY_SOCKET (Type=notify).
@@ -812,7 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="require 'Authorization: Bearer TOKEN' (visible in ps: prefer the file or "
                                "MCPRUN_AUTH_TOKEN)")
     security.add_argument("--auth-token-file", metavar="FILE",
-                          help="read the bearer token(s) from FILE, one per line (# comments allowed)")
+                          help="read the bearer tokens from FILE, one per line: TOKEN or NAME TOKEN (the name is "
+                               "the caller in the access log; # comments allowed; SIGHUP reads it again)")
     security.add_argument("--require-auth", action="store_true", default=None,
                           help="refuse to serve http/sse without a token (default: warn when bound beyond loopback)")
     security.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="HOST",
@@ -824,6 +827,13 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
                           help="let browser pages from ORIGIN read responses (CORS, preflight answered); "
                                "repeatable, implies --allowed-origin")
+    security.add_argument("--tls-cert", metavar="FILE",
+                          help="serve https with this PEM certificate (chain); needs --tls-key; SIGHUP reloads it")
+    security.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    security.add_argument("--tls-key-password-file", metavar="FILE",
+                          help="the password of an encrypted --tls-key, on the file's first line")
+    security.add_argument("--tls-client-ca", metavar="FILE",
+                          help="mutual TLS: accept only clients with a certificate from these PEM CAs")
 
     operations = parser.add_argument_group("http operations")
     operations.add_argument("--health-path", type=parse_route, metavar="PATH",
@@ -1077,6 +1087,10 @@ class Settings:
     auth_token: str | None = None
     auth_token_file: str | None = None
     require_auth: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_key_password_file: str | None = None
+    tls_client_ca: str | None = None
     allowed_hosts: tuple = ()
     allowed_origins: tuple = ()
     cors_origins: tuple = ()
@@ -1131,6 +1145,10 @@ _MERGED_OPTIONS = {
     "auth_token": (str, "MCPRUN_AUTH_TOKEN", None),
     "auth_token_file": (str, "MCPRUN_AUTH_TOKEN_FILE", None),
     "require_auth": (bool, "MCPRUN_REQUIRE_AUTH", None),
+    "tls_cert": (str, "MCPRUN_TLS_CERT", None),
+    "tls_key": (str, "MCPRUN_TLS_KEY", None),
+    "tls_key_password_file": (str, "MCPRUN_TLS_KEY_PASSWORD_FILE", None),
+    "tls_client_ca": (str, "MCPRUN_TLS_CLIENT_CA", None),
     "allowed_hosts": ("list", "MCPRUN_ALLOWED_HOST", None),
     "allowed_origins": ("list", "MCPRUN_ALLOWED_ORIGIN", None),
     "cors_origins": ("list", "MCPRUN_CORS_ORIGIN", None),
@@ -1281,7 +1299,20 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     if settings.auth_token is not None and settings.auth_token_file is not None:
         raise UsageError(f"both an auth token ({sources['auth_token']}) and a token file "
                          f"({sources['auth_token_file']}) are set: keep one")
+    check_tls(settings)
     return settings
+
+
+def check_tls(settings: Settings) -> None:
+    """Refuse TLS options that cannot work together (the files themselves are read when serving)."""
+    given = [f"--{name.replace('_', '-')}" for name in ("tls_cert", "tls_key", "tls_key_password_file",
+                                                         "tls_client_ca") if getattr(settings, name) is not None]
+    if not given:
+        return
+    if settings.transport == "stdio":
+        raise UsageError(f"{given[0]} needs --transport http or sse: stdio has no TLS")
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise UsageError(f"{given[0]} needs both --tls-cert FILE and --tls-key FILE")
 
 
 def format_settings(settings: Settings, served: str = "") -> str:
@@ -2903,7 +2934,7 @@ def public_url(sock: socket.socket, settings: Settings) -> str:
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}{settings.http_path}"
+    return f"{'https' if settings.tls_cert else 'http'}://{shown}:{port}{settings.http_path}"
 
 
 def ready_message(description: str, settings: Settings, sock: socket.socket, notes: tuple = ()) -> str:
@@ -3014,24 +3045,110 @@ def build_http_app(server: Any, settings: Settings) -> Any:
                                       max_sessions=settings.max_sessions)
 
 
-def read_auth_tokens(settings: Settings) -> tuple:
-    """Return the bearer tokens clients must present, from --auth-token(-file) / MCPRUN_AUTH_TOKEN(_FILE)."""
+def read_auth_tokens(settings: Settings) -> dict:
+    """Return the bearer tokens clients must present, each with the name of its caller, from --auth-token(-file)
+    / MCPRUN_AUTH_TOKEN(_FILE): a file's lines are TOKEN (named token-LINE) or NAME TOKEN."""
     if settings.auth_token is not None:
-        tokens, where = [settings.auth_token.strip()], f"the auth token ({settings.sources['auth_token']})"
+        where = f"the auth token ({settings.sources['auth_token']})"
+        lines = [(1, "token", settings.auth_token.strip())] if settings.auth_token.strip() else []
     elif settings.auth_token_file is not None:
         where = f"--auth-token-file {settings.auth_token_file}"
         try:
             text = Path(settings.auth_token_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{where}: {getattr(exc, 'strerror', None) or _first_line(exc)}") from None
-        tokens = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        lines = []
+        for number, line in enumerate(text.splitlines(), 1):
+            words = line.split()
+            if not words or words[0].startswith("#"):
+                continue
+            if len(words) > 2:
+                raise UsageError(f"{where}, line {number}: expected TOKEN or NAME TOKEN")
+            lines.append((number, words[0] if len(words) == 2 else f"token-{number}", words[-1]))
     else:
-        return ()
-    if not tokens or not all(tokens):
+        return {}
+    if not lines:
         raise UsageError(f"{where} is empty; give a long random token (e.g. from 'openssl rand -hex 32')")
-    if not all(re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", token) for token in tokens):
-        raise UsageError(f"{where}: a token may hold only letters, digits and -._~+/= (RFC 6750), no spaces")
-    return tuple(tokens)
+    tokens: dict = {}
+    for number, name, token in lines:
+        if not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", token):
+            raise UsageError(f"{where}: a token may hold only letters, digits and -._~+/= (RFC 6750), no spaces")
+        if not re.fullmatch(r"[\w.@:-]{1,64}", name):
+            raise UsageError(f"{where}, line {number}: a name may hold only letters, digits and ._@:- (64 at most)")
+        if name in tokens.values() or token in tokens:
+            raise UsageError(f"{where}, line {number}: the {'token' if token in tokens else 'name'} "
+                             "appears twice; give each caller its own")
+        tokens[token] = name
+    return tokens
+
+
+class TLS:
+    """The listener's certificate and key (and, for mutual TLS, the client CAs) in one ssl.SSLContext,
+    loaded again on SIGHUP: connections open keep theirs, new ones get the new certificate."""
+
+    def __init__(self, settings: Settings) -> None:
+        import ssl
+
+        self.settings = settings
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.set_alpn_protocols(["http/1.1"])
+        if settings.tls_client_ca:
+            try:
+                self.context.load_verify_locations(settings.tls_client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise UsageError(f"--tls-client-ca {settings.tls_client_ca}: "
+                                 f"{getattr(exc, 'strerror', None) or 'not a PEM certificate'}") from None
+            self.context.verify_mode = ssl.CERT_REQUIRED
+        self.load(self.context)
+        key_mode = os.stat(settings.tls_key).st_mode
+        if key_mode & 0o077:
+            warn(f"--tls-key {settings.tls_key} can be read by other users (mode {key_mode & 0o777:o}): "
+                 f"chmod 600 {settings.tls_key}")
+
+    def load(self, context: Any) -> None:
+        """Load the certificate and key into context, or raise one UsageError saying what is wrong."""
+        import ssl
+
+        settings, password = self.settings, None
+        if settings.tls_key_password_file:
+            try:
+                password = Path(settings.tls_key_password_file).read_text(encoding="utf-8").splitlines()[0]
+            except (OSError, UnicodeDecodeError, IndexError) as exc:
+                raise UsageError(f"--tls-key-password-file {settings.tls_key_password_file}: "
+                                 f"{getattr(exc, 'strerror', None) or 'empty'}") from None
+        asked = []
+
+        def ask() -> str:  # called by OpenSSL for an encrypted key only; without it, OpenSSL asks the terminal
+            asked.append(True)
+            if password is None:
+                raise ValueError("encrypted")
+            return password
+
+        for option, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
+            if not os.access(path, os.R_OK):
+                raise UsageError(f"{option} {path}: {os.strerror(errno.EACCES if os.path.exists(path) else errno.ENOENT)}")
+        try:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key, ask)
+        except ValueError:
+            raise UsageError(f"--tls-key {settings.tls_key} is encrypted: give its password with "
+                             "--tls-key-password-file FILE") from None
+        except ssl.SSLError as exc:
+            if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):  # (a key of another type)
+                problem = f"--tls-key {settings.tls_key} is not the key of --tls-cert {settings.tls_cert}"
+            elif asked:
+                problem = f"--tls-key {settings.tls_key}: wrong password (--tls-key-password-file)"
+            else:
+                problem = (f"--tls-cert {settings.tls_cert} and --tls-key {settings.tls_key} must be a PEM "
+                           "certificate and its PEM private key")
+            raise UsageError(problem) from None
+
+    def reload(self) -> None:
+        """Load the files again: into a scratch context first, so that a bad pair leaves the served one intact."""
+        import ssl
+
+        self.load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+        self.load(self.context)
 
 
 def is_loopback(host: str) -> bool:
@@ -3053,11 +3170,17 @@ async def send_json(send: Any, status: int, payload: Any, headers: tuple = ()) -
 
 
 class BearerAuth:
-    """ASGI middleware: let a request through only with 'Authorization: Bearer <one of the tokens>'."""
+    """ASGI middleware: let a request through only with 'Authorization: Bearer <one of the tokens>', and
+    note its caller's name on the request's Flight."""
 
-    def __init__(self, app: Any, tokens: tuple) -> None:
+    def __init__(self, app: Any, tokens: dict) -> None:
         self.app = app
-        self.tokens = tuple(token.encode() for token in tokens)
+        self.tokens = {}
+        self.replace(tokens)
+
+    def replace(self, tokens: dict) -> None:
+        """Take these tokens from now on (SIGHUP)."""
+        self.tokens = {token.encode(): name for token, name in tokens.items()}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -3071,12 +3194,15 @@ class BearerAuth:
             if name == b"authorization":
                 presented = value
         scheme, _, credentials = presented.partition(b" ")
-        matched = False
-        for token in self.tokens:  # every token compared, in constant time
-            matched |= hmac.compare_digest(credentials.strip(), token)
-        if scheme.lower() != b"bearer" or not matched:
+        caller = None
+        for token, name in self.tokens.items():  # every token compared, in constant time
+            if hmac.compare_digest(credentials.strip(), token):
+                caller = name
+        if scheme.lower() != b"bearer" or caller is None:
             error = "invalid_token" if presented else None
             return await self.refuse(send, 401, error, "a valid bearer token is required")
+        if (flight := scope.get(FLIGHT)) is not None:
+            flight.caller = caller
         await self.app(scope, receive, send)
 
     @staticmethod
@@ -3112,6 +3238,7 @@ class Flight:
     cancel: Any  # the anyio.CancelScope the request runs in
     request_ids: tuple = ()  # JSON-RPC ids in the body, as JSON text
     rpc: str = ""  # JSON-RPC method(s), for the access log
+    caller: str = ""  # the name of the token it came with
     tool: str = ""
     status: int = 0
     late: bool = False  # it began after the drain had
@@ -3262,8 +3389,9 @@ class AccessLog:
             "duration_ms": round((time.perf_counter() - began) * 1000, 1),
             "session": flight.session and flight.session[:8] + "…",  # enough to follow a session, not to use it
             "rpc": _loggable(flight.rpc) or None, "tool": _loggable(flight.tool) or None,
+            "caller": flight.caller or None,
         }
-        extra = "".join(f" {key}={fields[key]}" for key in ("session", "rpc", "tool") if fields[key])
+        extra = "".join(f" {key}={fields[key]}" for key in ("caller", "session", "rpc", "tool") if fields[key])
         self.log.info('%s "%s %s" %d %.1fms%s', fields["client"], fields["method"], fields["path"],
                       fields["status"], fields["duration_ms"], extra, extra={"fields": fields})
 
@@ -3572,15 +3700,15 @@ class Gateway:
     the app's inner limits are set and the server is announced.
     """
 
-    def __init__(self, app: Any, settings: Settings, tokens: tuple, on_ready: Any) -> None:
+    def __init__(self, app: Any, settings: Settings, tokens: dict, on_ready: Any) -> None:
         from fastmcp.server.http import HostOriginGuardMiddleware
         from mcp.server.transport_security import RequestBodyLimitMiddleware
 
         self.server_app, self.settings, self.on_ready = app, settings, on_ready
         self.ready = False
         guarded = RequestBodyLimitMiddleware(JsonOnly(app, settings), settings.max_body)
-        if tokens:
-            guarded = BearerAuth(guarded, tokens)
+        self.auth = BearerAuth(guarded, tokens) if tokens else None
+        guarded = self.auth or guarded
         if settings.cors_origins:
             from starlette.middleware.cors import CORSMiddleware
 
@@ -3673,6 +3801,24 @@ def pace_accepts(loop: Any) -> None:
     loop.set_exception_handler(handle)
 
 
+def reload_credentials(settings: Settings, gateway: Gateway, tls: TLS | None) -> None:
+    """SIGHUP: read the token file and the TLS certificate and key again; on a fault, keep serving with
+    what was loaded before, and say why in one line."""
+    reloaded = []
+    try:
+        tokens = read_auth_tokens(settings) if settings.auth_token_file and gateway.auth else None
+        if tls:
+            tls.reload()
+            reloaded.append(f"the certificate {settings.tls_cert}")
+    except Error as exc:
+        error(f"SIGHUP: {exc}; still serving with what was loaded before")
+        return
+    if tokens is not None:
+        gateway.auth.replace(tokens)
+        reloaded.insert(0, f"{len(tokens)} token{'s' if len(tokens) != 1 else ''} from {settings.auth_token_file}")
+    info(f"SIGHUP: reloaded {' and '.join(reloaded)}")
+
+
 async def serve_http(server: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
                      announce: Any = None) -> None:
     """Serve over streamable HTTP or SSE with uvicorn, behind mcprun's gateway.
@@ -3697,10 +3843,13 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
         if not is_loopback(host):
             warn(f"serving on {host} without authentication: anyone who can reach the port can call "
                  "every tool; set --auth-token-file FILE or MCPRUN_AUTH_TOKEN (--require-auth makes this an error)")
+    tls = TLS(settings) if settings.tls_cert else None
     sock = sock or bind_socket(settings.host, settings.port)
     description = describe_server(server, target)
     announce = announce or announcer(settings, sock)
     gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description))
+    if settings.workers == 1 and (tls or settings.auth_token_file):  # workers: the supervisor replaces them
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_credentials, settings, gateway, tls)
 
     keep_sse_streams_at_sigterm()  # sse-starlette would end every stream at SIGTERM, calls in flight too
 
@@ -3722,7 +3871,8 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     config = uvicorn.Config(gateway, http=guarded_protocol(connection_cap(settings), settings.read_timeout),
                             log_config=None, log_level=settings.log_level.lower(), lifespan="on",
                             access_log=False, server_header=False,
-                            timeout_graceful_shutdown=max(settings.graceful_timeout, 1))
+                            timeout_graceful_shutdown=max(settings.graceful_timeout, 1),
+                            ssl_context_factory=(lambda *_: tls.context) if tls else None)
     # uvicorn drains on SIGTERM, then re-raises it to the previous handler: make that one
     # a no-op so a clean shutdown exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)

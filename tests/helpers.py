@@ -28,7 +28,7 @@ EXAMPLES = ROOT / "examples"
 TOKEN_VARIABLE = "MCPRUN_TEST_TOKEN"
 START_TIMEOUT = 60.0  # seconds for a server to print its ready line (artifacts extract on first run)
 CALL_TIMEOUT = 60.0  # seconds for one client session, start to finish
-READY = re.compile(r"^mcprun: ready: .* at (?P<url>http://\S+)")
+READY = re.compile(r"^mcprun: ready: .* at (?P<url>https?://\S+)")
 
 
 def mcprun_command() -> list[str]:

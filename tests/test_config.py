@@ -156,7 +156,8 @@ def test_environment_is_checked_offline_and_installs_nothing(token, tmp_path):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(
         "mcprun: error: with_environment.json needs what this mcprun does not have: Python 3.12 (this is ")
     assert "pandas>=2 (not installed; with_environment.json)" in result.stderr
-    assert "'mcprun vendor with_environment.json --with \"pandas>=2\" -o DIR'" in result.stderr
+    assert ("on a connected machine run 'mcprun vendor with_environment.json --with \"pandas>=2\" --python-version "
+            "3.11 -o DIR', then add --pythonpath DIR" in result.stderr)
     skipped = run_cli(token, "with_environment.json", "--skip-env", cwd=CONFIGS, env=env, input="")
     assert skipped.returncode == 0, skipped.stderr
     assert not (tmp_path / "ran").exists()
@@ -192,6 +193,10 @@ def test_print_config_precedence(token, tmp_path):
         ("auth_token", "***  (MCPRUN_AUTH_TOKEN)"),
         ("auth_token_file", "None  (default)"),
         ("require_auth", "False  (default)"),
+        ("tls_cert", "None  (default)"),
+        ("tls_key", "None  (default)"),
+        ("tls_key_password_file", "None  (default)"),
+        ("tls_client_ca", "None  (default)"),
         ("allowed_hosts", "a.example, b.example  (MCPRUN_ALLOWED_HOST)"),
         ("allowed_origins", "(none)  (default)"),
         ("cors_origins", "(none)  (default)"),

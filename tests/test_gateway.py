@@ -182,11 +182,23 @@ def test_json_only_refuses_a_post_of_anything_but_json(content_type):
     assert request(mcprun.JsonOnly(app, settings()), headers=[("content-type", "application/json")])["status"] == 200
 
 
-def test_bearer_auth_takes_a_token_from_the_header_only():
+def test_bearer_auth_takes_a_token_from_the_header_only_and_names_its_caller():
     app = App()
-    auth = mcprun.BearerAuth(app, ("s3cret",))
+    auth = mcprun.BearerAuth(app, {"s3cret": "ops", "other-s3cret": "ci"})
     assert request(auth)["status"] == 401
     assert request(auth, headers=[("authorization", "Bearer wrong")])["headers"][b"www-authenticate"] \
         == b'Bearer realm="mcp", error="invalid_token"'
     assert request(auth, headers=[("authorization", "Bearer s3cret")])["status"] == 200
     assert len(app.seen) == 1
+    flights = []
+
+    async def on_a_flight(scope, receive, send):
+        flights.append(scope.setdefault(mcprun.FLIGHT, mcprun.Flight(stream=False, session=None, cancel=None)))
+        await auth(scope, receive, send)
+
+    assert request(on_a_flight, headers=[("authorization", "Bearer other-s3cret")])["status"] == 200
+    assert flights[-1].caller == "ci"
+    auth.replace({"next-s3cret": "ops"})  # SIGHUP
+    assert request(auth, headers=[("authorization", "Bearer s3cret")])["status"] == 401
+    assert request(on_a_flight, headers=[("authorization", "Bearer next-s3cret")])["status"] == 200
+    assert flights[-1].caller == "ops"
