@@ -83,6 +83,9 @@ SHUTDOWN_ERROR = {"code": -32000, "message": "server shutting down (mcprun); ret
 FOLLOW_UPS = ("ping", "tools/list", "prompts/list", "resources/list", "resources/templates/list")  # served in a drain
 URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
 CHECK_TIMEOUT = 60.0  # seconds 'mcprun check' gives a server to start and list what it offers
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519")
+JWT_LEEWAY = 60  # seconds of clock difference allowed on a JWT's exp and nbf
+JWKS_REFETCH = 30.0  # seconds, at least, between fetches of a JWKS URL for a key it did not have
 RELOAD_STOP_TIMEOUT = 5.0  # seconds a reloaded server gets to stop before SIGKILL
 RELOAD_EXTENSIONS = (".json", ".toml", ".yaml", ".yml", ".txt", ".md", ".html", ".env")
 DEFAULT_WORKERS = 1
@@ -816,6 +819,17 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--auth-token-file", metavar="FILE",
                           help="read the bearer tokens from FILE, one per line: TOKEN or NAME TOKEN (the name is "
                                "the caller in the access log; # comments allowed; SIGHUP reads it again)")
+    security.add_argument("--auth-jwks", metavar="FILE|URL",
+                          help="also accept OAuth access tokens (JWTs) signed by a key of this JWKS: a file "
+                               "(SIGHUP reads it again) or the authorization server's jwks_uri")
+    security.add_argument("--auth-issuer", metavar="URL", help="the issuer (iss) the JWTs must name; needs --auth-jwks")
+    security.add_argument("--auth-resource", metavar="URL",
+                          help="this server's canonical URL: the audience its JWTs must carry, and the resource "
+                               "in /.well-known/oauth-protected-resource; needs --auth-jwks")
+    security.add_argument("--auth-audience", dest="auth_audiences", action="append", metavar="AUD",
+                          help="also accept JWTs for this audience (aud), repeatable")
+    security.add_argument("--auth-scope", dest="auth_scopes", action="append", metavar="SCOPE",
+                          help="a scope every JWT must carry (else 403 insufficient_scope), repeatable")
     security.add_argument("--require-auth", action="store_true", default=None,
                           help="refuse to serve http/sse without a token (default: warn when bound beyond loopback)")
     security.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="HOST",
@@ -1086,6 +1100,11 @@ class Settings:
     pythonpath: tuple = ()  # folders of extra packages, searched after the bundle
     auth_token: str | None = None
     auth_token_file: str | None = None
+    auth_jwks: str | None = None
+    auth_issuer: str | None = None
+    auth_resource: str | None = None
+    auth_audiences: tuple = ()
+    auth_scopes: tuple = ()
     require_auth: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -1144,6 +1163,11 @@ _MERGED_OPTIONS = {
     "pythonpath": ("paths", "MCPRUN_PYTHONPATH", None),
     "auth_token": (str, "MCPRUN_AUTH_TOKEN", None),
     "auth_token_file": (str, "MCPRUN_AUTH_TOKEN_FILE", None),
+    "auth_jwks": (str, "MCPRUN_AUTH_JWKS", None),
+    "auth_issuer": (str, "MCPRUN_AUTH_ISSUER", None),
+    "auth_resource": (str, "MCPRUN_AUTH_RESOURCE", None),
+    "auth_audiences": ("list", "MCPRUN_AUTH_AUDIENCE", None),
+    "auth_scopes": ("list", "MCPRUN_AUTH_SCOPE", None),
     "require_auth": (bool, "MCPRUN_REQUIRE_AUTH", None),
     "tls_cert": (str, "MCPRUN_TLS_CERT", None),
     "tls_key": (str, "MCPRUN_TLS_KEY", None),
@@ -1282,7 +1306,8 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
                 break
         merged[name], sources[name] = value, source
     merged["log_level"] = merged["log_level"].upper()
-    for name in ("reload_dirs", "allowed_hosts", "allowed_origins", "cors_origins", "with_packages"):
+    for name in ("reload_dirs", "allowed_hosts", "allowed_origins", "cors_origins", "with_packages", "auth_audiences",
+                 "auth_scopes"):
         merged[name] = tuple(merged[name])
     merged["pythonpath"] = tuple(os.path.abspath(folder) for folder in merged["pythonpath"])
     server_args = tuple(args.server_args)
@@ -1300,7 +1325,28 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
         raise UsageError(f"both an auth token ({sources['auth_token']}) and a token file "
                          f"({sources['auth_token_file']}) are set: keep one")
     check_tls(settings)
+    check_jwt(settings)
     return settings
+
+
+def check_jwt(settings: Settings) -> None:
+    """Refuse JWT options that cannot work: the issuer and this server's URL go with the JWKS."""
+    given = [f"--{option}" for option, name in (("auth-issuer", "auth_issuer"), ("auth-resource", "auth_resource"),
+                                                ("auth-audience", "auth_audiences"), ("auth-scope", "auth_scopes"))
+             if getattr(settings, name)]
+    if settings.auth_jwks is None:
+        if given:
+            raise UsageError(f"{given[0]} needs --auth-jwks FILE|URL, the keys the access tokens are signed with")
+        return
+    if settings.transport == "stdio":
+        raise UsageError("--auth-jwks needs --transport http or sse: over stdio the client is the process owner")
+    for option, value, what in (("--auth-issuer", settings.auth_issuer, "the issuer its tokens name"),
+                                ("--auth-resource", settings.auth_resource,
+                                 "this server's URL, the audience its tokens carry")):
+        if not value:
+            raise UsageError(f"--auth-jwks needs {option} URL ({what})")
+        if not _is_url(value):
+            raise UsageError(f"{option} {value!r} is not an http(s):// URL")
 
 
 def check_tls(settings: Settings) -> None:
@@ -3082,6 +3128,126 @@ def read_auth_tokens(settings: Settings) -> dict:
     return tokens
 
 
+class Refused(Exception):
+    """A bearer credential the gateway does not accept: the status, OAuth error code and description to answer."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status, self.error, self.description = status, error, description
+
+
+class JwtVerifier:
+    """Check OAuth 2.1 access tokens as a resource server: a JWT signed by a key of the JWKS (a file, or the
+    authorization server's URL, fetched again for a key it lacks at most every JWKS_REFETCH seconds, its
+    failures never dropping the keys it has), naming the issuer, for this resource, current, with the scopes.
+
+    joserfc (the bundle's JOSE library, also fastmcp's) does the cryptography and the claims."""
+
+    def __init__(self, settings: Settings) -> None:
+        from joserfc.jws import JWSRegistry
+
+        self.source, self.issuer, self.scopes = settings.auth_jwks, settings.auth_issuer, settings.auth_scopes
+        self.audiences = list(dict.fromkeys((settings.auth_resource, *settings.auth_audiences)))
+        self.registry = JWSRegistry(algorithms=list(JWT_ALGORITHMS), strict_check_header=False)
+        self.fetched_at = float("-inf")  # when a token's unknown key last made it fetch the URL
+        self.keys = self.parse(self.read_sync(), self.source)
+
+    @property
+    def remote(self) -> bool:
+        return _is_url(self.source)
+
+    def read_sync(self) -> bytes:
+        """Read the JWKS now: the file, or the URL (at start and on SIGHUP)."""
+        if not self.remote:
+            try:
+                return Path(self.source).read_bytes()
+            except OSError as exc:
+                raise UsageError(f"--auth-jwks {self.source}: {exc.strerror}") from None
+        import httpx
+
+        try:
+            response = httpx.get(self.source, timeout=10, follow_redirects=True)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise Failure(f"--auth-jwks {self.source}: cannot fetch the keys ({_first_line(exc)}); check the URL "
+                          "(the authorization server's jwks_uri), or give the JWKS as a file") from None
+        return response.content
+
+    @staticmethod
+    def parse(data: bytes, source: str) -> Any:
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
+        try:
+            return KeySet.import_key_set(json.loads(data))
+        except (ValueError, TypeError, KeyError, JoseError) as exc:
+            raise UsageError(f"--auth-jwks {source}: not a JWKS with a usable public key ({_first_line(exc)})")                 from None
+
+    async def refetch(self) -> bool:
+        """Fetch the JWKS URL again for a key it lacks (not more often than every JWKS_REFETCH seconds); True if
+        it has new keys."""
+        import httpx
+
+        if not self.remote or time.monotonic() - self.fetched_at < JWKS_REFETCH:
+            return False
+        self.fetched_at = time.monotonic()
+        try:
+            async with httpx.AsyncClient(timeout=10, follow_redirects=True) as client:
+                response = await client.get(self.source)
+                response.raise_for_status()
+            self.keys = self.parse(response.content, self.source)
+        except (httpx.HTTPError, Error) as exc:
+            warn_now_and_then("jwks", f"--auth-jwks {self.source}: cannot fetch the keys again ({_first_line(exc)}); "
+                              "tokens signed with the keys fetched before are still accepted")
+            return False
+        return True
+
+    async def verify(self, token: str) -> str:
+        """Return the caller a valid access token names (sub, else client_id); else raise Refused."""
+        import warnings as _warnings
+
+        from joserfc import jwt
+        from joserfc.errors import ExpiredTokenError, InvalidKeyIdError, JoseError
+
+        for attempt in (1, 2):
+            try:
+                with _warnings.catch_warnings():
+                    _warnings.simplefilter("ignore")  # joserfc's SecurityWarning on EdDSA, RFC 9864's rename
+                    decoded = jwt.decode(token, self.keys, algorithms=list(JWT_ALGORITHMS), registry=self.registry)
+                break
+            except InvalidKeyIdError:
+                if attempt == 2 or not await self.refetch():
+                    raise Refused(401, "invalid_token", "the token is signed with a key this server does not know")
+            except (JoseError, ValueError, TypeError):
+                raise Refused(401, "invalid_token", "the token is not a valid signed JWT") from None
+        claims = decoded.claims
+        registry = jwt.JWTClaimsRegistry(leeway=JWT_LEEWAY, iss={"essential": True, "value": self.issuer},
+                                         aud={"essential": True, "values": self.audiences}, exp={"essential": True})
+        try:
+            registry.validate(claims)
+        except ExpiredTokenError:
+            raise Refused(401, "invalid_token", "the token has expired") from None
+        except JoseError as exc:
+            claim = getattr(exc, "claim", None) or "a claim"
+            raise Refused(401, "invalid_token", f"the token's {claim} is not what this server accepts") from None
+        granted = claims.get("scope", "").split() if isinstance(claims.get("scope"), str) else claims.get("scp") or []
+        if missing := [scope for scope in self.scopes if scope not in granted]:
+            raise Refused(403, "insufficient_scope", f"the token lacks the scope {' '.join(missing)}")
+        return str(claims.get("sub") or claims.get("client_id") or "jwt")[:64]
+
+
+def resource_metadata_path(settings: Settings) -> str:
+    """RFC 9728's well-known route for this server: the resource URL's path after the well-known prefix."""
+    path = urllib.parse.urlsplit(settings.auth_resource).path.rstrip("/")
+    return "/.well-known/oauth-protected-resource" + path
+
+
+def resource_metadata(settings: Settings) -> dict:
+    """The RFC 9728 protected-resource metadata: who issues this server's tokens, and which scopes it wants."""
+    return {"resource": settings.auth_resource, "authorization_servers": [settings.auth_issuer],
+            "scopes_supported": list(settings.auth_scopes), "bearer_methods_supported": ["header"]}
+
+
 class TLS:
     """The listener's certificate and key (and, for mutual TLS, the client CAs) in one ssl.SSLContext,
     loaded again on SIGHUP: connections open keep theirs, new ones get the new certificate."""
@@ -3173,8 +3339,8 @@ class BearerAuth:
     """ASGI middleware: let a request through only with 'Authorization: Bearer <one of the tokens>', and
     note its caller's name on the request's Flight."""
 
-    def __init__(self, app: Any, tokens: dict) -> None:
-        self.app = app
+    def __init__(self, app: Any, tokens: dict, verifier: JwtVerifier | None = None, metadata_url: str = "") -> None:
+        self.app, self.verifier, self.metadata_url = app, verifier, metadata_url
         self.tokens = {}
         self.replace(tokens)
 
@@ -3194,20 +3360,29 @@ class BearerAuth:
             if name == b"authorization":
                 presented = value
         scheme, _, credentials = presented.partition(b" ")
-        caller = None
+        credentials, caller = credentials.strip(), None
         for token, name in self.tokens.items():  # every token compared, in constant time
-            if hmac.compare_digest(credentials.strip(), token):
+            if hmac.compare_digest(credentials, token):
                 caller = name
-        if scheme.lower() != b"bearer" or caller is None:
-            error = "invalid_token" if presented else None
-            return await self.refuse(send, 401, error, "a valid bearer token is required")
+        if scheme.lower() != b"bearer" or not credentials:
+            return await self.refuse(send, 401, "invalid_token" if presented else None, "a valid bearer token is required")
+        if caller is None and self.verifier and credentials.count(b".") == 2:
+            try:
+                caller = await self.verifier.verify(credentials.decode("ascii", "replace"))
+            except Refused as refused:
+                return await self.refuse(send, refused.status, refused.error, refused.description)
+        if caller is None:
+            return await self.refuse(send, 401, "invalid_token", "a valid bearer token is required")
         if (flight := scope.get(FLIGHT)) is not None:
             flight.caller = caller
         await self.app(scope, receive, send)
 
-    @staticmethod
-    async def refuse(send: Any, status: int, error: str | None, description: str) -> None:
+    async def refuse(self, send: Any, status: int, error: str | None, description: str) -> None:
         challenge = 'Bearer realm="mcp"' + (f', error="{error}"' if error else "")
+        if error == "insufficient_scope":
+            challenge += f', scope="{" ".join(self.verifier.scopes)}"'
+        if self.metadata_url:
+            challenge += f', resource_metadata="{self.metadata_url}"'
         await send_json(send, status, {"error": error or "unauthorized", "error_description": description},
                         headers=((b"www-authenticate", challenge.encode()),))
 
@@ -3689,6 +3864,20 @@ class Calls:
             await anyio.sleep(0.01)
 
 
+class ResourceMetadata:
+    """Answer RFC 9728's protected-resource metadata route, without a token, to any origin (clients find the
+    authorization server there); pass every other request on."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app, self.path, self.document = app, resource_metadata_path(settings), resource_metadata(settings)
+
+    async def __call__(self, scope, receive, send):
+        if scope["path"] in (self.path, "/.well-known/oauth-protected-resource") and scope["method"] in ("GET", "HEAD"):
+            return await send_json(send, 200, self.document, headers=((b"access-control-allow-origin", b"*"),
+                                                                       (b"cache-control", b"max-age=3600")))
+        await self.app(scope, receive, send)
+
+
 class Gateway:
     """mcprun's ASGI front for every server over HTTP: the server's app behind these pieces, in this order:
 
@@ -3700,14 +3889,17 @@ class Gateway:
     the app's inner limits are set and the server is announced.
     """
 
-    def __init__(self, app: Any, settings: Settings, tokens: dict, on_ready: Any) -> None:
+    def __init__(self, app: Any, settings: Settings, tokens: dict, on_ready: Any,
+                 verifier: JwtVerifier | None = None) -> None:
         from fastmcp.server.http import HostOriginGuardMiddleware
         from mcp.server.transport_security import RequestBodyLimitMiddleware
 
         self.server_app, self.settings, self.on_ready = app, settings, on_ready
         self.ready = False
         guarded = RequestBodyLimitMiddleware(JsonOnly(app, settings), settings.max_body)
-        self.auth = BearerAuth(guarded, tokens) if tokens else None
+        metadata_url = urllib.parse.urljoin(settings.auth_resource, resource_metadata_path(settings)) \
+            if verifier else ""
+        self.auth = BearerAuth(guarded, tokens, verifier, metadata_url) if tokens or verifier else None
         guarded = self.auth or guarded
         if settings.cors_origins:
             from starlette.middleware.cors import CORSMiddleware
@@ -3727,6 +3919,8 @@ class Gateway:
         chain = Closing(chain, self.calls)
         if settings.access_log:
             chain = AccessLog(chain)
+        if verifier:
+            chain = ResourceMetadata(chain, settings)
         self.chain = Health(chain, settings, self.state)
 
     async def __call__(self, scope, receive, send):
@@ -3807,12 +4001,17 @@ def reload_credentials(settings: Settings, gateway: Gateway, tls: TLS | None) ->
     reloaded = []
     try:
         tokens = read_auth_tokens(settings) if settings.auth_token_file and gateway.auth else None
+        keys = gateway.auth.verifier.parse(gateway.auth.verifier.read_sync(), settings.auth_jwks) \
+            if gateway.auth and gateway.auth.verifier else None
         if tls:
             tls.reload()
             reloaded.append(f"the certificate {settings.tls_cert}")
     except Error as exc:
         error(f"SIGHUP: {exc}; still serving with what was loaded before")
         return
+    if keys is not None:
+        gateway.auth.verifier.keys = keys
+        reloaded.insert(0, f"the keys from {settings.auth_jwks}")
     if tokens is not None:
         gateway.auth.replace(tokens)
         reloaded.insert(0, f"{len(tokens)} token{'s' if len(tokens) != 1 else ''} from {settings.auth_token_file}")
@@ -3833,10 +4032,14 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
 
     tokens = read_auth_tokens(settings)
     own_auth = server_has_own_auth(server)
+    if settings.auth_jwks and own_auth:
+        raise UsageError("the server configures its own authentication: drop --auth-jwks (and MCPRUN_AUTH_JWKS), "
+                         "or remove auth from the server")
+    verifier = JwtVerifier(settings) if settings.auth_jwks else None
     if tokens and own_auth:
         raise UsageError("the server configures its own authentication: drop --auth-token/--auth-token-file "
                          "(and MCPRUN_AUTH_TOKEN*), or remove auth from the server")
-    if not tokens and not own_auth:
+    if not tokens and not verifier and not own_auth:
         if settings.require_auth:
             raise UsageError("--require-auth: no token given; set MCPRUN_AUTH_TOKEN or --auth-token-file FILE")
         host = sock.getsockname()[0] if sock else settings.host
@@ -3847,8 +4050,8 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     sock = sock or bind_socket(settings.host, settings.port)
     description = describe_server(server, target)
     announce = announce or announcer(settings, sock)
-    gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description))
-    if settings.workers == 1 and (tls or settings.auth_token_file):  # workers: the supervisor replaces them
+    gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description), verifier)
+    if settings.workers == 1 and (tls or settings.auth_token_file or verifier):  # workers: replaced instead
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_credentials, settings, gateway, tls)
 
     keep_sse_streams_at_sigterm()  # sse-starlette would end every stream at SIGTERM, calls in flight too
