@@ -30,6 +30,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -84,6 +85,9 @@ FOLLOW_UPS = ("ping", "tools/list", "prompts/list", "resources/list", "resources
 URL_CONNECT_TIMEOUT = 10.0  # seconds to reach a remote server before giving up
 CHECK_TIMEOUT = 60.0  # seconds 'mcprun check' gives a server to start and list what it offers
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519")
+AUTH_FAILURES = (10.0, 20)  # failed authentications per second a client address may make, and its burst; then 429
+SHORT_TOKEN = 16  # characters: a shorter bearer token gets a warning
+RATE_KEYS = 10_000  # callers and addresses the rate limiter remembers; the longest idle are forgotten first
 JWT_LEEWAY = 60  # seconds of clock difference allowed on a JWT's exp and nbf
 JWKS_REFETCH = 30.0  # seconds, at least, between fetches of a JWKS URL for a key it did not have
 RELOAD_STOP_TIMEOUT = 5.0  # seconds a reloaded server gets to stop before SIGKILL
@@ -690,6 +694,27 @@ def parse_workers(text: str) -> int:
     return parse_count(text, "a number of workers (1, 2, ... or auto)")
 
 
+@dataclasses.dataclass(frozen=True)
+class Rate:
+    """A rate limit: so many a second, in bursts of up to the count given (10/s: 10; 600/m: 600)."""
+
+    per_second: float
+    burst: int
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rate(text: str) -> Rate:
+    """argparse type: a rate such as 10/s or 600/m."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*", text.lower())
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (e.g. 10/s or 600/m)")
+    count = float(match[1])
+    return Rate(count if match[2].startswith("s") else count / 60, max(1, int(count)), f"{match[1]}/{match[2][0]}")
+
+
 def parse_route(text: str) -> str:
     """argparse type: an HTTP route such as /healthz."""
     route = text if text.startswith("/") else "/" + text
@@ -830,6 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also accept JWTs for this audience (aud), repeatable")
     security.add_argument("--auth-scope", dest="auth_scopes", action="append", metavar="SCOPE",
                           help="a scope every JWT must carry (else 403 insufficient_scope), repeatable")
+    security.add_argument("--rate-limit", type=parse_rate, metavar="N/s|N/m",
+                          help="requests each caller (token name or JWT subject; without auth, each client address) "
+                               "may make, in bursts of up to N; past it, 429 with Retry-After")
     security.add_argument("--require-auth", action="store_true", default=None,
                           help="refuse to serve http/sse without a token (default: warn when bound beyond loopback)")
     security.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="HOST",
@@ -1105,6 +1133,7 @@ class Settings:
     auth_resource: str | None = None
     auth_audiences: tuple = ()
     auth_scopes: tuple = ()
+    rate_limit: Rate | None = None
     require_auth: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -1168,6 +1197,7 @@ _MERGED_OPTIONS = {
     "auth_resource": (str, "MCPRUN_AUTH_RESOURCE", None),
     "auth_audiences": ("list", "MCPRUN_AUTH_AUDIENCE", None),
     "auth_scopes": ("list", "MCPRUN_AUTH_SCOPE", None),
+    "rate_limit": (parse_rate, "MCPRUN_RATE_LIMIT", None),
     "require_auth": (bool, "MCPRUN_REQUIRE_AUTH", None),
     "tls_cert": (str, "MCPRUN_TLS_CERT", None),
     "tls_key": (str, "MCPRUN_TLS_KEY", None),
@@ -3125,6 +3155,9 @@ def read_auth_tokens(settings: Settings) -> dict:
             raise UsageError(f"{where}, line {number}: the {'token' if token in tokens else 'name'} "
                              "appears twice; give each caller its own")
         tokens[token] = name
+        if len(token) < SHORT_TOKEN:
+            warn(f"{where}: a token of {len(token)} characters ({name}) is easy to guess; use {SHORT_TOKEN} or "
+                 "more, e.g. from 'openssl rand -hex 32'")
     return tokens
 
 
@@ -3335,12 +3368,61 @@ async def send_json(send: Any, status: int, payload: Any, headers: tuple = ()) -
     await send({"type": "http.response.body", "body": body})
 
 
+class Buckets:
+    """Token buckets, one per key (a caller, a client address): rate a second, up to burst at once; the
+    RATE_KEYS keys seen last are kept."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        import collections
+
+        self.rate, self.burst = rate, burst
+        self.buckets: collections.OrderedDict = collections.OrderedDict()  # key -> (tokens, when)
+
+    def take(self, key: str, now: float) -> float:
+        """Take one token for key; return 0 if there was one, else the seconds until there is."""
+        tokens, when = self.buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - when) * self.rate)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        self.buckets[key] = (tokens - 1 if not wait else tokens, now)
+        while len(self.buckets) > RATE_KEYS:
+            self.buckets.popitem(last=False)
+        return wait
+
+
+async def too_many(send: Any, wait: float, message: str) -> None:
+    """Answer 429 with Retry-After and a JSON-RPC error saying why."""
+    seconds = max(1, math.ceil(wait))
+    await send_json(send, 429, {"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32000, "message": f"{message}; retry after {seconds} s"}}, headers=((b"retry-after", str(seconds).encode()),))
+
+
+class RateLimit:
+    """Let each caller (named on the request's Flight by BearerAuth; else its client address) make --rate-limit
+    requests, answering the rest 429 (Buckets)."""
+
+    def __init__(self, app: Any, rate: Rate) -> None:
+        self.app, self.buckets = app, Buckets(rate.per_second, rate.burst)
+
+    async def __call__(self, scope, receive, send):
+        import anyio
+
+        flight = scope.get(FLIGHT)
+        key = f"caller {flight.caller}" if flight is not None and flight.caller else \
+            f"address {(scope.get('client') or ('-',))[0]}"
+        if wait := self.buckets.take(key, anyio.current_time()):
+            if flight is not None:
+                flight.limited = True
+            return await too_many(send, wait, "too many requests (--rate-limit)")
+        await self.app(scope, receive, send)
+
+
 class BearerAuth:
     """ASGI middleware: let a request through only with 'Authorization: Bearer <one of the tokens>', and
     note its caller's name on the request's Flight."""
 
     def __init__(self, app: Any, tokens: dict, verifier: JwtVerifier | None = None, metadata_url: str = "") -> None:
         self.app, self.verifier, self.metadata_url = app, verifier, metadata_url
+        self.failures = Buckets(*AUTH_FAILURES)  # per client address: wrong credentials past it get 429
         self.tokens = {}
         self.replace(tokens)
 
@@ -3365,19 +3447,30 @@ class BearerAuth:
             if hmac.compare_digest(credentials, token):
                 caller = name
         if scheme.lower() != b"bearer" or not credentials:
-            return await self.refuse(send, 401, "invalid_token" if presented else None, "a valid bearer token is required")
+            return await self.refuse(send, 401, "invalid_token" if presented else None,
+                                     "a valid bearer token is required", scope)
         if caller is None and self.verifier and credentials.count(b".") == 2:
             try:
                 caller = await self.verifier.verify(credentials.decode("ascii", "replace"))
             except Refused as refused:
-                return await self.refuse(send, refused.status, refused.error, refused.description)
+                return await self.refuse(send, refused.status, refused.error, refused.description, scope)
         if caller is None:
-            return await self.refuse(send, 401, "invalid_token", "a valid bearer token is required")
+            return await self.refuse(send, 401, "invalid_token", "a valid bearer token is required", scope)
         if (flight := scope.get(FLIGHT)) is not None:
             flight.caller = caller
         await self.app(scope, receive, send)
 
-    async def refuse(self, send: Any, status: int, error: str | None, description: str) -> None:
+    async def refuse(self, send: Any, status: int, error: str | None, description: str, scope: dict | None = None) -> None:
+        """Answer a request without valid credentials; past AUTH_FAILURES from its address, with 429."""
+        import anyio
+
+        if scope is not None and error == "invalid_token":
+            if wait := self.failures.take((scope.get("client") or ("-",))[0], anyio.current_time()):
+                if (flight := scope.get(FLIGHT)) is not None:
+                    flight.limited = True
+                warn_now_and_then("auth-failures", f"{(scope.get('client') or ('-',))[0]} keeps sending wrong "
+                                  "credentials: answered 429 for a while")
+                return await too_many(send, wait, "too many failed authentications from this address")
         challenge = 'Bearer realm="mcp"' + (f', error="{error}"' if error else "")
         if error == "insufficient_scope":
             challenge += f', scope="{" ".join(self.verifier.scopes)}"'
@@ -3414,6 +3507,7 @@ class Flight:
     request_ids: tuple = ()  # JSON-RPC ids in the body, as JSON text
     rpc: str = ""  # JSON-RPC method(s), for the access log
     caller: str = ""  # the name of the token it came with
+    limited: bool = False  # refused by a rate limit
     tool: str = ""
     status: int = 0
     late: bool = False  # it began after the drain had
@@ -3881,11 +3975,12 @@ class ResourceMetadata:
 class Gateway:
     """mcprun's ASGI front for every server over HTTP: the server's app behind these pieces, in this order:
 
-    Health → AccessLog → Closing → Sessions → LargeBodies → Calls → the Host/Origin guard → CORS →
-    BearerAuth → the SDK's body limit → JsonOnly → the server's app.
+    Health → ResourceMetadata → AccessLog → Closing → Sessions → LargeBodies → Calls → the Host/Origin
+    guard → CORS → BearerAuth → RateLimit → the SDK's body limit → JsonOnly → the server's app.
 
-    No AccessLog with --no-access-log, no Sessions with --stateless, no CORS without --cors-origin, no
-    BearerAuth without a token. The lifespan goes straight to the server's app; once it has started,
+    No ResourceMetadata without --auth-jwks, no AccessLog with --no-access-log, no Sessions with --stateless,
+    no CORS without --cors-origin, no BearerAuth without a token or --auth-jwks, no RateLimit without
+    --rate-limit. The lifespan goes straight to the server's app; once it has started,
     the app's inner limits are set and the server is announced.
     """
 
@@ -3897,6 +3992,8 @@ class Gateway:
         self.server_app, self.settings, self.on_ready = app, settings, on_ready
         self.ready = False
         guarded = RequestBodyLimitMiddleware(JsonOnly(app, settings), settings.max_body)
+        if settings.rate_limit:
+            guarded = RateLimit(guarded, settings.rate_limit)
         metadata_url = urllib.parse.urljoin(settings.auth_resource, resource_metadata_path(settings)) \
             if verifier else ""
         self.auth = BearerAuth(guarded, tokens, verifier, metadata_url) if tokens or verifier else None

@@ -197,6 +197,7 @@ def test_print_config_precedence(token, tmp_path):
         ("auth_resource", "None  (default)"),
         ("auth_audiences", "(none)  (default)"),
         ("auth_scopes", "(none)  (default)"),
+        ("rate_limit", "None  (default)"),
         ("require_auth", "False  (default)"),
         ("tls_cert", "None  (default)"),
         ("tls_key", "None  (default)"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import SERVERS, error_line, run_cli, serving, wait_for
+from helpers import SERVERS, error_line, run_cli, serving, usage_error, wait_for
 
 PRODUCTION = "production_server.py"
 ALICE, BOB, CAROL = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef", "carol-token-0123456789abcd"
@@ -341,3 +341,61 @@ def test_bad_token_files_are_one_line(token, tmp_path, content, expected):
     result = run_cli(token, PRODUCTION, "-t", "http", "-p", "0", "--auth-token-file", str(tokens), cwd=SERVERS,
                      input="")
     assert error_line(result, 2) == f"mcprun: error: {expected.replace('TOKENS', str(tokens))}"
+
+
+# -- rate limits ------------------------------------------------------------------------------
+
+
+def ping(client: httpx.Client, url: str, secret: str) -> httpx.Response:
+    return client.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                       headers={"accept": "application/json, text/event-stream", "content-type": "application/json",
+                                "authorization": f"Bearer {secret}"})
+
+
+def test_rate_limit_per_caller(token, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {ALICE}\nbob {BOB}\n")
+    with serving(token, PRODUCTION, "--stateless", "--auth-token-file", str(tokens), "--rate-limit", "3/m",
+                 cwd=SERVERS) as server, httpx.Client(timeout=10) as client:
+        alice = [ping(client, server.url, ALICE) for _ in range(12)]
+        bob = ping(client, server.url, BOB)
+    statuses = [answer.status_code for answer in alice]
+    assert statuses[:3] == [200] * 3 and set(statuses[4:]) == {429}, statuses  # a burst of 3, then one per 20 s
+    refused = alice[-1]
+    assert 1 <= int(refused.headers["retry-after"]) <= 20
+    assert refused.json() == {"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32000, "message": f"too many requests (--rate-limit); retry after {refused.headers['retry-after']} s"}}
+    assert bob.status_code == 200  # another caller is unaffected
+    assert sum(" 429 " in line and "caller=alice" in line for line in server.lines) == statuses.count(429)
+
+
+def test_failed_authentications_are_throttled_while_the_right_token_gets_in(token, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"alice {ALICE}\n")
+    with serving(token, PRODUCTION, "--stateless", "--auth-token-file", str(tokens), "--no-access-log",
+                 cwd=SERVERS) as server, httpx.Client(timeout=10) as client:
+        wrong = [ping(client, server.url, f"guess-{n:04d}-0123456789").status_code for n in range(100)]
+        right = ping(client, server.url, ALICE)
+        later = ping(client, server.url, "guess-again-0123456789")
+    assert wrong[:20] == [401] * 20 and 429 in wrong, wrong  # a burst of 20, then 10 a second
+    assert right.status_code == 200
+    assert later.status_code == 429 and "retry-after" in later.headers
+    assert later.json()["error"]["message"].startswith("too many failed authentications from this address; retry")
+    warnings = [line.strip() for line in server.lines if "warning" in line]
+    assert warnings == ["mcprun: warning: 127.0.0.1 keeps sending wrong credentials: answered 429 for a while"]
+
+
+def test_a_short_token_gets_one_warning(token, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"ci short-token\nalice {ALICE}\n")
+    with serving(token, PRODUCTION, "--auth-token-file", str(tokens), cwd=SERVERS) as server:
+        pass
+    assert [line.strip() for line in server.lines if "warning" in line] == [
+        f"mcprun: warning: --auth-token-file {tokens}: a token of 11 characters (ci) is easy to guess; use 16 or "
+        "more, e.g. from 'openssl rand -hex 32'"]
+
+
+@pytest.mark.parametrize("rate", ["fast", "0/s", "10/h"])
+def test_a_rate_that_is_not_one_is_refused(token, rate):
+    result = run_cli(token, PRODUCTION, "-t", "http", "--rate-limit", rate, cwd=SERVERS, input="")
+    assert usage_error(result) == f"mcprun: error: argument --rate-limit: {rate!r} is not a rate (e.g. 10/s or 600/m)"
