@@ -1309,6 +1309,38 @@ def check_workers(settings: Settings) -> None:
                          "replica with session affinity on the mcp-session-id header")
 
 
+def check_jwt(settings: Settings) -> None:
+    """Refuse JWT options that cannot work: the issuer and this server's URL go with the JWKS."""
+    given = [f"--{option}" for option, name in (("auth-issuer", "auth_issuer"), ("auth-resource", "auth_resource"),
+                                                ("auth-audience", "auth_audiences"), ("auth-scope", "auth_scopes"))
+             if getattr(settings, name)]
+    if settings.auth_jwks is None:
+        if given:
+            raise UsageError(f"{given[0]} needs --auth-jwks FILE|URL, the keys the access tokens are signed with")
+        return
+    if settings.transport == "stdio":
+        raise UsageError("--auth-jwks needs --transport http or sse: over stdio the client is the process owner")
+    for option, value, what in (("--auth-issuer", settings.auth_issuer, "the issuer its tokens name"),
+                                ("--auth-resource", settings.auth_resource,
+                                 "this server's URL, the audience its tokens carry")):
+        if not value:
+            raise UsageError(f"--auth-jwks needs {option} URL ({what})")
+        if not _is_url(value):
+            raise UsageError(f"{option} {value!r} is not an http(s):// URL")
+
+
+def check_tls(settings: Settings) -> None:
+    """Refuse TLS options that cannot work together (the files themselves are read when serving)."""
+    given = [f"--{name.replace('_', '-')}" for name in ("tls_cert", "tls_key", "tls_key_password_file",
+                                                         "tls_client_ca") if getattr(settings, name) is not None]
+    if not given:
+        return
+    if settings.transport == "stdio":
+        raise UsageError(f"{given[0]} needs --transport http or sse: stdio has no TLS")
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise UsageError(f"{given[0]} needs both --tls-cert FILE and --tls-key FILE")
+
+
 def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     """Merge the command line, fastmcp.json, MCPRUN_* variables and defaults."""
     check_combinations(args)
@@ -1357,38 +1389,6 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     check_tls(settings)
     check_jwt(settings)
     return settings
-
-
-def check_jwt(settings: Settings) -> None:
-    """Refuse JWT options that cannot work: the issuer and this server's URL go with the JWKS."""
-    given = [f"--{option}" for option, name in (("auth-issuer", "auth_issuer"), ("auth-resource", "auth_resource"),
-                                                ("auth-audience", "auth_audiences"), ("auth-scope", "auth_scopes"))
-             if getattr(settings, name)]
-    if settings.auth_jwks is None:
-        if given:
-            raise UsageError(f"{given[0]} needs --auth-jwks FILE|URL, the keys the access tokens are signed with")
-        return
-    if settings.transport == "stdio":
-        raise UsageError("--auth-jwks needs --transport http or sse: over stdio the client is the process owner")
-    for option, value, what in (("--auth-issuer", settings.auth_issuer, "the issuer its tokens name"),
-                                ("--auth-resource", settings.auth_resource,
-                                 "this server's URL, the audience its tokens carry")):
-        if not value:
-            raise UsageError(f"--auth-jwks needs {option} URL ({what})")
-        if not _is_url(value):
-            raise UsageError(f"{option} {value!r} is not an http(s):// URL")
-
-
-def check_tls(settings: Settings) -> None:
-    """Refuse TLS options that cannot work together (the files themselves are read when serving)."""
-    given = [f"--{name.replace('_', '-')}" for name in ("tls_cert", "tls_key", "tls_key_password_file",
-                                                         "tls_client_ca") if getattr(settings, name) is not None]
-    if not given:
-        return
-    if settings.transport == "stdio":
-        raise UsageError(f"{given[0]} needs --transport http or sse: stdio has no TLS")
-    if settings.tls_cert is None or settings.tls_key is None:
-        raise UsageError(f"{given[0]} needs both --tls-cert FILE and --tls-key FILE")
 
 
 def format_settings(settings: Settings, served: str = "") -> str:
@@ -3368,6 +3368,27 @@ async def send_json(send: Any, status: int, payload: Any, headers: tuple = ()) -
     await send({"type": "http.response.body", "body": body})
 
 
+@dataclasses.dataclass(eq=False)
+class Flight:
+    """One HTTP request in progress, as the gateway sees it."""
+
+    stream: bool  # a long-lived GET event stream
+    session: str | None
+    cancel: Any  # the anyio.CancelScope the request runs in
+    request_ids: tuple = ()  # JSON-RPC ids in the body, as JSON text
+    rpc: str = ""  # JSON-RPC method(s), for the access log
+    caller: str = ""  # who sent it: the name of its token, or its JWT's subject
+    tool: str = ""
+    status: int = 0
+    late: bool = False  # it began after the drain had
+    event_stream: bool = False  # the response is text/event-stream
+    finished: bool = False  # the response body is complete
+    disconnected: bool = False  # the client went away
+
+
+FLIGHT = "mcprun.flight"  # the scope key under which the gateway's pieces share a request's Flight
+
+
 class Buckets:
     """Token buckets, one per key (a caller, a client address): rate a second, up to burst at once; the
     RATE_KEYS keys seen last are kept."""
@@ -3410,8 +3431,6 @@ class RateLimit:
         key = f"caller {flight.caller}" if flight is not None and flight.caller else \
             f"address {(scope.get('client') or ('-',))[0]}"
         if wait := self.buckets.take(key, anyio.current_time()):
-            if flight is not None:
-                flight.limited = True
             return await too_many(send, wait, "too many requests (--rate-limit)")
         await self.app(scope, receive, send)
 
@@ -3466,8 +3485,6 @@ class BearerAuth:
 
         if scope is not None and error == "invalid_token":
             if wait := self.failures.take((scope.get("client") or ("-",))[0], anyio.current_time()):
-                if (flight := scope.get(FLIGHT)) is not None:
-                    flight.limited = True
                 warn_now_and_then("auth-failures", f"{(scope.get('client') or ('-',))[0]} keeps sending wrong "
                                   "credentials: answered 429 for a while")
                 return await too_many(send, wait, "too many failed authentications from this address")
@@ -3497,23 +3514,6 @@ class JsonOnly:
         await self.app(scope, receive, send)
 
 
-@dataclasses.dataclass(eq=False)
-class Flight:
-    """One HTTP request in progress, as the gateway sees it."""
-
-    stream: bool  # a long-lived GET event stream
-    session: str | None
-    cancel: Any  # the anyio.CancelScope the request runs in
-    request_ids: tuple = ()  # JSON-RPC ids in the body, as JSON text
-    rpc: str = ""  # JSON-RPC method(s), for the access log
-    caller: str = ""  # the name of the token it came with
-    limited: bool = False  # refused by a rate limit
-    tool: str = ""
-    status: int = 0
-    late: bool = False  # it began after the drain had
-    event_stream: bool = False  # the response is text/event-stream
-    finished: bool = False  # the response body is complete
-    disconnected: bool = False  # the client went away
 RETIRING = threading.Event()  # set in a worker the supervisor replaces: others serve the socket on
 _SSE_RESPONSE = re.compile(rb'^data: \{"jsonrpc":"2\.0","id":("(?:[^"\\]|\\.)*"|-?\d+),"(?:result|error)"', re.M)
 _SSE_SESSION = re.compile(rb"^data: \S*[?&]session_id=([0-9a-fA-F-]+)", re.M)
@@ -3607,7 +3607,6 @@ def replaying(read: list, receive: Any) -> Any:
     return replay
 
 
-FLIGHT = "mcprun.flight"  # the scope key under which the gateway's pieces share a request's Flight
 
 
 def request_session(scope: dict, sse: bool) -> str | None:
