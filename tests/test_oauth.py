@@ -12,10 +12,11 @@ import base64
 import json
 import re
 import signal
+import subprocess
 
 import httpx
 import pytest
-from helpers import INITIALIZE, SERVERS, error_line, run_cli, serving, wait_for
+from helpers import INITIALIZE, ROOT, SERVERS, child_env, error_line, run_cli, serving, wait_for
 from idp import identity_provider
 
 PRODUCTION = "production_server.py"
@@ -23,6 +24,8 @@ RESOURCE = "https://mcp.example.org/mcp"
 SCOPE = "mcp:tools"
 STREAM_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 STATIC = "static-token-0123456789abcdef"
+MCP1_PYTHON = ROOT / ".venv-mcp1" / "bin" / "python"
+MCP1_CLIENT = ROOT / "tests" / "clients" / "mcp1_client.py"
 
 
 @pytest.fixture(scope="module", params=["RS256", "ES256"])
@@ -117,6 +120,20 @@ def test_tokens_from_the_authorization_server_checked_offline_against_its_jwks_f
     assert callers == {"ci-bot", "ops"}, callers
     assert good not in server.stderr and STATIC not in server.stderr
     assert "Traceback" not in server.stderr and "Warning" not in server.stderr, server.stderr
+
+
+@pytest.mark.skipif(not MCP1_PYTHON.exists(), reason="run './build test' to create .venv-mcp1")
+@pytest.mark.parametrize("transport", ["http", "sse"])
+def test_an_mcp1_client_calls_with_an_access_token(token, idp, transport):
+    with serving(token, "fastmcp_server.py", *jwt_args(idp, idp.jwks_url), transport=transport,
+                 cwd=SERVERS) as server:
+        for bearer, works in ((idp.token(scope=SCOPE, audience=RESOURCE), True),
+                              (idp.token(scope="other", audience=RESOURCE), False)):
+            result = subprocess.run([str(MCP1_PYTHON), str(MCP1_CLIENT), transport, server.url], capture_output=True,
+                                    text=True, timeout=60, env=child_env(token, MCP1_BEARER=bearer))
+            assert (result.returncode == 0) is works, result.stderr
+            if works:
+                assert json.loads(result.stdout)["echo"] == "hi"
 
 
 def test_the_jwks_url_is_fetched_again_for_a_new_key(token, idp):
