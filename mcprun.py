@@ -877,6 +877,15 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--tls-client-ca", metavar="FILE",
                           help="mutual TLS: accept only clients with a certificate from these PEM CAs")
 
+    policy = parser.add_argument_group("tool policy (every transport: a tool left out is absent from tools/list, "
+                                       "and a call to it gets the server's unknown-tool error)")
+    policy.add_argument("--tools", dest="tools", action="append", metavar="PATTERN",
+                        help="offer only the tools whose names match this glob (e.g. 'git_*'), repeatable")
+    policy.add_argument("--exclude-tools", dest="exclude_tools", action="append", metavar="PATTERN",
+                        help="leave out the tools whose names match this glob, repeatable")
+    policy.add_argument("--read-only", action="store_true", default=None,
+                        help="offer only the tools the server annotates readOnlyHint: true")
+
     operations = parser.add_argument_group("http operations")
     operations.add_argument("--health-path", type=parse_route, metavar="PATH",
                             help=f"liveness route, no auth (default: {DEFAULT_HEALTH_PATH})")
@@ -1134,6 +1143,9 @@ class Settings:
     auth_audiences: tuple = ()
     auth_scopes: tuple = ()
     rate_limit: Rate | None = None
+    tools: tuple = ()  # the tool policy: globs of the tools offered,
+    exclude_tools: tuple = ()  # of those left out,
+    read_only: bool = False  # and only tools annotated readOnlyHint
     require_auth: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -1198,6 +1210,9 @@ _MERGED_OPTIONS = {
     "auth_audiences": ("list", "MCPRUN_AUTH_AUDIENCE", None),
     "auth_scopes": ("list", "MCPRUN_AUTH_SCOPE", None),
     "rate_limit": (parse_rate, "MCPRUN_RATE_LIMIT", None),
+    "tools": ("list", "MCPRUN_TOOLS", None),
+    "exclude_tools": ("list", "MCPRUN_EXCLUDE_TOOLS", None),
+    "read_only": (bool, "MCPRUN_READ_ONLY", None),
     "require_auth": (bool, "MCPRUN_REQUIRE_AUTH", None),
     "tls_cert": (str, "MCPRUN_TLS_CERT", None),
     "tls_key": (str, "MCPRUN_TLS_KEY", None),
@@ -1369,7 +1384,7 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
         merged[name], sources[name] = value, source
     merged["log_level"] = merged["log_level"].upper()
     for name in ("reload_dirs", "allowed_hosts", "allowed_origins", "cors_origins", "with_packages", "auth_audiences",
-                 "auth_scopes"):
+                 "auth_scopes", "tools", "exclude_tools"):
         merged[name] = tuple(merged[name])
     merged["pythonpath"] = tuple(os.path.abspath(folder) for folder in merged["pythonpath"])
     server_args = tuple(args.server_args)
@@ -2958,6 +2973,83 @@ def describe_server(server: Any, target: Target) -> str:
     return f"{getattr(server, 'name', None) or 'server'!r} from {target.spec}"
 
 
+# -- the server object, 4: the tool policy ------------------------------------
+#
+# --tools, --exclude-tools and --read-only narrow what any server offers, on every transport: the
+# low-level server's tools/list and tools/call handlers (its public add_request_handler) are wrapped.
+# A tool left out is not listed, and a call to it is answered as the server answers an unknown tool:
+# the call goes on under a name no tool has, and that name is put back in what the server says.
+
+_NARROWED: set = set()  # ids of the low-level servers already wrapped
+
+
+def tool_policy_allows(tool: Any, settings: Settings) -> bool:
+    """Whether the tool policy offers this tool (a ListToolsResult's Tool)."""
+    import fnmatch
+
+    name = tool.name
+    if settings.tools and not any(fnmatch.fnmatchcase(name, pattern) for pattern in settings.tools):
+        return False
+    if any(fnmatch.fnmatchcase(name, pattern) for pattern in settings.exclude_tools):
+        return False
+    return not settings.read_only or bool(getattr(tool.annotations, "read_only_hint", None))
+
+
+def _put_back(value: Any, stand_in: str, name: str) -> Any:
+    """Replace the stand-in name by the tool's own in the texts of a result or an error."""
+    if isinstance(value, str):
+        return value.replace(stand_in, name)
+    for item in getattr(value, "content", None) or ():
+        if getattr(item, "type", None) == "text":
+            item.text = item.text.replace(stand_in, name)
+    return value
+
+
+def narrow_tools(server: Any, settings: Settings) -> None:
+    """Apply the tool policy to the server's low-level handlers (once per server)."""
+    if not (settings.tools or settings.exclude_tools or settings.read_only):
+        return
+    lowlevel = lowlevel_server_of(server, server_kind(server))
+    listing, calling = lowlevel.get_request_handler("tools/list"), lowlevel.get_request_handler("tools/call")
+    if id(lowlevel) in _NARROWED or listing is None:
+        return
+    _NARROWED.add(id(lowlevel))
+
+    async def listed(context, params):
+        result = await listing.handler(context, params)
+        result.tools = [tool for tool in result.tools if tool_policy_allows(tool, settings)]
+        return result
+
+    async def left_out(context, name: str) -> bool:
+        """Whether the server lists this tool and the policy leaves it out (a name it does not list goes on)."""
+        params, cursor = listing.params_type(), None
+        for _ in range(100):  # pages
+            result = await listing.handler(context, params.model_copy(update={"cursor": cursor}))
+            if any(tool.name == name for tool in result.tools):
+                return not any(tool.name == name and tool_policy_allows(tool, settings) for tool in result.tools)
+            if not (cursor := getattr(result, "next_cursor", None)):
+                return False
+        return False
+
+    async def called(context, params):
+        if not await left_out(context, params.name):
+            return await calling.handler(context, params)
+        stand_in = f"{params.name}-not-offered-{os.urandom(4).hex()}"
+        try:
+            return _put_back(await calling.handler(context, params.model_copy(update={"name": stand_in})),
+                             stand_in, params.name)
+        except Exception as exc:
+            exc.args = tuple(_put_back(arg, stand_in, params.name) for arg in exc.args)
+            for attribute in ("message", "error"):
+                if isinstance(getattr(exc, attribute, None), str):
+                    setattr(exc, attribute, _put_back(getattr(exc, attribute), stand_in, params.name))
+            raise
+
+    lowlevel.add_request_handler("tools/list", listing.params_type, listed)
+    if calling is not None:
+        lowlevel.add_request_handler("tools/call", calling.params_type, called)
+
+
 # -- transports: stdio, the listening socket, systemd ------------------------
 
 
@@ -4187,6 +4279,7 @@ async def serve(server: Any, settings: Settings, target: Target, sock: socket.so
                 announce: Any = None, wire: Wire | None = None) -> None:
     """Run the server on the chosen transport until it stops (stdio: on wire; HTTP: see serve_http)."""
     settings = adopt_server_settings(settings, server)
+    narrow_tools(server, settings)
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":
         if settings.show_banner and settings.log_level in ("DEBUG", "INFO"):
@@ -4695,6 +4788,7 @@ def inspect_target(settings: Settings, target: Target) -> tuple[Any, dict]:
     found: list = []  # kept here too: some code swallows what it runs into (asyncio.gather(return_exceptions))
 
     async def look(server: Any, transport: str, options: dict) -> None:
+        narrow_tools(server, settings)
         found.append(StartedItself(server, await inventory(server)))
         raise found[-1]
 
@@ -4704,6 +4798,7 @@ def inspect_target(settings: Settings, target: Target) -> tuple[Any, dict]:
         if inspect.iscoroutinefunction(loaded):
             loaded = anyio.run(await_factory, loaded, catcher)
         if loaded is not None:
+            narrow_tools(loaded, settings)
             return loaded, anyio.run(inventory, loaded)
     except StartedItself:
         pass
