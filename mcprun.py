@@ -397,6 +397,16 @@ FULL = closing_response("503 Service Unavailable", "too many connections")
 TIMED_OUT = closing_response("408 Request Timeout", "request read timeout")
 
 
+CLIENT_CERTIFICATE = "mcprun.client_certificate"  # scope["state"] key: the subject of a mutual-TLS client
+
+
+def certificate_name(peer: dict) -> str:
+    """Name a client certificate (ssl's getpeercert() form) by its subject's common name, else its whole subject."""
+    parts = [(key, value) for rdn in peer.get("subject", ()) for key, value in rdn]
+    common = [value for key, value in parts if key == "commonName"]
+    return (common[-1] if common else ",".join(f"{key}={value}" for key, value in parts) or "client")[:64]
+
+
 def guarded_protocol(cap: int, read_timeout: float) -> type:
     """Return uvicorn's HTTP/1.1 protocol with mcprun's limits on connections, for uvicorn's Config(http=).
 
@@ -423,6 +433,8 @@ def guarded_protocol(cap: int, read_timeout: float) -> type:
                                   "progress: new ones get 503; raise --max-connections (and the open files limit)")
                 return
             super().connection_made(transport)
+            if peer := transport.get_extra_info("peercert"):  # mutual TLS: its requests' scope["state"] names it
+                self.app_state = {**self.app_state, CLIENT_CERTIFICATE: certificate_name(peer)}
             self.wait_for_request()
 
         def connection_lost(self, exc):
@@ -3469,7 +3481,7 @@ class Flight:
     cancel: Any  # the anyio.CancelScope the request runs in
     request_ids: tuple = ()  # JSON-RPC ids in the body, as JSON text
     rpc: str = ""  # JSON-RPC method(s), for the access log
-    caller: str = ""  # who sent it: the name of its token, or its JWT's subject
+    caller: str = ""  # who sent it: the name of its token, its JWT's subject, or its client certificate's
     tool: str = ""
     status: int = 0
     late: bool = False  # it began after the drain had
@@ -3868,7 +3880,8 @@ class Calls:
         import anyio
 
         flight = Flight(stream=scope["method"] == "GET", session=request_session(scope, self.sse),
-                        cancel=anyio.CancelScope(), late=self.stopping)
+                        cancel=anyio.CancelScope(), late=self.stopping,
+                        caller=(scope.get("state") or {}).get(CLIENT_CERTIFICATE, ""))
         scope[FLIGHT] = flight
         send = self.watched(flight, send)
         self.flights.add(flight)

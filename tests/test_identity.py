@@ -166,6 +166,11 @@ def test_mutual_tls_accepts_a_client_of_the_ca_and_refuses_others(token, pki):
         with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
             httpx.get(f"{root}/healthz", verify=ssl_context(pki), timeout=10)
         assert served_serial(server.url, pki["ca"], pki["client"]) == pki["server-serial"]
+        httpx.post(server.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, timeout=10,
+                   headers={"accept": "application/json, text/event-stream", "content-type": "application/json"},
+                   verify=ssl_context(pki, client=True))
+        line = wait_for(lambda: next((line for line in server.lines if "rpc=ping" in line), None), what="the access line")
+    assert " caller=ops-client " in line, line  # the client certificate's subject is the caller
 
 
 def test_sighup_rotates_the_certificate_during_a_stream_of_calls(token, pki, tmp_path):
