@@ -3367,7 +3367,8 @@ class JwtVerifier:
         except JoseError as exc:
             claim = getattr(exc, "claim", None) or "a claim"
             raise Refused(401, "invalid_token", f"the token's {claim} is not what this server accepts") from None
-        granted = claims.get("scope", "").split() if isinstance(claims.get("scope"), str) else claims.get("scp") or []
+        granted = claims.get("scope") if "scope" in claims else claims.get("scp")  # scp: Entra ID's, a string or list
+        granted = granted.split() if isinstance(granted, str) else granted if isinstance(granted, list) else []
         if missing := [scope for scope in self.scopes if scope not in granted]:
             raise Refused(403, "insufficient_scope", f"the token lacks the scope {' '.join(missing)}")
         return str(claims.get("sub") or claims.get("client_id") or "jwt")[:64]
