@@ -3050,11 +3050,11 @@ def narrow_tools(server: Any, settings: Settings) -> None:
         try:
             return _put_back(await calling.handler(context, params.model_copy(update={"name": stand_in})),
                              stand_in, params.name)
-        except Exception as exc:
+        except Exception as exc:  # a JSON-RPC error (MCPError: its ErrorData's message) or any other
             exc.args = tuple(_put_back(arg, stand_in, params.name) for arg in exc.args)
-            for attribute in ("message", "error"):
-                if isinstance(getattr(exc, attribute, None), str):
-                    setattr(exc, attribute, _put_back(getattr(exc, attribute), stand_in, params.name))
+            error = getattr(exc, "error", None)
+            if isinstance(getattr(error, "message", None), str):
+                error.message = _put_back(error.message, stand_in, params.name)
             raise
 
     lowlevel.add_request_handler("tools/list", listing.params_type, listed)

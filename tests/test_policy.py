@@ -18,6 +18,27 @@ SERVER_KINDS = {  # spec -> (a tool the policy leaves out, a tool it keeps)
     "compat/mcp1_full.py": ("echo", "refuse"),
     "compat/lowlevel_object.py": ("add", "boom"),
 }
+LOWLEVEL_2X = '''"""An mcp 2.x low-level server: handlers given to the constructor, an unknown tool is a JSON-RPC error."""
+import mcp.types as types
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+
+SCHEMA = {"type": "object", "properties": {}}
+
+
+async def list_tools(ctx, params):
+    return types.ListToolsResult(tools=[types.Tool(name="add", input_schema=SCHEMA),
+                                        types.Tool(name="keep", input_schema=SCHEMA)])
+
+
+async def call_tool(ctx, params):
+    if params.name in ("add", "keep"):
+        return types.CallToolResult(content=[types.TextContent(type="text", text=params.name)])
+    raise MCPError(-32602, f"no tool named {params.name}")
+
+
+app = Server("lowlevel-2x", on_list_tools=list_tools, on_call_tool=call_tool)
+'''
 READ_ONLY_SERVER = '''from fastmcp import FastMCP
 
 mcp = FastMCP("Files")
@@ -76,6 +97,19 @@ def test_a_tool_left_out_is_unlisted_and_answered_as_unknown(token, spec, transp
     assert left_out not in seen["names"] and kept in seen["names"], seen
     assert seen["denied"] == seen["unknown"], seen
     assert seen["denied"][0] is True
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_json_rpc_unknown_tool_error_is_given_for_a_tool_left_out(token, tmp_path, transport):
+    (tmp_path / "low.py").write_text(LOWLEVEL_2X)
+    if transport == "stdio":
+        seen = asyncio.run(asyncio.wait_for(look(stdio_transport(token, "low.py", "--exclude-tools", "add",
+                                                                 cwd=tmp_path), "add", "keep"), 90))
+    else:
+        with serving(token, "low.py", "--exclude-tools", "add", cwd=tmp_path) as server:
+            seen = asyncio.run(asyncio.wait_for(look(server.url, "add", "keep"), 90))
+    assert seen["names"] == ["keep"]
+    assert seen["denied"] == seen["unknown"] == (True, "no tool named add"), seen
 
 
 def test_the_policy_holds_through_a_url_proxy(token):
