@@ -783,7 +783,7 @@ environment:
 signals (http/sse):
   SIGTERM, SIGINT  stop accepting, let calls in flight finish (--graceful-timeout), exit 0
   second SIGINT    stop at once
-  SIGHUP           read the token file and the TLS certificate again (connections stay open);
+  SIGHUP           read the token file, the JWKS and the TLS certificate again (connections stay open);
                    with --workers: replace the workers one at a time, with the code on disk
 
 systemd: takes a listening socket from socket activation (LISTEN_FDS) and reports READY=1 and
@@ -3287,14 +3287,17 @@ class JwtVerifier:
         self.audiences = list(dict.fromkeys((settings.auth_resource, *settings.auth_audiences)))
         self.registry = JWSRegistry(algorithms=list(JWT_ALGORITHMS), strict_check_header=False)
         self.fetched_at = float("-inf")  # when a token's unknown key last made it fetch the URL
-        self.keys = self.parse(self.read_sync(), self.source)
+        self.keys = self.read()
 
     @property
     def remote(self) -> bool:
         return _is_url(self.source)
 
-    def read_sync(self) -> bytes:
-        """Read the JWKS now: the file, or the URL (at start and on SIGHUP)."""
+    def read(self) -> Any:
+        """Read the key set now, from the file or the URL (at start and on SIGHUP); raise one Error if it fails."""
+        return self.parse(self._read_bytes(), self.source)
+
+    def _read_bytes(self) -> bytes:
         if not self.remote:
             try:
                 return Path(self.source).read_bytes()
@@ -3318,7 +3321,8 @@ class JwtVerifier:
         try:
             return KeySet.import_key_set(json.loads(data))
         except (ValueError, TypeError, KeyError, JoseError) as exc:
-            raise UsageError(f"--auth-jwks {source}: not a JWKS with a usable public key ({_first_line(exc)})")                 from None
+            raise UsageError(f"--auth-jwks {source}: not a JWKS with a usable public key "
+                             f"({_first_line(exc)})") from None
 
     async def refetch(self) -> bool:
         """Fetch the JWKS URL again for a key it lacks (not more often than every JWKS_REFETCH seconds); True if
@@ -3341,15 +3345,13 @@ class JwtVerifier:
 
     async def verify(self, token: str) -> str:
         """Return the caller a valid access token names (sub, else client_id); else raise Refused."""
-        import warnings as _warnings
-
         from joserfc import jwt
         from joserfc.errors import ExpiredTokenError, InvalidKeyIdError, JoseError
 
         for attempt in (1, 2):
             try:
-                with _warnings.catch_warnings():
-                    _warnings.simplefilter("ignore")  # joserfc's SecurityWarning on EdDSA, RFC 9864's rename
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # joserfc's SecurityWarning on EdDSA, RFC 9864's rename
                     decoded = jwt.decode(token, self.keys, algorithms=list(JWT_ALGORITHMS), registry=self.registry)
                 break
             except InvalidKeyIdError:
@@ -4198,13 +4200,12 @@ def pace_accepts(loop: Any) -> None:
 
 
 def reload_credentials(settings: Settings, gateway: Gateway, tls: TLS | None) -> None:
-    """SIGHUP: read the token file and the TLS certificate and key again; on a fault, keep serving with
-    what was loaded before, and say why in one line."""
+    """SIGHUP: read the token file, the JWKS and the TLS certificate and key again; on a fault, keep serving
+    with what was loaded before, and say why in one line."""
     reloaded = []
     try:
         tokens = read_auth_tokens(settings) if settings.auth_token_file and gateway.auth else None
-        keys = gateway.auth.verifier.parse(gateway.auth.verifier.read_sync(), settings.auth_jwks) \
-            if gateway.auth and gateway.auth.verifier else None
+        keys = gateway.auth.verifier.read() if gateway.auth and gateway.auth.verifier else None
         if tls:
             tls.reload()
             reloaded.append(f"the certificate {settings.tls_cert}")
