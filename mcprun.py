@@ -889,14 +889,26 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--tls-client-ca", metavar="FILE",
                           help="mutual TLS: accept only clients with a certificate from these PEM CAs")
 
-    policy = parser.add_argument_group("tool policy (every transport: a tool left out is absent from tools/list, "
-                                       "and a call to it gets the server's unknown-tool error)")
+    policy = parser.add_argument_group("policy (every transport: what is left out is absent from its list, and "
+                                       "asking for it gets the server's answer to a name it does not have)")
     policy.add_argument("--tools", dest="tools", action="append", metavar="PATTERN",
                         help="offer only the tools whose names match this glob (e.g. 'git_*'), repeatable")
     policy.add_argument("--exclude-tools", dest="exclude_tools", action="append", metavar="PATTERN",
                         help="leave out the tools whose names match this glob, repeatable")
     policy.add_argument("--read-only", action="store_true", default=None,
                         help="offer only the tools the server annotates readOnlyHint: true")
+    policy.add_argument("--policy", metavar="FILE",
+                        help="the tools each caller is offered: 'WHO GLOB...' lines, WHO a token name, JWT subject "
+                             "or client certificate, scope:SCOPE or *; !GLOB leaves out; SIGHUP reads it again")
+    policy.add_argument("--resources", dest="resources", action="append", metavar="PATTERN",
+                        help="offer only the resources and resource templates whose URI matches this glob "
+                             "(e.g. 'docs://*'), repeatable")
+    policy.add_argument("--exclude-resources", dest="exclude_resources", action="append", metavar="PATTERN",
+                        help="leave out the resources and templates whose URI matches this glob, repeatable")
+    policy.add_argument("--prompts", dest="prompts", action="append", metavar="PATTERN",
+                        help="offer only the prompts whose names match this glob, repeatable")
+    policy.add_argument("--exclude-prompts", dest="exclude_prompts", action="append", metavar="PATTERN",
+                        help="leave out the prompts whose names match this glob, repeatable")
 
     operations = parser.add_argument_group("http operations")
     operations.add_argument("--health-path", type=parse_route, metavar="PATH",
@@ -986,7 +998,7 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-# -- settings, 2: config files (fastmcp.json, mcp.json) ----------------------
+# -- settings, 2: config files (fastmcp.json, mcp.json, --policy) -------------
 
 
 def _is_url(spec: str) -> bool:
@@ -1124,6 +1136,49 @@ def load_mcp_config(path: Path) -> dict:
     return data
 
 
+def glob_match(name: str, patterns: Any) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+class CallerPolicy:
+    """--policy FILE: the tools each caller may see and call. Each line is 'WHO GLOB...': WHO is a caller's
+    name (its token's in the token file, its JWT's subject, its client certificate's), scope:S (a JWT with
+    scope S) or * (everyone, stdio included); a GLOB that starts with ! leaves tools out (a line of only
+    those offers all the others). A tool is offered to a caller when a line for it offers it; a caller no
+    line names is offered none. '#' starts a comment line. SIGHUP reads the file again (HTTP)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.rules = self.read()
+
+    def read(self) -> list:
+        """[(who, offered globs, left-out globs)] from the file, or one UsageError saying which line is wrong."""
+        try:
+            text = Path(self.path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--policy {self.path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+        rules = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            who, *globs = line.split()
+            if not globs or who in ("scope:", "!") or who.startswith("!"):
+                raise UsageError(f"--policy {self.path}, line {number}: '{line.strip()}' is not 'WHO GLOB...' "
+                                 "(WHO: a caller's name, scope:SCOPE or *; GLOB: tool names, !GLOB to leave out)")
+            offered = tuple(glob for glob in globs if not glob.startswith("!"))
+            rules.append((who, offered or ("*",), tuple(glob[1:] for glob in globs if glob.startswith("!"))))
+        return rules
+
+    def offers(self, tool: str, caller: str, scopes: Any) -> bool:
+        for who, offered, left_out in self.rules:
+            if who == "*" or who == caller or who.startswith("scope:") and who[6:] in scopes:
+                if glob_match(tool, offered) and not glob_match(tool, left_out):
+                    return True
+        return False
+
+
 # -- settings, 3: CLI > fastmcp.json > MCPRUN_* environment > defaults -------
 
 
@@ -1157,7 +1212,12 @@ class Settings:
     rate_limit: Rate | None = None
     tools: tuple = ()  # the tool policy: globs of the tools offered,
     exclude_tools: tuple = ()  # of those left out,
-    read_only: bool = False  # and only tools annotated readOnlyHint
+    read_only: bool = False  # and only tools annotated readOnlyHint;
+    policy: str | None = None  # the tools per caller (a CallerPolicy file);
+    resources: tuple = ()  # globs of the resource (and template) URIs offered,
+    exclude_resources: tuple = ()  # of those left out;
+    prompts: tuple = ()  # globs of the prompts offered,
+    exclude_prompts: tuple = ()  # of those left out
     require_auth: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -1225,6 +1285,11 @@ _MERGED_OPTIONS = {
     "tools": ("list", "MCPRUN_TOOLS", None),
     "exclude_tools": ("list", "MCPRUN_EXCLUDE_TOOLS", None),
     "read_only": (bool, "MCPRUN_READ_ONLY", None),
+    "policy": (str, "MCPRUN_POLICY", None),
+    "resources": ("list", "MCPRUN_RESOURCES", None),
+    "exclude_resources": ("list", "MCPRUN_EXCLUDE_RESOURCES", None),
+    "prompts": ("list", "MCPRUN_PROMPTS", None),
+    "exclude_prompts": ("list", "MCPRUN_EXCLUDE_PROMPTS", None),
     "require_auth": (bool, "MCPRUN_REQUIRE_AUTH", None),
     "tls_cert": (str, "MCPRUN_TLS_CERT", None),
     "tls_key": (str, "MCPRUN_TLS_KEY", None),
@@ -1396,7 +1461,7 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
         merged[name], sources[name] = value, source
     merged["log_level"] = merged["log_level"].upper()
     for name in ("reload_dirs", "allowed_hosts", "allowed_origins", "cors_origins", "with_packages", "auth_audiences",
-                 "auth_scopes", "tools", "exclude_tools"):
+                 "auth_scopes", "tools", "exclude_tools", "resources", "exclude_resources", "prompts", "exclude_prompts"):
         merged[name] = tuple(merged[name])
     merged["pythonpath"] = tuple(os.path.abspath(folder) for folder in merged["pythonpath"])
     server_args = tuple(args.server_args)
@@ -1415,6 +1480,8 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
                          f"({sources['auth_token_file']}) are set: keep one")
     check_tls(settings)
     check_jwt(settings)
+    if settings.policy:
+        CallerPolicy(settings.policy)  # read now, to say at once what is wrong with it
     return settings
 
 
@@ -2985,81 +3052,135 @@ def describe_server(server: Any, target: Target) -> str:
     return f"{getattr(server, 'name', None) or 'server'!r} from {target.spec}"
 
 
-# -- the server object, 4: the tool policy ------------------------------------
+# -- the server object, 4: the policy, what it offers to whom ----------------
 #
-# --tools, --exclude-tools and --read-only narrow what any server offers, on every transport: the
-# low-level server's tools/list and tools/call handlers (its public add_request_handler) are wrapped.
-# A tool left out is not listed, and a call to it is answered as the server answers an unknown tool:
-# the call goes on under a name no tool has, and that name is put back in what the server says.
+# --tools/--exclude-tools/--read-only, --resources/--exclude-resources, --prompts/--exclude-prompts and
+# --policy FILE (tools per caller) narrow what any server offers, on every transport: the low-level
+# server's list handlers and the handlers that use what they list (its public add_request_handler) are
+# wrapped. What is left out is not listed, and asking for it is answered as the server answers a name it
+# does not have: the request goes on under a random name no server has, and the name asked for is put
+# back in what the server says. A left-out tool is never called and a left-out resource never read.
 
-_NARROWED: set = set()  # ids of the low-level servers already wrapped
+FLIGHT = "mcprun.flight"  # the scope key of a request's Flight (HTTP, set by the gateway): its caller, scopes
+
+# what a server offers: (its list method, the result's field, the item's key field, the method that uses
+# one, that method's key parameter, the options whose globs select it)
+OFFERINGS = {
+    "tools": ("tools/list", "tools", "name", "tools/call", "name", ("tools", "exclude_tools")),
+    "prompts": ("prompts/list", "prompts", "name", "prompts/get", "name", ("prompts", "exclude_prompts")),
+    "resources": ("resources/list", "resources", "uri", "resources/read", "uri", ("resources", "exclude_resources")),
+    "resource_templates": ("resources/templates/list", "resource_templates", "uri_template", None, None,
+                           ("resources", "exclude_resources")),
+}
 
 
-def tool_policy_allows(tool: Any, settings: Settings) -> bool:
-    """Whether the tool policy offers this tool (a ListToolsResult's Tool)."""
-    import fnmatch
+def caller_of(context: Any) -> tuple:
+    """(name, scopes) of who sent this request, as the gateway saw it; ("", ()) over stdio."""
+    flight = (getattr(getattr(context, "request", None), "scope", None) or {}).get(FLIGHT)
+    return (flight.caller, flight.scopes) if flight is not None else ("", ())
 
-    name = tool.name
-    if settings.tools and not any(fnmatch.fnmatchcase(name, pattern) for pattern in settings.tools):
-        return False
-    if any(fnmatch.fnmatchcase(name, pattern) for pattern in settings.exclude_tools):
-        return False
-    return not settings.read_only or bool(getattr(tool.annotations, "read_only_hint", None))
+
+class Offer:
+    """The policy of one server: whether it offers a tool, prompt or resource to the caller of a request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.callers = CallerPolicy(settings.policy) if settings.policy else None
+
+    def offers(self, kind: str, key: str, context: Any, item: Any = None) -> bool:
+        """Whether this item (an item of a list result, when there is one) is offered to the caller."""
+        offered, left_out = (getattr(self.settings, option) for option in OFFERINGS[kind][5])
+        if offered and not glob_match(key, offered) or glob_match(key, left_out):
+            return False
+        if kind != "tools":
+            return True
+        if item is not None and self.settings.read_only and not getattr(item.annotations, "read_only_hint", None):
+            return False
+        return self.callers is None or self.callers.offers(key, *caller_of(context))
 
 
 def _put_back(value: Any, stand_in: str, name: str) -> Any:
-    """Replace the stand-in name by the tool's own in the texts of a result or an error."""
+    """Replace the stand-in by the name asked for, in the texts of a result, an error message or its data."""
     if isinstance(value, str):
         return value.replace(stand_in, name)
+    if isinstance(value, dict):
+        return {key: _put_back(item, stand_in, name) for key, item in value.items()}
     for item in getattr(value, "content", None) or ():
         if getattr(item, "type", None) == "text":
             item.text = item.text.replace(stand_in, name)
     return value
 
 
-def narrow_tools(server: Any, settings: Settings) -> None:
-    """Apply the tool policy to the server's low-level handlers (once per server)."""
-    if not (settings.tools or settings.exclude_tools or settings.read_only):
+_NARROWED: dict = {}  # id of a low-level server already wrapped -> its Offer (SIGHUP reads --policy again)
+
+
+def narrow_offer(server: Any, settings: Settings) -> None:
+    """Apply the policy to the server's low-level handlers (once per server)."""
+    if not (settings.read_only or settings.policy or any(getattr(settings, option) for option in
+                                                         ("tools", "exclude_tools", "resources", "exclude_resources",
+                                                          "prompts", "exclude_prompts"))):
         return
     lowlevel = lowlevel_server_of(server, server_kind(server))
-    listing, calling = lowlevel.get_request_handler("tools/list"), lowlevel.get_request_handler("tools/call")
-    if id(lowlevel) in _NARROWED or listing is None:
+    if id(lowlevel) in _NARROWED:
         return
-    _NARROWED.add(id(lowlevel))
+    offer = _NARROWED[id(lowlevel)] = Offer(settings)
+    for kind, (list_method, field, key_field, use_method, key_param, _) in OFFERINGS.items():
+        if (listing := lowlevel.get_request_handler(list_method)) is not None:
+            lowlevel.add_request_handler(list_method, listing.params_type, _listed(offer, kind, listing))
+        if use_method and (using := lowlevel.get_request_handler(use_method)) is not None:
+            lowlevel.add_request_handler(use_method, using.params_type, _used(offer, kind, listing, using))
+
+
+def _listed(offer: Offer, kind: str, listing: Any) -> Any:
+    field, key_field = OFFERINGS[kind][1:3]
 
     async def listed(context, params):
         result = await listing.handler(context, params)
-        result.tools = [tool for tool in result.tools if tool_policy_allows(tool, settings)]
+        setattr(result, field, [item for item in getattr(result, field)
+                                if offer.offers(kind, str(getattr(item, key_field)), context, item)])
         return result
 
-    async def left_out(context, name: str) -> bool:
-        """Whether the server lists this tool and the policy leaves it out (a name it does not list goes on)."""
-        params, cursor = listing.params_type(), None
+    return listed
+
+
+def _used(offer: Offer, kind: str, listing: Any, using: Any) -> Any:
+    key_param = OFFERINGS[kind][4]
+
+    async def left_out(context, key: str) -> bool:
+        if not offer.offers(kind, key, context):
+            return True
+        if kind != "tools" or not offer.settings.read_only or listing is None:
+            return False
+        params, cursor = listing.params_type(), None  # --read-only: the tool's annotations, as listed
         for _ in range(100):  # pages
             result = await listing.handler(context, params.model_copy(update={"cursor": cursor}))
-            if any(tool.name == name for tool in result.tools):
-                return not any(tool.name == name and tool_policy_allows(tool, settings) for tool in result.tools)
+            if any(tool.name == key for tool in result.tools):
+                return not any(tool.name == key and offer.offers(kind, key, context, tool) for tool in result.tools)
             if not (cursor := getattr(result, "next_cursor", None)):
                 return False
         return False
 
-    async def called(context, params):
-        if not await left_out(context, params.name):
-            return await calling.handler(context, params)
-        stand_in = f"{params.name}-not-offered-{os.urandom(4).hex()}"
+    async def used(context, params):
+        key = str(getattr(params, key_param))
+        if not await left_out(context, key):
+            return await using.handler(context, params)
+        stand_in = f"not-offered-{os.urandom(6).hex()}" + (":" if kind == "resources" else "")
         try:
-            return _put_back(await calling.handler(context, params.model_copy(update={"name": stand_in})),
-                             stand_in, params.name)
-        except Exception as exc:  # a JSON-RPC error (MCPError: its ErrorData's message) or any other
-            exc.args = tuple(_put_back(arg, stand_in, params.name) for arg in exc.args)
+            result = await using.handler(context, params.model_copy(update={key_param: stand_in}))
+        except Exception as exc:  # a JSON-RPC error (MCPError: its ErrorData) or any other
+            exc.args = tuple(_put_back(arg, stand_in, key) for arg in exc.args)
             error = getattr(exc, "error", None)
-            if isinstance(getattr(error, "message", None), str):
-                error.message = _put_back(error.message, stand_in, params.name)
+            for attribute in ("message", "data"):
+                if isinstance(getattr(error, attribute, None), (str, dict)):
+                    setattr(error, attribute, _put_back(getattr(error, attribute), stand_in, key))
             raise
+        if getattr(result, "is_error", None) is False or kind != "tools":  # a server that answers any name
+            from mcp.shared.exceptions import MCPError
 
-    lowlevel.add_request_handler("tools/list", listing.params_type, listed)
-    if calling is not None:
-        lowlevel.add_request_handler("tools/call", calling.params_type, called)
+            raise MCPError(-32602, f"Unknown {kind[:-1]}: {key}")
+        return _put_back(result, stand_in, key)
+
+    return used
 
 
 # -- transports: stdio, the listening socket, systemd ------------------------
@@ -3287,6 +3408,7 @@ class JwtVerifier:
         self.audiences = list(dict.fromkeys((settings.auth_resource, *settings.auth_audiences)))
         self.registry = JWSRegistry(algorithms=list(JWT_ALGORITHMS), strict_check_header=False)
         self.fetched_at = float("-inf")  # when a token's unknown key last made it fetch the URL
+        self.fetching = None  # SIGHUP's fetch of the URL (an asyncio task), while it runs
         self.keys = self.read()
 
     @property
@@ -3324,14 +3446,11 @@ class JwtVerifier:
             raise UsageError(f"--auth-jwks {source}: not a JWKS with a usable public key "
                              f"({_first_line(exc)})") from None
 
-    async def refetch(self) -> bool:
-        """Fetch the JWKS URL again for a key it lacks (not more often than every JWKS_REFETCH seconds); True if
-        it has new keys."""
+    async def fetch(self) -> bool:
+        """Fetch the JWKS URL again, without blocking the event loop; True if it has new keys. On a fault it
+        keeps the keys it has, and says so now and then."""
         import httpx
 
-        if not self.remote or time.monotonic() - self.fetched_at < JWKS_REFETCH:
-            return False
-        self.fetched_at = time.monotonic()
         try:
             async with httpx.AsyncClient(timeout=10, follow_redirects=True) as client:
                 response = await client.get(self.source)
@@ -3343,8 +3462,16 @@ class JwtVerifier:
             return False
         return True
 
-    async def verify(self, token: str) -> str:
-        """Return the caller a valid access token names (sub, else client_id); else raise Refused."""
+    async def refetch(self) -> bool:
+        """Fetch the JWKS URL again for a key it lacks (not more often than every JWKS_REFETCH seconds); True if
+        it has new keys."""
+        if not self.remote or time.monotonic() - self.fetched_at < JWKS_REFETCH:
+            return False
+        self.fetched_at = time.monotonic()
+        return await self.fetch()
+
+    async def verify(self, token: str) -> tuple:
+        """Return the caller a valid access token names (sub, else client_id) and its scopes; else raise Refused."""
         from joserfc import jwt
         from joserfc.errors import ExpiredTokenError, InvalidKeyIdError, JoseError
 
@@ -3373,7 +3500,7 @@ class JwtVerifier:
         granted = granted.split() if isinstance(granted, str) else granted if isinstance(granted, list) else []
         if missing := [scope for scope in self.scopes if scope not in granted]:
             raise Refused(403, "insufficient_scope", f"the token lacks the scope {' '.join(missing)}")
-        return str(claims.get("sub") or claims.get("client_id") or "jwt")[:64]
+        return str(claims.get("sub") or claims.get("client_id") or "jwt")[:64], tuple(map(str, granted))
 
 
 def resource_metadata_path(settings: Settings) -> str:
@@ -3485,15 +3612,13 @@ class Flight:
     request_ids: tuple = ()  # JSON-RPC ids in the body, as JSON text
     rpc: str = ""  # JSON-RPC method(s), for the access log
     caller: str = ""  # who sent it: the name of its token, its JWT's subject, or its client certificate's
+    scopes: tuple = ()  # its JWT's scopes
     tool: str = ""
     status: int = 0
     late: bool = False  # it began after the drain had
     event_stream: bool = False  # the response is text/event-stream
     finished: bool = False  # the response body is complete
     disconnected: bool = False  # the client went away
-
-
-FLIGHT = "mcprun.flight"  # the scope key under which the gateway's pieces share a request's Flight
 
 
 class Buckets:
@@ -3568,7 +3693,7 @@ class BearerAuth:
             if name == b"authorization":
                 presented = value
         scheme, _, credentials = presented.partition(b" ")
-        credentials, caller = credentials.strip(), None
+        credentials, caller, scopes = credentials.strip(), None, ()
         for token, name in self.tokens.items():  # every token compared, in constant time
             if hmac.compare_digest(credentials, token):
                 caller = name
@@ -3577,13 +3702,13 @@ class BearerAuth:
                                      "a valid bearer token is required", scope)
         if caller is None and self.verifier and credentials.count(b".") == 2:
             try:
-                caller = await self.verifier.verify(credentials.decode("ascii", "replace"))
+                caller, scopes = await self.verifier.verify(credentials.decode("ascii", "replace"))
             except Refused as refused:
                 return await self.refuse(send, refused.status, refused.error, refused.description, scope)
         if caller is None:
             return await self.refuse(send, 401, "invalid_token", "a valid bearer token is required", scope)
         if (flight := scope.get(FLIGHT)) is not None:
-            flight.caller = caller
+            flight.caller, flight.scopes = caller, scopes
         await self.app(scope, receive, send)
 
     async def refuse(self, send: Any, status: int, error: str | None, description: str, scope: dict | None = None) -> None:
@@ -4200,25 +4325,40 @@ def pace_accepts(loop: Any) -> None:
 
 
 def reload_credentials(settings: Settings, gateway: Gateway, tls: TLS | None) -> None:
-    """SIGHUP: read the token file, the JWKS and the TLS certificate and key again; on a fault, keep serving
-    with what was loaded before, and say why in one line."""
+    """SIGHUP: read the token file, the JWKS file, the policy file and the TLS certificate and key again, and
+    fetch a JWKS URL in the background; on a fault, keep serving with what was loaded before, and say why in
+    one line."""
+    import asyncio
+
+    verifier = gateway.auth.verifier if gateway.auth else None
     reloaded = []
     try:
         tokens = read_auth_tokens(settings) if settings.auth_token_file and gateway.auth else None
-        keys = gateway.auth.verifier.read() if gateway.auth and gateway.auth.verifier else None
+        keys = verifier.read() if verifier and not verifier.remote else None
+        rules = [(offer.callers, offer.callers.read()) for offer in _NARROWED.values() if offer.callers]
         if tls:
             tls.reload()
             reloaded.append(f"the certificate {settings.tls_cert}")
     except Error as exc:
         error(f"SIGHUP: {exc}; still serving with what was loaded before")
         return
+    for callers, read in rules:
+        callers.rules = read
+    if rules:
+        reloaded.insert(0, f"the policy {settings.policy}")
     if keys is not None:
-        gateway.auth.verifier.keys = keys
+        verifier.keys = keys
         reloaded.insert(0, f"the keys from {settings.auth_jwks}")
     if tokens is not None:
         gateway.auth.replace(tokens)
         reloaded.insert(0, f"{len(tokens)} token{'s' if len(tokens) != 1 else ''} from {settings.auth_token_file}")
-    info(f"SIGHUP: reloaded {' and '.join(reloaded)}")
+    if reloaded:
+        info(f"SIGHUP: reloaded {' and '.join(reloaded)}")
+    if verifier and verifier.remote:
+        info(f"SIGHUP: fetching the keys from {settings.auth_jwks}")
+        verifier.fetching = asyncio.get_running_loop().create_task(verifier.fetch())  # a reference kept
+        verifier.fetching.add_done_callback(
+            lambda task: task.result() and info(f"SIGHUP: fetched the keys from {settings.auth_jwks}"))
 
 
 async def serve_http(server: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
@@ -4254,7 +4394,7 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     description = describe_server(server, target)
     announce = announce or announcer(settings, sock)
     gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description), verifier)
-    if settings.workers == 1 and (tls or settings.auth_token_file or verifier):  # workers: replaced instead
+    if settings.workers == 1 and (tls or settings.auth_token_file or verifier or settings.policy):  # workers: replaced
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_credentials, settings, gateway, tls)
 
     keep_sse_streams_at_sigterm()  # sse-starlette would end every stream at SIGTERM, calls in flight too
@@ -4294,7 +4434,7 @@ async def serve(server: Any, settings: Settings, target: Target, sock: socket.so
                 announce: Any = None, wire: Wire | None = None) -> None:
     """Run the server on the chosen transport until it stops (stdio: on wire; HTTP: see serve_http)."""
     settings = adopt_server_settings(settings, server)
-    narrow_tools(server, settings)
+    narrow_offer(server, settings)
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":
         if settings.show_banner and settings.log_level in ("DEBUG", "INFO"):
@@ -4801,9 +4941,10 @@ def inspect_target(settings: Settings, target: Target) -> tuple[Any, dict]:
     import anyio
 
     found: list = []  # kept here too: some code swallows what it runs into (asyncio.gather(return_exceptions))
+    settings = dataclasses.replace(settings, policy=None)  # the tools per caller: check() lists them itself
 
     async def look(server: Any, transport: str, options: dict) -> None:
-        narrow_tools(server, settings)
+        narrow_offer(server, settings)
         found.append(StartedItself(server, await inventory(server)))
         raise found[-1]
 
@@ -4813,7 +4954,7 @@ def inspect_target(settings: Settings, target: Target) -> tuple[Any, dict]:
         if inspect.iscoroutinefunction(loaded):
             loaded = anyio.run(await_factory, loaded, catcher)
         if loaded is not None:
-            narrow_tools(loaded, settings)
+            narrow_offer(loaded, settings)
             return loaded, anyio.run(inventory, loaded)
     except StartedItself:
         pass
@@ -4843,9 +4984,23 @@ def format_report(report: dict) -> str:
         for item in items:
             summary = ((item.get("description") or "").strip().splitlines() or [""])[0]
             lines.append(f"  {item[key]:<{width}}  {summary}".rstrip())
+    if report.get("policy"):
+        lines.append("tools per caller (--policy):")
+        width = max(len(who) for who in report["policy"])
+        for who, tools in report["policy"].items():
+            lines.append(f"  {who:<{width}}  {', '.join(tools) or '(none)'}")
     if report.get("error"):
         lines.append(f"error:    {report['error']}")
     return "\n".join(lines)
+
+
+def tools_per_caller(callers: CallerPolicy, tools: list) -> dict:
+    """WHO of each line of a policy file -> the tools a caller it names is offered (with those of '*')."""
+    report = {}
+    for who, _, _ in callers.rules:
+        scopes = (who[6:],) if who.startswith("scope:") else ()
+        report[who] = [tool for tool in tools if callers.offers(tool, "" if scopes else who, scopes)]
+    return report
 
 
 def check(settings: Settings, as_json: bool = False) -> int:
@@ -4867,6 +5022,8 @@ def check(settings: Settings, as_json: bool = False) -> int:
             check_requirements(own, settings, target.spec)
             started = f", started by {not_imported(target).split(', which')[0]}" if target.kind in SELF_STARTING else ""
             report.update(found, path=server_path(server) + started, ok=True)
+            if settings.policy:
+                report["policy"] = tools_per_caller(CallerPolicy(settings.policy), [t["name"] for t in found["tools"]])
     except Error as exc:
         report["error"] = str(exc)
         error(str(exc))

@@ -1,4 +1,4 @@
-"""A real OAuth 2 authorization server for the JWT tests: oauth2-mock-server (npm), run by packaging/idp/idp.mjs.
+"""A real OAuth 2 authorization server for the JWT tests: oauth2-mock-server (npm), run by packaging/node/idp.mjs.
 
     with identity_provider(tmp_path) as idp:
         token = idp.token(scope="tools:call", audience="https://mcp.example/mcp")
@@ -6,19 +6,15 @@
         idp.rotate()  # a new kid: tokens from now on need a fresh look at the JWKS
 
 Tokens come from the server's real token endpoint (client_credentials grant, client "ci-bot"), signed
-with a key that its JWKS endpoint publishes. The locked npm packages are installed once per lock,
-on first use, into build-cache/idp (outside the tracked files); .ci/run installs node and npm.
+with a key that its JWKS endpoint publishes. tests/node.py installs the locked npm packages.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import threading
@@ -27,70 +23,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
+from node import PACKAGE, node_modules, tool
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "packaging" / "idp"  # package.json, package-lock.json, idp.mjs
-CACHE = ROOT / "build-cache" / "idp"  # its node_modules; build-cache/idp.stamp says for which lock
 CLIENT_ID = "ci-bot"
-INSTALL_TIMEOUT = 600.0  # seconds for npm ci
 START_TIMEOUT = 30.0  # seconds for the server to print its URL (an RSA key is generated first)
 COMMAND_TIMEOUT = 30.0  # seconds for a stdin command (rotate: a key generation)
 HTTP_TIMEOUT = 10.0
-MINIMUM_NODE = 18
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never through a proxy
-_installed: dict[str, Path] = {}  # stamp -> node_modules, once checked in this process
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"tests/idp.py: {name} is not installed; the JWT tests run a real OAuth 2 server on "
-                    f"Node.js (.ci/run installs node and npm: apt-get install nodejs npm)", pytrace=False)
-    return path
-
-
-def node_modules() -> Path:
-    """Install packaging/idp's locked packages into build-cache/idp unless there for this lock; return node_modules.
-
-    Safe under pytest-xdist: the workers take turns on a lock file, and only the first one installs.
-    """
-    manifests = [PACKAGE / "package.json", PACKAGE / "package-lock.json"]
-    stamp = hashlib.sha256(b"".join(path.read_bytes() for path in manifests)).hexdigest()[:16]
-    if stamp in _installed:
-        return _installed[stamp]
-    node, npm = _tool("node"), _tool("npm")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    if not version.startswith("v") or int(version[1:].split(".")[0]) < MINIMUM_NODE:
-        pytest.fail(f"tests/idp.py: {node} is {version or 'unknown'}; oauth2-mock-server needs Node.js "
-                    f"{MINIMUM_NODE} or newer", pytrace=False)
-    stamp_file = CACHE.parent / "idp.stamp"
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    with open(CACHE.parent / "idp.flock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with contextlib.suppress(OSError):
-            if stamp_file.read_text().strip() == stamp and (CACHE / "node_modules").is_dir():
-                _installed[stamp] = CACHE / "node_modules"
-                return _installed[stamp]
-        stamp_file.unlink(missing_ok=True)
-        shutil.rmtree(CACHE, ignore_errors=True)
-        CACHE.mkdir()
-        for path in manifests:
-            shutil.copyfile(path, CACHE / path.name)
-        command = [npm, "ci", "--prefix", str(CACHE), "--ignore-scripts", "--no-audit", "--no-fund",
-                   "--loglevel=error"]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
-                                    stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"tests/idp.py: {' '.join(command)} took more than {INSTALL_TIMEOUT}s", pytrace=False)
-        if result.returncode != 0:
-            pytest.fail(f"tests/idp.py: {' '.join(command)} failed ({result.returncode}):\n"
-                        f"{result.stdout[-3000:]}{result.stderr[-3000:]}", pytrace=False)
-        stamp_file.write_text(stamp + "\n")
-    _installed[stamp] = CACHE / "node_modules"
-    return _installed[stamp]
 
 
 class IdP:
@@ -207,7 +147,7 @@ def identity_provider(folder: Path, algorithm: str = "RS256"):
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "idp.log"
     with open(log, "wb") as stderr:
-        process = subprocess.Popen([_tool("node"), str(PACKAGE / "idp.mjs"), str(modules), algorithm],
+        process = subprocess.Popen([tool("node"), str(PACKAGE / "idp.mjs"), str(modules), algorithm],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                    cwd=folder, start_new_session=True)
     idp = IdP(process, log)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import socket
 import time
 
@@ -360,3 +361,23 @@ def test_unreachable_url(token):
     result = run_cli(token, url, timeout=30)
     assert time.monotonic() - started < 20
     error_line(result, EXIT_FAILURE, f"cannot reach {url}", "check the URL and that the server is up")
+
+
+POLICY_ERRORS = {  # --policy FILE: one line naming the file and the line
+    "no file": (None, "--policy policy: No such file or directory"),
+    "who without tools": ("alice git_*\nbob\n", "--policy policy, line 2: 'bob' is not 'WHO GLOB...' (WHO: a "
+                          "caller's name, scope:SCOPE or *; GLOB: tool names, !GLOB to leave out)"),
+    "empty scope": ("scope: git_*\n", "--policy policy, line 1: 'scope: git_*' is not 'WHO GLOB...' (WHO: a "
+                    "caller's name, scope:SCOPE or *; GLOB: tool names, !GLOB to leave out)"),
+    "not text": (b"\xff\xfe alice *\n", "--policy policy: not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize(("content", "message"), POLICY_ERRORS.values(), ids=POLICY_ERRORS.keys())
+def test_policy_file_error(token, tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "policy").write_bytes(content if isinstance(content, bytes) else content.encode())
+    shutil.copy(SERVERS / "fastmcp_server.py", tmp_path)
+    shutil.copy(SERVERS / "demo.py", tmp_path)
+    line = error_line(run_cli(token, "fastmcp_server.py", "--policy", "policy", cwd=tmp_path), EXIT_USAGE)
+    assert line == f"mcprun: error: {message}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
 import re
 import shutil
 import signal
@@ -156,6 +157,31 @@ def test_openssl_s_client_sees_the_chain_and_http_1_1(token, pki):
     assert "Verify return code: 0 (ok)" in said, said
     assert re.search(r"New, TLSv1\.[23], Cipher", said), said
     assert "ALPN protocol: http/1.1" in said, said
+
+
+def test_the_mcp_inspector_cli_calls_over_https_trusting_the_ca_by_node_extra_ca_certs(token, pki, tmp_path):
+    import os
+
+    from node import inspector_cli
+
+    command, folder = inspector_cli()
+    (tmp_path / "tokens").write_text(f"inspector {ALICE}\n")
+    with serving(token, PRODUCTION, *tls_args(pki), "--auth-token-file", str(tmp_path / "tokens"),
+                 cwd=SERVERS) as server:
+        def inspector(*args: str, **env: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*command, "--cli", server.url, "--transport", "http", "--header",
+                                   f"Authorization: Bearer {ALICE}", *args], capture_output=True, text=True,
+                                  timeout=60, cwd=folder, stdin=subprocess.DEVNULL,
+                                  env={**os.environ, "NO_COLOR": "1", **env})
+
+        called = inspector("--method", "tools/call", "--tool-name", "echo", "--tool-arg", "text=inspected",
+                           NODE_EXTRA_CA_CERTS=str(pki["ca"]))
+        untrusted = inspector("--method", "tools/list")
+    assert called.returncode == 0, called.stdout + called.stderr
+    result = json.loads(called.stdout[called.stdout.index("{"):])
+    assert result["content"] == [{"type": "text", "text": "inspected#0"}] and result["isError"] is False, result
+    assert untrusted.returncode != 0 and "fetch failed" in untrusted.stdout + untrusted.stderr, untrusted
+    assert " caller=inspector " in server.stderr
 
 
 def test_mutual_tls_accepts_a_client_of_the_ca_and_refuses_others(token, pki):

@@ -120,9 +120,9 @@ def test_bad_requests_are_rejected(tmp_path):
 
 
 def test_missing_node_fails_clearly(tmp_path, monkeypatch):
-    import idp
+    import node
 
-    monkeypatch.setattr(idp.shutil, "which", lambda name: None)
+    monkeypatch.setattr(node.shutil, "which", lambda name: None)
     with pytest.raises(pytest.fail.Exception, match=r"node is not installed.*\.ci/run installs"):
         with identity_provider(tmp_path):
             pass

@@ -208,3 +208,29 @@ def test_a_server_with_its_own_auth_refuses_auth_jwks(token, tmp_path):
                      "https://idp.example", "--auth-resource", RESOURCE, cwd=SERVERS, input="")
     assert error_line(result, 2) == ("mcprun: error: the server configures its own authentication: drop --auth-jwks "
                                      "(and MCPRUN_AUTH_JWKS), or remove auth from the server")
+
+
+def test_scopes_choose_the_tools_and_sighup_fetches_the_jwks_url_again(token, idp, tmp_path):
+    from fastmcp import Client
+    from fastmcp.client.transports import StreamableHttpTransport
+
+    (tmp_path / "policy").write_text("scope:repo.write  git_*\n*  git_status\n")
+
+    async def tools(url: str, bearer: str) -> list:
+        async with Client(StreamableHttpTransport(url, auth=bearer)) as client:
+            return sorted(tool.name for tool in await client.list_tools())
+
+    with serving(token, "git_tools.py", *jwt_args(idp, idp.jwks_url), "--policy", str(tmp_path / "policy"),
+                 cwd=SERVERS) as server:
+        see = lambda bearer: asyncio.run(asyncio.wait_for(tools(server.url, bearer), 60))  # noqa: E731
+        assert see(idp.token(scope=SCOPE, audience=RESOURCE)) == ["git_status"]
+        assert see(idp.token(scope=f"{SCOPE} repo.write", audience=RESOURCE)) == ["git_commit", "git_push",
+                                                                                  "git_status"]
+        idp.rotate()
+        server.process.send_signal(signal.SIGHUP)
+        fetched = f"mcprun: SIGHUP: fetched the keys from {idp.jwks_url}\n"
+        wait_for(lambda: fetched in server.lines, what="the fetch")
+        assert post(server.url, idp.token(scope=SCOPE, audience=RESOURCE)).status_code == 200
+    sighup = [line for line in server.lines if "SIGHUP" in line]
+    assert sighup == [f"mcprun: SIGHUP: reloaded the policy {tmp_path / 'policy'}\n",
+                      f"mcprun: SIGHUP: fetching the keys from {idp.jwks_url}\n", fetched], sighup
