@@ -4600,11 +4600,12 @@ def _stop_without_supervisor(supervisor: int) -> None:
 
 
 def serve_worker(settings: Settings, target: Target, sock: socket.socket, status: int, supervisor: int,
-                 inherited: list[int], blocked: set) -> int:
+                 inherited: list[int], blocked: set, hushed: bool = False) -> int:
     """In a forked worker: load the server and serve it on the shared socket; return the exit code.
 
     It reports on the status pipe once ready, or why it could not start (the supervisor says so), and
-    drains and stops when the supervisor is gone.
+    drains and stops when the supervisor is gone. A hushed worker keeps the warnings of its start to
+    itself: another worker of its generation says the same ones.
     """
     import threading
 
@@ -4621,6 +4622,12 @@ def serve_worker(settings: Settings, target: Target, sock: socket.socket, status
     threading.Thread(target=_stop_without_supervisor, args=(supervisor,), daemon=True).start()
     reporting = [status]
 
+    def starting(record: logging.LogRecord) -> bool:  # a filter: no warn() lines while starting
+        return record.levelno != logging.WARNING
+
+    if hushed:
+        logging.getLogger("mcprun").addFilter(starting)
+
     def report(line: str) -> None:
         if reporting:
             try:
@@ -4631,6 +4638,7 @@ def serve_worker(settings: Settings, target: Target, sock: socket.socket, status
     def announce(description: str) -> None:
         report(f"ready\t{description}")
         os.close(reporting.pop())  # from now on, failures are this worker's to log
+        logging.getLogger("mcprun").removeFilter(starting)
 
     try:
         launch(settings, target, lambda server, chosen: serve(server, chosen, target, sock, announce))
@@ -4756,7 +4764,9 @@ class Supervisor:
         if pid == 0:
             code = EXIT_FAILURE
             try:
-                code = serve_worker(self.settings, self.target, self.sock, status_write, self.pid, inherited, blocked)
+                hushed = any(worker.generation == self.generation for worker in self.workers)
+                code = serve_worker(self.settings, self.target, self.sock, status_write, self.pid, inherited, blocked,
+                                    hushed)
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

@@ -419,10 +419,11 @@ def test_failed_authentications_are_throttled_while_the_right_token_gets_in(toke
     assert warnings == ["mcprun: warning: 127.0.0.1 keeps sending wrong credentials: answered 429 for a while"]
 
 
-def test_a_short_token_gets_one_warning(token, tmp_path):
+@pytest.mark.parametrize("workers", [[], ["--stateless", "--workers", "2"]], ids=["one process", "two workers"])
+def test_a_short_token_gets_one_warning(token, tmp_path, workers):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"ci short-token\nalice {ALICE}\n")
-    with serving(token, PRODUCTION, "--auth-token-file", str(tokens), cwd=SERVERS) as server:
+    with serving(token, PRODUCTION, "--auth-token-file", str(tokens), *workers, cwd=SERVERS) as server:
         pass
     assert [line.strip() for line in server.lines if "warning" in line] == [
         f"mcprun: warning: --auth-token-file {tokens}: a token of 11 characters (ci) is easy to guess; use 16 or "

@@ -303,3 +303,20 @@ def test_check_lists_the_tools_of_each_caller(token, tmp_path):
     report = json.loads(run_cli(token, "check", "git.py", "--policy", "policy", "--json", cwd=tmp_path).stdout)
     assert report["policy"]["ci-bot"] == ["git_status", "git_commit"]
     assert [tool["name"] for tool in report["tools"]] == ["git_status", "git_commit", "git_push"]
+
+
+def test_the_policy_holds_through_an_mcp_json_proxy_and_a_module_that_starts_its_own_server(token, tmp_path):
+    from helpers import TOKEN_VARIABLE, mcprun_command
+
+    command = mcprun_command()
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"local": {
+        "command": command[0], "args": [*command[1:], str(SERVERS / "fastmcp_server.py"), "--no-banner"],
+        "env": {TOKEN_VARIABLE: token}}}}))
+    through_config = asyncio.run(asyncio.wait_for(look(stdio_transport(token, str(config), "--exclude-tools", "*echo",
+                                                                       cwd=tmp_path), "echo", "argv"), 90))
+    assert through_config["names"] == ["argv"], through_config  # one server: its names unprefixed
+    assert through_config["denied"] == through_config["unknown"] and through_config["denied"][0], through_config
+    started_itself = asyncio.run(asyncio.wait_for(look(stdio_transport(token, "-m", "runnable_module", "--exclude-tools",
+                                                                       "echo", cwd=SERVERS), "echo", "argv"), 90))
+    assert started_itself["names"] == ["argv"] and started_itself["denied"] == started_itself["unknown"], started_itself
