@@ -21,6 +21,7 @@ import contextvars
 import dataclasses
 import errno
 import functools
+import gc
 import hashlib
 import hmac
 import importlib
@@ -103,7 +104,10 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 
 # Environment set before the bundled stack is imported: no update check, no telemetry.
 OFFLINE_ENVIRONMENT = {"FASTMCP_CHECK_FOR_UPDATES": "off"}
-OFFLINE_DEFAULTS = {"FASTMCP_TELEMETRY_MODE": "off", "FASTMCP_ENABLE_RICH_LOGGING": "false"}
+OFFLINE_DEFAULTS = {"FASTMCP_TELEMETRY_MODE": "off", "FASTMCP_ENABLE_RICH_LOGGING": "false",
+                    # py-key-value (fastmcp's state store) checks its own types at run time with beartype, and
+                    # only warns: ~400 modules and ~100 ms on the first tools/list. =false turns it back on.
+                    "PY_KEY_VALUE_DISABLE_BEARTYPE": "true"}
 BUNDLED_PACKAGES = ("fastmcp", "mcp", "mcp_types", "pydantic", "starlette", "uvicorn", "anyio", "httpx")
 BUNDLE_ROOTS = ("fastmcp", "httpx")  # what mcprun carries (packaging/requirements.in), with all they need
 DEFAULT_MANYLINUX = "manylinux_2_28"  # RHEL 8's glibc, and every manylinux tag below it (2_17 = manylinux2014 ...)
@@ -2942,6 +2946,25 @@ def check_url_reachable(url: str) -> None:
         raise Failure(f"cannot reach {url}: {reason}; check the URL and that the server is up") from None
 
 
+def proxy_of_servers(config: dict, path: Path) -> Any:
+    """The proxy of an mcp.json's servers: fastmcp's, but with several servers built once, each mounted under
+    its name, so that each keeps its connection (a stdio server its process) from one request to the next;
+    fastmcp's own builds them all again, and starts every stdio server anew, for each request."""
+    from fastmcp import FastMCP
+    from fastmcp.server import create_proxy
+
+    servers = config["mcpServers"]
+    try:
+        if len(servers) == 1:
+            return create_proxy(config)
+        router = FastMCP(path.name)
+        for name, entry in servers.items():
+            router.mount(create_proxy({**config, "mcpServers": {name: entry}}), namespace=name)
+        return router
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{path}: {_first_line(exc)}") from exc
+
+
 def load_server(settings: Settings, target: Target, catcher: Catcher) -> Any:
     """Import user code and return a server, an async factory to await in the event loop, or None when the
     code started a server itself (catcher took it: at import, or in a function named as SPEC)."""
@@ -2951,12 +2974,7 @@ def load_server(settings: Settings, target: Target, catcher: Catcher) -> Any:
 
         return create_proxy(target.url)
     if target.kind == "mcp_config":
-        from fastmcp.server import create_proxy
-
-        try:
-            return create_proxy(load_mcp_config(target.path))
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"{target.path}: {_first_line(exc)}") from exc
+        return proxy_of_servers(load_mcp_config(target.path), target.path)
     module = import_server_module(target)
     if catcher.started:  # its module-level code started the server
         return None
@@ -4430,11 +4448,19 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
         sock.close()
 
 
+def collect_from_now_on() -> None:
+    """The start is over: what it imported and built lives as long as the process, so the collector, off
+    since main() (start-up allocates much and frees little), leaves it alone (gc.freeze) from now on."""
+    gc.freeze()
+    gc.enable()
+
+
 async def serve(server: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
                 announce: Any = None, wire: Wire | None = None) -> None:
     """Run the server on the chosen transport until it stops (stdio: on wire; HTTP: see serve_http)."""
     settings = adopt_server_settings(settings, server)
     narrow_offer(server, settings)
+    collect_from_now_on()
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":
         if settings.show_banner and settings.log_level in ("DEBUG", "INFO"):
@@ -4848,6 +4874,8 @@ def run_workers(settings: Settings, target: Target, sock: socket.socket | None) 
 def run(settings: Settings) -> int:
     """Resolve, prepare, load and serve; return the exit code."""
     target = resolve_target(settings)
+    if settings.reload or settings.workers > 1:
+        collect_from_now_on()  # a supervisor: it serves nothing, and its workers start from the fork
     if settings.reload:
         if settings.transport == "sse":
             warn("--reload does not work with SSE (sessions are lost on restart); running without it")
@@ -5457,6 +5485,7 @@ def main(argv: list[str] | None = None) -> int:
     if program.kind == "binary" and argv[:1] == ["-c"]:  # the binary is the Python of the servers it runs
         return run_python_code(argv[1:])
     program.restore_child_environment()
+    gc.disable()  # until serving starts (collect_from_now_on)
     args = parse_command_line(argv)
     if args.version:
         print(version_line())

@@ -326,6 +326,24 @@ def test_mcp_json_two_servers_stdio(token, tmp_path, name):
         assert run_async(exercise_two_servers(stdio_transport(token, str(config), cwd=tmp_path))) == TWO_SERVERS
 
 
+def test_mcp_json_servers_keep_their_process_from_one_request_to_the_next(token, tmp_path):
+    command = mcprun_command()
+    entry = {"command": command[0], "args": [*command[1:], str(SERVERS / "pid_server.py"), "--no-banner"],
+             "env": {TOKEN_VARIABLE: token}}
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"one": entry, "two": entry}}))
+
+    async def pids(target) -> list:
+        from fastmcp import Client
+
+        async with Client(target) as client:
+            return [int((await client.call_tool(f"{name}_pid", {})).content[0].text)
+                    for name in ("one", "two", "one", "two")]
+
+    seen = run_async(pids(stdio_transport(token, str(config), cwd=tmp_path)))
+    assert seen[0] == seen[2] and seen[1] == seen[3] and seen[0] != seen[1], seen
+
+
 def test_mcp_json_two_servers_served_over_http(token, tmp_path):
     with serving(token, "sdk_server.py", transport="sse", cwd=SERVERS) as remote:
         config = write_mcp_json(tmp_path, token, remote.url)  # .../sse: fastmcp picks the SSE client
