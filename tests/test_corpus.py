@@ -118,9 +118,14 @@ class Vendored:
         return child_env(token, **{name: self.fill(value) for name, value in self.server.env.items()})
 
 
+# MCPRUN_TEST_CORPUS (comma-separated packages) runs only those: ./build gives each artifact half of them
+CHOSEN = [server for server in CORPUS
+          if server.package in os.environ.get("MCPRUN_TEST_CORPUS", server.package).split(",")]
+
+
 @pytest.fixture(scope="module", params=[pytest.param(server, id=server.package,
                                                      marks=pytest.mark.xdist_group(server.package))
-                                        for server in CORPUS])
+                                        for server in CHOSEN])
 def vendored(request, tmp_path_factory) -> Vendored:
     """The server's package vendored for this mcprun, once per server (the index is reached here only)."""
     import uuid

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import signal
 import subprocess
@@ -28,7 +29,7 @@ MCP1_PYTHON = ROOT / ".venv-mcp1" / "bin" / "python"
 MCP1_CLIENT = ROOT / "tests" / "clients" / "mcp1_client.py"
 
 
-@pytest.fixture(scope="module", params=["RS256", "ES256"])
+@pytest.fixture(scope="module", params=os.environ.get("MCPRUN_TEST_JWT_ALGORITHMS", "RS256,ES256").split(","))
 def idp(request, tmp_path_factory):
     with identity_provider(tmp_path_factory.mktemp("idp"), algorithm=request.param) as provider:
         yield provider
