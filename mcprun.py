@@ -914,6 +914,15 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--exclude-prompts", dest="exclude_prompts", action="append", metavar="PATTERN",
                         help="leave out the prompts whose names match this glob, repeatable")
 
+    audit = parser.add_argument_group("audit (every transport)")
+    audit.add_argument("--audit-log", metavar="PATH",
+                       help="append one JSON line per tool call, resource read and prompt get: who, what, the "
+                            "arguments' SHA-256, the outcome, how long; - for stderr; SIGHUP reopens it")
+    audit.add_argument("--audit-arguments", action="store_true", default=None,
+                       help="put the arguments themselves in the audit log too")
+    audit.add_argument("--audit-lists", action="store_true", default=None,
+                       help="log the list operations (tools/list, ...) in the audit log too")
+
     operations = parser.add_argument_group("http operations")
     operations.add_argument("--health-path", type=parse_route, metavar="PATH",
                             help=f"liveness route, no auth (default: {DEFAULT_HEALTH_PATH})")
@@ -1222,6 +1231,9 @@ class Settings:
     exclude_resources: tuple = ()  # of those left out;
     prompts: tuple = ()  # globs of the prompts offered,
     exclude_prompts: tuple = ()  # of those left out
+    audit_log: str | None = None  # a file (or - for stderr) of one JSON line per MCP operation
+    audit_arguments: bool = False
+    audit_lists: bool = False
     require_auth: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -1294,6 +1306,9 @@ _MERGED_OPTIONS = {
     "exclude_resources": ("list", "MCPRUN_EXCLUDE_RESOURCES", None),
     "prompts": ("list", "MCPRUN_PROMPTS", None),
     "exclude_prompts": ("list", "MCPRUN_EXCLUDE_PROMPTS", None),
+    "audit_log": (str, "MCPRUN_AUDIT_LOG", None),
+    "audit_arguments": (bool, "MCPRUN_AUDIT_ARGUMENTS", None),
+    "audit_lists": (bool, "MCPRUN_AUDIT_LISTS", None),
     "require_auth": (bool, "MCPRUN_REQUIRE_AUTH", None),
     "tls_cert": (str, "MCPRUN_TLS_CERT", None),
     "tls_key": (str, "MCPRUN_TLS_KEY", None),
@@ -1486,7 +1501,20 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     check_jwt(settings)
     if settings.policy:
         CallerPolicy(settings.policy)  # read now, to say at once what is wrong with it
+    if settings.audit_log and settings.audit_log != "-":
+        check_audit_log(settings.audit_log)
     return settings
+
+
+def check_audit_log(path: str) -> None:
+    """Say now, in one line, if the audit log cannot be written (it is opened when serving starts)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--audit-log {path}: is a folder; name a file in it")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--audit-log {path}: no folder {folder}")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise UsageError(f"--audit-log {path}: permission denied")
 
 
 def format_settings(settings: Settings, served: str = "") -> str:
@@ -3080,6 +3108,7 @@ def describe_server(server: Any, target: Target) -> str:
 # back in what the server says. A left-out tool is never called and a left-out resource never read.
 
 FLIGHT = "mcprun.flight"  # the scope key of a request's Flight (HTTP, set by the gateway): its caller, scopes
+LEFT_OUT: contextvars.ContextVar = contextvars.ContextVar("mcprun_left_out", default=False)  # the policy denied it
 
 # what a server offers: (its list method, the result's field, the item's key field, the method that uses
 # one, that method's key parameter, the options whose globs select it)
@@ -3182,6 +3211,7 @@ def _used(offer: Offer, kind: str, listing: Any, using: Any) -> Any:
         key = str(getattr(params, key_param))
         if not await left_out(context, key):
             return await using.handler(context, params)
+        LEFT_OUT.set(True)  # for the audit log, which awaits this in the same context
         stand_in = f"not-offered-{os.urandom(6).hex()}" + (":" if kind == "resources" else "")
         try:
             result = await using.handler(context, params.model_copy(update={key_param: stand_in}))
@@ -3199,6 +3229,121 @@ def _used(offer: Offer, kind: str, listing: Any, using: Any) -> Any:
         return _put_back(result, stand_in, key)
 
     return used
+
+
+# -- the server object, 5: the audit log ------------------------------------
+#
+# --audit-log writes one JSON line per MCP operation the server answers: tool calls, resource reads,
+# prompt gets (and, with --audit-lists, the lists), on every transport, around the same low-level
+# handlers the policy wraps, outside it (so a call the policy denied is logged as denied). Each line is
+# one write(2) to a file opened O_APPEND, so workers sharing the file never split or mix lines.
+
+AUDITED = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}  # method -> its name parameter
+AUDITED_LISTS = ("tools/list", "resources/list", "resources/templates/list", "prompts/list")
+
+
+class AuditLog:
+    """The audit log's file descriptor: appended to by one write per line, reopened on SIGHUP (logrotate)."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.fd = path, -1
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Open the path (again: after a rename, a new file); raise one UsageError if it cannot be."""
+        if self.path == "-":
+            self.fd = sys.stderr.fileno()
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise UsageError(f"--audit-log {self.path}: {exc.strerror}") from None
+        old, self.fd = self.fd, fd
+        if old >= 0:
+            os.close(old)
+
+    def write(self, record: dict) -> None:
+        data = (json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":")) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as exc:
+            warn_now_and_then("audit", f"--audit-log {self.path}: cannot write ({exc.strerror}); lines are lost")
+
+
+def utc_time() -> str:
+    """Now in UTC, ISO 8601 to the millisecond: 2026-12-02T00:10:00.123Z."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def digest_of(arguments: Any) -> str:
+    """SHA-256 of the arguments' canonical JSON (keys sorted, no spaces, UTF-8)."""
+    canonical = json.dumps(arguments if arguments is not None else {}, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _error_text(value: Any) -> str:
+    text = getattr(getattr(value, "error", None), "message", None) or str(value) or type(value).__name__
+    return text[:1000]
+
+
+def audit_record(settings: Settings, method: str, context: Any, params: Any) -> dict:
+    """Who asked for what: the fields of an audit line known before the handler runs."""
+    request = getattr(context, "request", None)
+    headers = getattr(request, "headers", None) or {}
+    client = getattr(request, "client", None)
+    caller, _ = caller_of(context)
+    record = {"time": utc_time(), "method": method, "transport": settings.transport,
+              "request_id": getattr(context, "request_id", None),
+              "session": headers.get("mcp-session-id") or getattr(request, "query_params", {}).get("session_id"),
+              "client": f"{client[0]}:{client[1]}" if client else None, "caller": caller or None}
+    if method in AUDITED:
+        record["name"] = str(getattr(params, AUDITED[method], ""))
+    if method in ("tools/call", "prompts/get"):
+        arguments = getattr(params, "arguments", None)
+        record["arguments_sha256"] = digest_of(arguments)
+        if settings.audit_arguments:
+            record["arguments"] = arguments
+    return record
+
+
+def audit_requests(server: Any, settings: Settings, log: AuditLog) -> None:
+    """Log every audited request the server's low-level handlers answer (once per server)."""
+    lowlevel = lowlevel_server_of(server, server_kind(server))
+    if getattr(lowlevel, "_mcprun_audited", False):
+        return
+    lowlevel._mcprun_audited = True
+    for method in (*AUDITED, *(AUDITED_LISTS if settings.audit_lists else ())):
+        if (handler := lowlevel.get_request_handler(method)) is not None:
+            lowlevel.add_request_handler(method, handler.params_type, _audited(settings, log, method, handler))
+
+
+def _audited(settings: Settings, log: AuditLog, method: str, handler: Any) -> Any:
+    async def audited(context, params):
+        record = audit_record(settings, method, context, params)
+        began = time.perf_counter()
+        LEFT_OUT.set(False)
+        outcome, error_text = "ok", None
+        try:
+            result = await handler.handler(context, params)
+        except BaseException as exc:
+            outcome, error_text = ("denied" if LEFT_OUT.get() else "error"), _error_text(exc)
+            raise
+        else:
+            if LEFT_OUT.get():
+                outcome = "denied"
+            if getattr(result, "is_error", False):
+                outcome = "denied" if LEFT_OUT.get() else "tool_error"
+                error_text = " ".join(getattr(item, "text", "") for item in result.content or ())[:1000]
+            return result
+        finally:
+            record.update(outcome=outcome, error=error_text,
+                          duration_ms=round((time.perf_counter() - began) * 1000, 3))
+            log.write(record)
+
+    return audited
 
 
 # -- transports: stdio, the listening socket, systemd ------------------------
@@ -4342,10 +4487,20 @@ def pace_accepts(loop: Any) -> None:
     loop.set_exception_handler(handle)
 
 
-def reload_credentials(settings: Settings, gateway: Gateway, tls: TLS | None) -> None:
-    """SIGHUP: read the token file, the JWKS file, the policy file and the TLS certificate and key again, and
-    fetch a JWKS URL in the background; on a fault, keep serving with what was loaded before, and say why in
-    one line."""
+def reopen_audit_log(audit: AuditLog) -> None:
+    """SIGHUP over stdio: open the audit log's path again (logrotate renamed the file)."""
+    try:
+        audit.reopen()
+    except Error as exc:
+        error(f"SIGHUP: {exc}; still writing to the file it had")
+        return
+    info(f"SIGHUP: reopened the audit log {audit.path}")
+
+
+def reload_credentials(settings: Settings, gateway: Gateway, tls: TLS | None, audit: AuditLog | None) -> None:
+    """SIGHUP: read the token file, the JWKS file, the policy file and the TLS certificate and key again,
+    reopen the audit log, and fetch a JWKS URL in the background; on a fault, keep serving with what was
+    loaded before, and say why in one line."""
     import asyncio
 
     verifier = gateway.auth.verifier if gateway.auth else None
@@ -4357,6 +4512,9 @@ def reload_credentials(settings: Settings, gateway: Gateway, tls: TLS | None) ->
         if tls:
             tls.reload()
             reloaded.append(f"the certificate {settings.tls_cert}")
+        if audit:
+            audit.reopen()
+            reloaded.append(f"the audit log {settings.audit_log}")
     except Error as exc:
         error(f"SIGHUP: {exc}; still serving with what was loaded before")
         return
@@ -4380,7 +4538,7 @@ def reload_credentials(settings: Settings, gateway: Gateway, tls: TLS | None) ->
 
 
 async def serve_http(server: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
-                     announce: Any = None) -> None:
+                     announce: Any = None, audit: AuditLog | None = None) -> None:
     """Serve over streamable HTTP or SSE with uvicorn, behind mcprun's gateway.
 
     On sock when given (systemd's, or a worker's shared one), else on one bound here. announce is
@@ -4412,8 +4570,9 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     description = describe_server(server, target)
     announce = announce or announcer(settings, sock)
     gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description), verifier)
-    if settings.workers == 1 and (tls or settings.auth_token_file or verifier or settings.policy):  # workers: replaced
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_credentials, settings, gateway, tls)
+    if settings.workers == 1 and (tls or settings.auth_token_file or verifier or settings.policy or audit):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_credentials, settings, gateway, tls,
+                                                      audit)  # workers are replaced instead
 
     keep_sse_streams_at_sigterm()  # sse-starlette would end every stream at SIGTERM, calls in flight too
 
@@ -4458,16 +4617,23 @@ def collect_from_now_on() -> None:
 async def serve(server: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
                 announce: Any = None, wire: Wire | None = None) -> None:
     """Run the server on the chosen transport until it stops (stdio: on wire; HTTP: see serve_http)."""
+    import asyncio
+
     settings = adopt_server_settings(settings, server)
     narrow_offer(server, settings)
+    audit = AuditLog(settings.audit_log) if settings.audit_log else None
+    if audit:
+        audit_requests(server, settings, audit)
     collect_from_now_on()
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":
         if settings.show_banner and settings.log_level in ("DEBUG", "INFO"):
             info(f"serving {describe_server(server, target)} over stdio")
+        if audit:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reopen_audit_log, audit)
         await serve_stdio(server, settings, wire or take_wire())
     else:
-        await serve_http(server, settings, target, sock, announce)
+        await serve_http(server, settings, target, sock, announce, audit)
 
 
 # -- lifecycle: serve, reload ------------------------------------------------
