@@ -1452,6 +1452,17 @@ def check_tls(settings: Settings) -> None:
         raise UsageError(f"{given[0]} needs both --tls-cert FILE and --tls-key FILE")
 
 
+def check_audit_log(path: str) -> None:
+    """Say now, in one line, if the audit log cannot be written (it is opened when serving starts)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--audit-log {path}: is a folder; name a file in it")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--audit-log {path}: no folder {folder}")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise UsageError(f"--audit-log {path}: permission denied")
+
+
 def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     """Merge the command line, fastmcp.json, MCPRUN_* variables and defaults."""
     check_combinations(args)
@@ -1504,17 +1515,6 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     if settings.audit_log and settings.audit_log != "-":
         check_audit_log(settings.audit_log)
     return settings
-
-
-def check_audit_log(path: str) -> None:
-    """Say now, in one line, if the audit log cannot be written (it is opened when serving starts)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"--audit-log {path}: is a folder; name a file in it")
-    if not os.path.isdir(folder):
-        raise UsageError(f"--audit-log {path}: no folder {folder}")
-    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
-        raise UsageError(f"--audit-log {path}: permission denied")
 
 
 def format_settings(settings: Settings, served: str = "") -> str:
@@ -3161,23 +3161,6 @@ def _put_back(value: Any, stand_in: str, name: str) -> Any:
 _NARROWED: dict = {}  # id of a low-level server already wrapped -> its Offer (SIGHUP reads --policy again)
 
 
-def narrow_offer(server: Any, settings: Settings) -> None:
-    """Apply the policy to the server's low-level handlers (once per server)."""
-    if not (settings.read_only or settings.policy or any(getattr(settings, option) for option in
-                                                         ("tools", "exclude_tools", "resources", "exclude_resources",
-                                                          "prompts", "exclude_prompts"))):
-        return
-    lowlevel = lowlevel_server_of(server, server_kind(server))
-    if id(lowlevel) in _NARROWED:
-        return
-    offer = _NARROWED[id(lowlevel)] = Offer(settings)
-    for kind, (list_method, field, key_field, use_method, key_param, _) in OFFERINGS.items():
-        if (listing := lowlevel.get_request_handler(list_method)) is not None:
-            lowlevel.add_request_handler(list_method, listing.params_type, _listed(offer, kind, listing))
-        if use_method and (using := lowlevel.get_request_handler(use_method)) is not None:
-            lowlevel.add_request_handler(use_method, using.params_type, _used(offer, kind, listing, using))
-
-
 def _listed(offer: Offer, kind: str, listing: Any) -> Any:
     field, key_field = OFFERINGS[kind][1:3]
 
@@ -3229,6 +3212,23 @@ def _used(offer: Offer, kind: str, listing: Any, using: Any) -> Any:
         return _put_back(result, stand_in, key)
 
     return used
+
+
+def narrow_offer(server: Any, settings: Settings) -> None:
+    """Apply the policy to the server's low-level handlers (once per server)."""
+    if not (settings.read_only or settings.policy or any(getattr(settings, option) for option in
+                                                         ("tools", "exclude_tools", "resources", "exclude_resources",
+                                                          "prompts", "exclude_prompts"))):
+        return
+    lowlevel = lowlevel_server_of(server, server_kind(server))
+    if id(lowlevel) in _NARROWED:
+        return
+    offer = _NARROWED[id(lowlevel)] = Offer(settings)
+    for kind, (list_method, field, key_field, use_method, key_param, _) in OFFERINGS.items():
+        if (listing := lowlevel.get_request_handler(list_method)) is not None:
+            lowlevel.add_request_handler(list_method, listing.params_type, _listed(offer, kind, listing))
+        if use_method and (using := lowlevel.get_request_handler(use_method)) is not None:
+            lowlevel.add_request_handler(use_method, using.params_type, _used(offer, kind, listing, using))
 
 
 # -- the server object, 5: the audit log ------------------------------------
@@ -3309,17 +3309,6 @@ def audit_record(settings: Settings, method: str, context: Any, params: Any) -> 
     return record
 
 
-def audit_requests(server: Any, settings: Settings, log: AuditLog) -> None:
-    """Log every audited request the server's low-level handlers answer (once per server)."""
-    lowlevel = lowlevel_server_of(server, server_kind(server))
-    if getattr(lowlevel, "_mcprun_audited", False):
-        return
-    lowlevel._mcprun_audited = True
-    for method in (*AUDITED, *(AUDITED_LISTS if settings.audit_lists else ())):
-        if (handler := lowlevel.get_request_handler(method)) is not None:
-            lowlevel.add_request_handler(method, handler.params_type, _audited(settings, log, method, handler))
-
-
 def _audited(settings: Settings, log: AuditLog, method: str, handler: Any) -> Any:
     async def audited(context, params):
         record = audit_record(settings, method, context, params)
@@ -3344,6 +3333,20 @@ def _audited(settings: Settings, log: AuditLog, method: str, handler: Any) -> An
             log.write(record)
 
     return audited
+
+
+_AUDITED: set = set()  # ids of the low-level servers already wrapped
+
+
+def audit_requests(server: Any, settings: Settings, log: AuditLog) -> None:
+    """Log every audited request the server's low-level handlers answer (once per server)."""
+    lowlevel = lowlevel_server_of(server, server_kind(server))
+    if id(lowlevel) in _AUDITED:
+        return
+    _AUDITED.add(id(lowlevel))
+    for method in (*AUDITED, *(AUDITED_LISTS if settings.audit_lists else ())):
+        if (handler := lowlevel.get_request_handler(method)) is not None:
+            lowlevel.add_request_handler(method, handler.params_type, _audited(settings, log, method, handler))
 
 
 # -- transports: stdio, the listening socket, systemd ------------------------
