@@ -849,6 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"route of the endpoint (default: {DEFAULT_HTTP_PATH} for http, {DEFAULT_SSE_PATH} for sse)")
     serving.add_argument("--stateless", action="store_true", default=None,
                          help="serve streamable HTTP without sessions (each request stands alone)")
+    serving.add_argument("--json-response", action="store_true", default=None,
+                         help="answer streamable HTTP requests with plain JSON, not an event stream: faster, but "
+                              "nothing the server sends during a call (progress, logs) reaches the client")
     serving.add_argument("-w", "--workers", type=parse_workers, metavar="N",
                          help="processes serving http on one port, or 'auto' for one per usable core; "
                               f"more than 1 needs --stateless (default: {DEFAULT_WORKERS})")
@@ -1210,6 +1213,7 @@ class Settings:
     log_level: str = DEFAULT_LOG_LEVEL
     show_banner: bool = True
     stateless: bool = False
+    json_response: bool = False  # streamable HTTP answers as application/json, not text/event-stream
     workers: int = DEFAULT_WORKERS  # HTTP worker processes sharing one listening socket
     reload: bool = False
     reload_dirs: tuple = ()
@@ -1285,6 +1289,7 @@ _MERGED_OPTIONS = {
     "log_level": (parse_log_level, "MCPRUN_LOG_LEVEL", "log_level"),
     "show_banner": (bool, "MCPRUN_NO_BANNER", None),
     "stateless": (bool, "MCPRUN_STATELESS", None),
+    "json_response": (bool, "MCPRUN_JSON_RESPONSE", None),
     "workers": (parse_workers, "MCPRUN_WORKERS", None),
     "reload": (bool, "MCPRUN_RELOAD", None),
     "reload_dirs": ("paths", "MCPRUN_RELOAD_DIR", None),
@@ -1503,6 +1508,9 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
     )
     if settings.stateless and settings.transport == "sse":
         raise UsageError("--stateless needs --transport http: SSE has no stateless mode")
+    if settings.json_response and settings.transport != "http":
+        raise UsageError(f"--json-response needs --transport http: {settings.transport} answers only by its own "
+                         "stream")
     if settings.workers > 1:
         check_workers(settings)
     if settings.auth_token is not None and settings.auth_token_file is not None:
@@ -3498,6 +3506,8 @@ def build_http_app(server: Any, settings: Settings) -> Any:
     sse = settings.transport == "sse"
     if server_kind(server) == "fastmcp":
         sessions = {} if sse else {"session_idle_timeout": settings.session_idle_timeout}
+        if not sse:
+            sessions["json_response"] = settings.json_response
         return server.http_app(path=settings.http_path, transport="sse" if sse else "http",
                                stateless_http=settings.stateless or None, host_origin_protection=False, **sessions)
     unguarded = TransportSecuritySettings(enable_dns_rebinding_protection=False)
@@ -3509,7 +3519,7 @@ def build_http_app(server: Any, settings: Settings) -> Any:
     return server.streamable_http_app(streamable_http_path=settings.http_path, stateless_http=settings.stateless,
                                       transport_security=unguarded, max_request_body_size=settings.max_body,
                                       session_idle_timeout=settings.session_idle_timeout,
-                                      max_sessions=settings.max_sessions)
+                                      max_sessions=settings.max_sessions, json_response=settings.json_response)
 
 
 def read_auth_tokens(settings: Settings) -> dict:

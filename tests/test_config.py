@@ -185,6 +185,7 @@ def test_print_config_precedence(token, tmp_path):
         ("log_level", "WARNING  (MCPRUN_LOG_LEVEL)"),
         ("show_banner", "False  (MCPRUN_NO_BANNER)"),
         ("stateless", "False  (default)"),
+        ("json_response", "False  (default)"),
         ("workers", "1  (default)"),
         ("reload", "False  (default)"),
         ("reload_dirs", "(server folder)  (default)"),

@@ -912,3 +912,48 @@ def test_large_requests_are_handled_a_few_at_a_time(token):
         assert refused.json()["error"]["message"] == "server busy with large requests; retry later"
         assert text_of(run_async(call(server.url, "echo", {"text": "small"}))) == "small#0"  # small ones pass
     assert sum("large requests (over 1 MiB) in progress" in line for line in server.lines) == 1, server.stderr
+
+
+# -- --json-response: plain JSON answers over streamable HTTP ----------------------------------
+
+
+@pytest.mark.parametrize("spec", ["fastmcp_server.py", "sdk_server.py", "compat/mcp1_full.py",
+                                  "compat/lowlevel_object.py"])
+def test_json_response_answers_plain_json_for_every_kind_of_server(token, spec):
+    with serving(token, spec, "--json-response", cwd=SERVERS) as server:
+        with httpx.Client(timeout=30) as http:
+            answer = http.post(server.url, json=INITIALIZE, headers=STREAM_HEADERS)
+            assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
+            session = {"mcp-session-id": answer.headers["mcp-session-id"]} if "mcp-session-id" in answer.headers else {}
+            http.post(server.url, json=INITIALIZED, headers={**STREAM_HEADERS, **session})
+            listed = http.post(server.url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                               headers={**STREAM_HEADERS, **session, "mcp-protocol-version": "2025-06-18"})
+        assert listed.headers["content-type"].startswith("application/json"), listed.headers
+        assert listed.json()["result"]["tools"], listed.text
+
+
+@pytest.mark.parametrize("json_response", [False, True], ids=["event stream", "json response"])
+def test_json_response_trades_the_messages_during_a_call_for_speed(token, json_response):
+    async def work(url: str) -> tuple:
+        from fastmcp import Client
+
+        progress = []
+
+        async def on_progress(done, total, message):
+            progress.append(done)
+
+        async with Client(url) as client:
+            result = await client.call_tool("work", {"steps": 3}, progress_handler=on_progress)
+        return result.content[0].text, progress
+
+    args = ["--json-response"] if json_response else []
+    with serving(token, "compat/mcp1_full.py", *args, cwd=SERVERS) as server:
+        text, progress = run_async(work(server.url))
+    assert text == "Legacy/open/3/True"
+    assert progress == ([] if json_response else [1, 2, 3])
+
+
+def test_json_response_over_sse_is_refused(token):
+    result = run_cli(token, PRODUCTION, "-t", "sse", "--json-response", cwd=SERVERS, input="")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "mcprun: error: --json-response needs --transport http: sse answers only by its own stream"), result.stderr
