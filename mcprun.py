@@ -98,6 +98,7 @@ WORKER_BACKOFF = 0.5  # seconds before restarting a worker that died starting; d
 WORKER_MAX_BACKOFF = 30.0
 WORKER_KILL_GRACE = 10.0  # seconds past --graceful-timeout before workers still running get SIGKILL
 SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+UPSTREAM_PROBE_TIMEOUT = 2.0  # seconds the readiness route gives a proxy's upstream to take a connection
 PARENT_POLL_INTERVAL = 1.0  # seconds between a worker's checks that its supervisor still runs
 SD_LISTEN_FDS_START = 3  # the first socket systemd passes (sd_listen_fds(3))
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -3522,6 +3523,15 @@ def build_http_app(server: Any, settings: Settings) -> Any:
                                       max_sessions=settings.max_sessions, json_response=settings.json_response)
 
 
+def upstreams_of(target: Target) -> tuple:
+    """The URLs a proxy forwards to (a URL spec, an mcp.json's url entries), for the readiness route."""
+    if target.kind == "url":
+        return (target.url,)
+    if target.kind == "mcp_config":
+        return tuple(entry["url"] for entry in load_mcp_config(target.path)["mcpServers"].values() if "url" in entry)
+    return ()
+
+
 def read_auth_tokens(settings: Settings) -> dict:
     """Return the bearer tokens clients must present, each with the name of its caller, from --auth-token(-file)
     / MCPRUN_AUTH_TOKEN(_FILE): a file's lines are TOKEN (named token-LINE) or NAME TOKEN."""
@@ -4026,18 +4036,36 @@ def request_session(scope: dict, sse: bool) -> str | None:
 
 class Health:
     """Answer the health route (200 while the process runs) and the readiness route (200 when ready,
-    503 while starting or stopping); pass every other request on."""
+    503 while starting or stopping, or while an upstream of a proxy cannot be reached); pass every other
+    request on."""
 
-    def __init__(self, app: Any, settings: Settings, state: Any) -> None:
+    def __init__(self, app: Any, settings: Settings, state: Any, upstreams: tuple = ()) -> None:
         self.app, self.health_path, self.ready_path, self.state = app, settings.health_path, settings.ready_path, state
+        self.upstreams = upstreams  # the URLs a proxy forwards to: each must take a connection
 
     async def __call__(self, scope, receive, send):
         if scope["path"] == self.health_path:
             return await send_json(send, 200, {"status": "ok"})
         if scope["path"] == self.ready_path:
             state = self.state()
+            if state == "ready" and (down := await self.unreachable()):
+                return await send_json(send, 503, {"status": "upstream unreachable", "upstream": down})
             return await send_json(send, 200 if state == "ready" else 503, {"status": state})
         await self.app(scope, receive, send)
+
+    async def unreachable(self) -> str | None:
+        """The first upstream that does not take a TCP connection within UPSTREAM_PROBE_TIMEOUT; else None."""
+        import anyio
+
+        for url in self.upstreams:
+            parsed = urllib.parse.urlsplit(url)
+            port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
+            try:
+                with anyio.fail_after(UPSTREAM_PROBE_TIMEOUT):
+                    await (await anyio.connect_tcp(parsed.hostname, port)).aclose()
+            except (OSError, TimeoutError):
+                return url
+        return None
 
 
 class AccessLog:
@@ -4393,7 +4421,7 @@ class Gateway:
     """
 
     def __init__(self, app: Any, settings: Settings, tokens: dict, on_ready: Any,
-                 verifier: JwtVerifier | None = None) -> None:
+                 verifier: JwtVerifier | None = None, upstreams: tuple = ()) -> None:
         from fastmcp.server.http import HostOriginGuardMiddleware
         from mcp.server.transport_security import RequestBodyLimitMiddleware
 
@@ -4426,7 +4454,7 @@ class Gateway:
             chain = AccessLog(chain)
         if verifier:
             chain = ResourceMetadata(chain, settings)
-        self.chain = Health(chain, settings, self.state)
+        self.chain = Health(chain, settings, self.state, upstreams)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -4582,7 +4610,8 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     sock = sock or bind_socket(settings.host, settings.port)
     description = describe_server(server, target)
     announce = announce or announcer(settings, sock)
-    gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description), verifier)
+    gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description), verifier,
+                      upstreams_of(target))
     if settings.workers == 1 and (tls or settings.auth_token_file or verifier or settings.policy or audit):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_credentials, settings, gateway, tls,
                                                       audit)  # workers are replaced instead

@@ -957,3 +957,16 @@ def test_json_response_over_sse_is_refused(token):
     result = run_cli(token, PRODUCTION, "-t", "sse", "--json-response", cwd=SERVERS, input="")
     assert result.returncode == 2 and result.stderr.strip() == (
         "mcprun: error: --json-response needs --transport http: sse answers only by its own stream"), result.stderr
+
+
+def test_a_proxy_is_not_ready_while_its_upstream_is_unreachable(token):
+    with serving(token, "fastmcp_server.py", cwd=SERVERS) as upstream:
+        with serving(token, upstream.url, "--graceful-timeout", "1") as proxy:
+            ready = proxy.url.rsplit("/", 1)[0] + "/readyz"
+            first = httpx.get(ready, timeout=10)
+            assert (first.status_code, first.json()) == (200, {"status": "ready"})
+            assert upstream.stop() == 0
+            down = httpx.get(ready, timeout=10)
+            assert (down.status_code, down.json()) == (503, {"status": "upstream unreachable",
+                                                             "upstream": upstream.url})
+            assert httpx.get(proxy.url.rsplit("/", 1)[0] + "/healthz", timeout=10).status_code == 200  # alive
