@@ -2972,12 +2972,16 @@ async def await_factory(factory: Any, catcher: Catcher) -> Any:
     return None if catcher.started else _checked_server(factory.__name__, result, inspect.getmodule(factory))
 
 
+def url_address(url: str) -> tuple:
+    """(host, port) of an http(s) URL, the port its scheme's when it names none."""
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.hostname, parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
+
+
 def check_url_reachable(url: str) -> None:
     """Open and close a TCP connection to the URL's host, bounded in time."""
-    parsed = urllib.parse.urlsplit(url)
-    port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
     try:
-        socket.create_connection((parsed.hostname, port), timeout=URL_CONNECT_TIMEOUT).close()
+        socket.create_connection(url_address(url), timeout=URL_CONNECT_TIMEOUT).close()
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise Failure(f"cannot reach {url}: {reason}; check the URL and that the server is up") from None
@@ -3225,9 +3229,8 @@ def _used(offer: Offer, kind: str, listing: Any, using: Any) -> Any:
 
 def narrow_offer(server: Any, settings: Settings) -> None:
     """Apply the policy to the server's low-level handlers (once per server)."""
-    if not (settings.read_only or settings.policy or any(getattr(settings, option) for option in
-                                                         ("tools", "exclude_tools", "resources", "exclude_resources",
-                                                          "prompts", "exclude_prompts"))):
+    globs = (getattr(settings, option) for offering in OFFERINGS.values() for option in offering[5])
+    if not (settings.read_only or settings.policy or any(globs)):
         return
     lowlevel = lowlevel_server_of(server, server_kind(server))
     if id(lowlevel) in _NARROWED:
@@ -3326,18 +3329,15 @@ def _audited(settings: Settings, log: AuditLog, method: str, handler: Any) -> An
         outcome, error_text = "ok", None
         try:
             result = await handler.handler(context, params)
-        except BaseException as exc:
-            outcome, error_text = ("denied" if LEFT_OUT.get() else "error"), _error_text(exc)
-            raise
-        else:
-            if LEFT_OUT.get():
-                outcome = "denied"
             if getattr(result, "is_error", False):
-                outcome = "denied" if LEFT_OUT.get() else "tool_error"
+                outcome = "tool_error"
                 error_text = " ".join(getattr(item, "text", "") for item in result.content or ())[:1000]
             return result
-        finally:
-            record.update(outcome=outcome, error=error_text,
+        except BaseException as exc:
+            outcome, error_text = "error", _error_text(exc)
+            raise
+        finally:  # the policy's denial is what the caller got, whatever the stand-in's answer
+            record.update(outcome="denied" if LEFT_OUT.get() else outcome, error=error_text,
                           duration_ms=round((time.perf_counter() - began) * 1000, 3))
             log.write(record)
 
@@ -4058,11 +4058,9 @@ class Health:
         import anyio
 
         for url in self.upstreams:
-            parsed = urllib.parse.urlsplit(url)
-            port = parsed.port or (443 if parsed.scheme.lower() == "https" else 80)
             try:
                 with anyio.fail_after(UPSTREAM_PROBE_TIMEOUT):
-                    await (await anyio.connect_tcp(parsed.hostname, port)).aclose()
+                    await (await anyio.connect_tcp(*url_address(url))).aclose()
             except (OSError, TimeoutError):
                 return url
         return None
