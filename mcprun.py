@@ -98,6 +98,8 @@ WORKER_BACKOFF = 0.5  # seconds before restarting a worker that died starting; d
 WORKER_MAX_BACKOFF = 30.0
 WORKER_KILL_GRACE = 10.0  # seconds past --graceful-timeout before workers still running get SIGKILL
 SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+DEFAULT_METRICS_PATH = "/metrics"
+TOOL_LABELS = 200  # distinct tool names a process counts by name in its metrics; the rest count as _other
 UPSTREAM_PROBE_TIMEOUT = 2.0  # seconds the readiness route gives a proxy's upstream to take a connection
 PARENT_POLL_INTERVAL = 1.0  # seconds between a worker's checks that its supervisor still runs
 SD_LISTEN_FDS_START = 3  # the first socket systemd passes (sd_listen_fds(3))
@@ -110,7 +112,7 @@ OFFLINE_DEFAULTS = {"FASTMCP_TELEMETRY_MODE": "off", "FASTMCP_ENABLE_RICH_LOGGIN
                     # only warns: ~400 modules and ~100 ms on the first tools/list. =false turns it back on.
                     "PY_KEY_VALUE_DISABLE_BEARTYPE": "true"}
 BUNDLED_PACKAGES = ("fastmcp", "mcp", "mcp_types", "pydantic", "starlette", "uvicorn", "anyio", "httpx")
-BUNDLE_ROOTS = ("fastmcp", "httpx")  # what mcprun carries (packaging/requirements.in), with all they need
+BUNDLE_ROOTS = ("fastmcp", "httpx", "prometheus-client")  # what mcprun carries (packaging/requirements.in), with all they need
 DEFAULT_MANYLINUX = "manylinux_2_28"  # RHEL 8's glibc, and every manylinux tag below it (2_17 = manylinux2014 ...)
 DEFAULT_RESOLVE_TIMEOUT = 300.0  # seconds pip gets for each resolution of what vendor installs
 
@@ -314,6 +316,12 @@ def shiv_archive(path: Path) -> Any:
     import zipfile
 
     return getattr(sys.modules.get("_bootstrap"), "mcprun_archive", None) or zipfile.ZipFile(path)
+
+
+def add_server_middleware(lowlevel: Any, middleware: Any) -> None:
+    """Wrap every request a low-level Server answers in middleware(ctx, call_next), outermost: the SDK's
+    Server.middleware (provisional in mcp 2.x), which sees initialize and unknown methods too."""
+    lowlevel.middleware.insert(0, middleware)
 
 
 def rebuild_model(model: Any, namespace: dict) -> None:
@@ -740,6 +748,19 @@ def parse_route(text: str) -> str:
     return route
 
 
+def parse_listen_address(text: str) -> str:
+    """argparse type: HOST:PORT to listen on ([::1]:PORT for IPv6; port 0 picks a free one)."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9100)")
+    return text
+
+
+def split_listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 def _version_of(distribution: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -926,6 +947,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="put the arguments themselves in the audit log too")
     audit.add_argument("--audit-lists", action="store_true", default=None,
                        help="log the list operations (tools/list, ...) in the audit log too")
+
+    metrics = parser.add_argument_group("metrics (Prometheus text format)")
+    metrics.add_argument("--metrics", action="store_true", default=None,
+                         help=f"serve metrics on the http port at {DEFAULT_METRICS_PATH}, behind the auth token")
+    metrics.add_argument("--metrics-path", type=parse_route, metavar="PATH",
+                         help=f"serve them at this route instead; implies --metrics (default: {DEFAULT_METRICS_PATH})")
+    metrics.add_argument("--metrics-listen", type=parse_listen_address, metavar="HOST:PORT",
+                         help="serve them on a listener of their own, without auth, on every transport "
+                              "(e.g. 127.0.0.1:9100; port 0 for a free one)")
 
     operations = parser.add_argument_group("http operations")
     operations.add_argument("--health-path", type=parse_route, metavar="PATH",
@@ -1239,6 +1269,9 @@ class Settings:
     audit_log: str | None = None  # a file (or - for stderr) of one JSON line per MCP operation
     audit_arguments: bool = False
     audit_lists: bool = False
+    metrics: bool = False  # Prometheus metrics on the HTTP port, at metrics_path
+    metrics_path: str = DEFAULT_METRICS_PATH  # given, it implies metrics
+    metrics_listen: str | None = None  # HOST:PORT of a listener of the metrics' own
     require_auth: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -1315,6 +1348,9 @@ _MERGED_OPTIONS = {
     "audit_log": (str, "MCPRUN_AUDIT_LOG", None),
     "audit_arguments": (bool, "MCPRUN_AUDIT_ARGUMENTS", None),
     "audit_lists": (bool, "MCPRUN_AUDIT_LISTS", None),
+    "metrics": (bool, "MCPRUN_METRICS", None),
+    "metrics_path": (parse_route, "MCPRUN_METRICS_PATH", None),
+    "metrics_listen": (parse_listen_address, "MCPRUN_METRICS_LISTEN", None),
     "require_auth": (bool, "MCPRUN_REQUIRE_AUTH", None),
     "tls_cert": (str, "MCPRUN_TLS_CERT", None),
     "tls_key": (str, "MCPRUN_TLS_KEY", None),
@@ -1500,6 +1536,7 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
                  "auth_scopes", "tools", "exclude_tools", "resources", "exclude_resources", "prompts", "exclude_prompts"):
         merged[name] = tuple(merged[name])
     merged["pythonpath"] = tuple(os.path.abspath(folder) for folder in merged["pythonpath"])
+    merged["metrics"] = merged["metrics"] or sources["metrics_path"] != "default"
     server_args = tuple(args.server_args)
     if not server_args and deployment.get("args"):
         server_args = tuple(deployment["args"])
@@ -1523,7 +1560,22 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
         CallerPolicy(settings.policy)  # read now, to say at once what is wrong with it
     if settings.audit_log and settings.audit_log != "-":
         check_audit_log(settings.audit_log)
+    check_metrics(settings)
     return settings
+
+
+def check_metrics(settings: Settings) -> None:
+    """Refuse metrics on a route they cannot have."""
+    if not settings.metrics:
+        return
+    option = "--metrics-path" if settings.sources.get("metrics_path", "default") != "default" else "--metrics"
+    if settings.transport == "stdio":
+        raise UsageError(f"{option} serves the metrics on the http port; over stdio give --metrics-listen HOST:PORT")
+    route = settings.metrics_path
+    taken = {settings.http_path: "the MCP endpoint", settings.health_path: "the health route",
+             settings.ready_path: "the readiness route"}
+    if route in taken:
+        raise UsageError(f"{option}: {route} is already {taken[route]}'s route; give another with --metrics-path")
 
 
 def format_settings(settings: Settings, served: str = "") -> str:
@@ -3358,6 +3410,229 @@ def audit_requests(server: Any, settings: Settings, log: AuditLog) -> None:
             lowlevel.add_request_handler(method, handler.params_type, _audited(settings, log, method, handler))
 
 
+# -- the server object, 6: metrics ---------------------------------------------
+#
+# --metrics serves Prometheus metrics at --metrics-path on the HTTP port, behind the auth token;
+# --metrics-listen HOST:PORT on a listener of their own, without auth, on every transport (stdio too).
+# prometheus-client is imported only then. Every MCP request is counted by a middleware on the
+# low-level server (so stdio and HTTP count alike, initialize and unknown methods too); the gateway
+# counts HTTP requests and its refusals. With --workers, each worker writes its numbers to files in a
+# folder the supervisor made (prometheus-client's multiprocess mode), and a scrape adds them up.
+
+MCP_METHODS = frozenset((
+    "initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list",
+    "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
+    "completion/complete", "logging/setLevel", "server/discover", "subscriptions/listen"))  # others: "other"
+METRICS: Any = None  # this process's Metrics, while it serves with --metrics or --metrics-listen
+METRICS_FOLDER: str | None = None  # the multiprocess folder, in a supervisor and its workers
+
+
+class Metrics:
+    """The instruments: what is counted, timed and gauged (docs/observing.md lists them)."""
+
+    def __init__(self) -> None:
+        import prometheus_client
+        from prometheus_client import Counter, Gauge, Histogram
+
+        prometheus_client.disable_created_metrics()
+        live = {"multiprocess_mode": "livesum"}  # with workers: the sum over the workers alive
+        self.http_requests = Counter("mcprun_http_requests", "HTTP requests answered, by method, route and status",
+                                     ("method", "route", "status"))
+        self.http_duration = Histogram("mcprun_http_request_duration_seconds",
+                                       "time to answer an HTTP request (event streams not counted)", ("route",))
+        self.requests = Counter("mcprun_mcp_requests", "MCP requests answered, by JSON-RPC method and outcome "
+                                "(ok, tool_error, error, denied)", ("method", "outcome"))
+        self.duration = Histogram("mcprun_mcp_request_duration_seconds", "time to answer an MCP request",
+                                  ("method",))
+        self.tool_calls = Counter("mcprun_tool_calls", "tool calls, by tool and outcome", ("tool", "outcome"))
+        self.tool_duration = Histogram("mcprun_tool_call_duration_seconds", "time a tool call took", ("tool",))
+        self.in_flight = Gauge("mcprun_mcp_requests_in_flight", "MCP requests being answered", **live)
+        self.sessions = Gauge("mcprun_sessions_open", "streamable HTTP sessions (SSE: event streams) open", **live)
+        self.streams = Gauge("mcprun_event_streams_open", "GET event streams open", **live)
+        self.auth_failures = Counter("mcprun_auth_failures", "requests refused for their credentials, by status "
+                                     "and OAuth error", ("status", "error"))
+        self.limited = Counter("mcprun_rate_limited", "requests refused by a limit: rate_limit, auth_failures, "
+                               "sessions, large_bodies", ("limit",))
+        self.drains = Counter("mcprun_drains", "graceful drains begun (SIGTERM, a worker replaced)")
+        self.draining = Gauge("mcprun_draining", "processes draining", **live)
+        self.tools: set = set()  # the tool names counted by name, at most TOOL_LABELS
+
+    def tool_label(self, name: Any) -> str:
+        name = str(name)
+        if name not in self.tools and len(self.tools) < TOOL_LABELS:
+            self.tools.add(name)
+        return name if name in self.tools else "_other"
+
+
+def _is_tool_error(result: Any) -> bool:
+    return getattr(result, "is_error", False) is True or (isinstance(result, dict) and result.get("isError") is True)
+
+
+class MeteredRequests:
+    """Server middleware: count and time every MCP request by method and outcome, tool calls by tool too.
+    A call the policy denied (LEFT_OUT) is 'denied', whatever the server answered its stand-in."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        if ctx.request_id is None:  # a notification
+            return await call_next(ctx)
+        metrics, method = self.metrics, ctx.method if ctx.method in MCP_METHODS else "other"
+        LEFT_OUT.set(False)
+        outcome, began = "error", time.perf_counter()
+        metrics.in_flight.inc()
+        try:
+            result = await call_next(ctx)
+            outcome = "tool_error" if method == "tools/call" and _is_tool_error(result) else "ok"
+            return result
+        finally:
+            took = time.perf_counter() - began
+            outcome = "denied" if LEFT_OUT.get() else outcome
+            metrics.in_flight.dec()
+            metrics.requests.labels(method, outcome).inc()
+            metrics.duration.labels(method).observe(took)
+            if method == "tools/call":
+                tool = metrics.tool_label((ctx.params or {}).get("name"))
+                metrics.tool_calls.labels(tool, outcome).inc()
+                metrics.tool_duration.labels(tool).observe(took)
+
+
+_METERED: set = set()  # ids of the low-level servers already metered
+
+
+def meter_requests(server: Any, metrics: Metrics) -> None:
+    """Count every request the server's low-level server answers (once per server)."""
+    lowlevel = lowlevel_server_of(server, server_kind(server))
+    if id(lowlevel) not in _METERED:
+        _METERED.add(id(lowlevel))
+        add_server_middleware(lowlevel, MeteredRequests(metrics))
+
+
+class WorkerProcesses:
+    """A collector: prometheus-client's process metrics (CPU, memory, open files ...) of each worker alive,
+    labelled by its pid (a worker's live gauges have a file in the folder until it is marked dead)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def collect(self) -> Any:
+        from prometheus_client import ProcessCollector
+        from prometheus_client.metrics_core import Metric
+
+        families: dict = {}
+        for path in sorted(Path(self.folder).glob("gauge_livesum_*.db")):
+            pid = int(path.stem.rpartition("_")[2])
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        return iter(families.values())
+
+
+def metrics_registry() -> Any:
+    """What a scrape reads: this process's registry (with its process, platform and gc metrics, and any
+    the server's own code registers); with workers, the folder's sums and each worker's process metrics."""
+    import prometheus_client
+
+    if METRICS_FOLDER is None:
+        return prometheus_client.REGISTRY
+    from prometheus_client import multiprocess
+
+    registry = prometheus_client.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=METRICS_FOLDER)
+    registry.register(WorkerProcesses(METRICS_FOLDER))
+    return registry
+
+
+def start_metrics(server: Any, settings: Settings) -> None:
+    """In the process that serves: make the instruments and count the server's requests; without workers,
+    also open the --metrics-listen listener (with workers, the supervisor has)."""
+    global METRICS
+
+    if METRICS is None and (settings.metrics or settings.metrics_listen):
+        METRICS = Metrics()
+    if METRICS is not None:
+        meter_requests(server, METRICS)
+        if settings.metrics_listen and METRICS_FOLDER is None:
+            listen_for_scrapes(settings.metrics_listen)
+
+
+_LISTENING: list = []  # the --metrics-listen server, once open
+
+
+def listen_for_scrapes(address: str) -> None:
+    """Serve the metrics on their own listener (prometheus-client's, in a thread), and say where."""
+    from prometheus_client import start_http_server
+
+    if _LISTENING:
+        return
+    host, port = split_listen_address(address)
+    try:
+        listener, _ = start_http_server(port, host, metrics_registry())
+    except OSError as exc:
+        raise Failure(f"--metrics-listen {address}: {exc.strerror or exc}") from None
+    _LISTENING.append(listener)
+    shown = f"[{host}]" if ":" in host else host
+    info(f"metrics on http://{shown}:{listener.server_port}/metrics")
+
+
+class ScrapeRoute:
+    """Answer the --metrics-path route (through the auth token's check, when there is one) with the
+    metrics; pass every other request on."""
+
+    def __init__(self, app: Any, settings: Settings, guard: Any) -> None:
+        self.app, self.path = app, settings.metrics_path
+        self.scrape = guard(self.exposition) if guard else self.exposition
+
+    async def __call__(self, scope, receive, send):
+        if scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        if scope["method"] not in ("GET", "HEAD"):
+            return await send_json(send, 405, {"error": "method not allowed"}, headers=((b"allow", b"GET, HEAD"),))
+        await self.scrape(scope, receive, send)
+
+    @staticmethod
+    async def exposition(scope, receive, send):
+        import anyio
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = await anyio.to_thread.run_sync(generate_latest, metrics_registry())  # with workers: reads files
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
+
+
+class MeteredHttp:
+    """Count and time every HTTP request by method, route and status (the outermost piece of the gateway)."""
+
+    def __init__(self, app: Any, settings: Settings, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+        self.routes = {settings.http_path: "mcp", settings.health_path: "health", settings.ready_path: "ready",
+                       settings.metrics_path: "metrics",
+                       "/messages/": "mcp" if settings.transport == "sse" else "other"}
+
+    async def __call__(self, scope, receive, send):
+        status, began = 0, time.perf_counter()
+        route = self.routes.get(scope["path"]) or ("metadata" if scope["path"].startswith("/.well-known/")
+                                                   else "other")
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            method = scope["method"] if scope["method"] in ("GET", "POST", "DELETE", "HEAD", "OPTIONS") else "other"
+            self.metrics.http_requests.labels(method, route, str(status or 499)).inc()
+            if not (route == "mcp" and method == "GET"):  # an event stream lasts as long as it is open
+                self.metrics.http_duration.labels(route).observe(time.perf_counter() - began)
+
+
 # -- transports: stdio, the listening socket, systemd ------------------------
 
 
@@ -3849,6 +4124,8 @@ class RateLimit:
         key = f"caller {flight.caller}" if flight is not None and flight.caller else \
             f"address {(scope.get('client') or ('-',))[0]}"
         if wait := self.buckets.take(key, anyio.current_time()):
+            if METRICS:
+                METRICS.limited.labels("rate_limit").inc()
             return await too_many(send, wait, "too many requests (--rate-limit)")
         await self.app(scope, receive, send)
 
@@ -3865,7 +4142,17 @@ class BearerAuth:
 
     def replace(self, tokens: dict) -> None:
         """Take these tokens from now on (SIGHUP)."""
-        self.tokens = {token.encode(): name for token, name in tokens.items()}
+        held = {token.encode(): name for token, name in tokens.items()}
+        self.tokens.clear()  # in place: the copies guarding() made hold the same dict
+        self.tokens.update(held)
+
+    def guarding(self, app: Any) -> "BearerAuth":
+        """The same check (the same tokens, keys and failure counts) in front of another app."""
+        import copy
+
+        guard = copy.copy(self)
+        guard.app = app
+        return guard
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -3905,7 +4192,11 @@ class BearerAuth:
             if wait := self.failures.take((scope.get("client") or ("-",))[0], anyio.current_time()):
                 warn_now_and_then("auth-failures", f"{(scope.get('client') or ('-',))[0]} keeps sending wrong "
                                   "credentials: answered 429 for a while")
+                if METRICS:
+                    METRICS.limited.labels("auth_failures").inc()
                 return await too_many(send, wait, "too many failed authentications from this address")
+        if METRICS:
+            METRICS.auth_failures.labels(str(status), error or "none").inc()
         challenge = 'Bearer realm="mcp"' + (f', error="{error}"' if error else "")
         if error == "insufficient_scope":
             challenge += f', scope="{" ".join(self.verifier.scopes)}"'
@@ -3975,6 +4266,8 @@ class SessionBook:
         if session not in self.open:
             self.open[session] = Session(client, now, busy)
             self.held[client] = self.held.get(client, 0) + 1
+            if METRICS:
+                METRICS.sessions.inc()
 
     def touched(self, session: str, now: float, change: int) -> None:
         """A request in session started (change 1) or ended (-1)."""
@@ -3986,6 +4279,8 @@ class SessionBook:
     def closed(self, session: str) -> None:
         entry = self.open.pop(session, None)
         if entry:
+            if METRICS:
+                METRICS.sessions.dec()
             self.held[entry.client] -= 1
             if not self.held[entry.client]:
                 del self.held[entry.client]
@@ -4127,6 +4422,8 @@ class Sessions:
         client, now = (scope.get("client") or ("-",))[0], anyio.current_time()
         opening = stream if self.sse else scope["method"] == "POST" and session is None
         if opening and (refused := book.refusal(client, now)):
+            if METRICS:
+                METRICS.limited.labels("sessions").inc()
             return await send_json(send, refused[0], {"jsonrpc": "2.0", "id": None, "error": {
                 "code": -32000, "message": refused[1]}}, headers=((b"retry-after", b"10"),))
         status = 0
@@ -4169,6 +4466,8 @@ class LargeBodies:
         if scope["method"] != "POST" or (length.isdigit() and int(length) <= LARGE_BODY):
             return await self.app(scope, receive, send)
         if not await self.admitted():
+            if METRICS:
+                METRICS.limited.labels("large_bodies").inc()
             return await send_json(send, 503, {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message":
                                    "server busy with large requests; retry later"}}, headers=((b"retry-after", b"5"),))
         try:
@@ -4215,6 +4514,8 @@ class Calls:
         scope[FLIGHT] = flight
         send = self.watched(flight, send)
         self.flights.add(flight)
+        if METRICS and flight.stream:
+            METRICS.streams.inc()
         try:
             with flight.cancel:
                 if flight.late and not RETIRING.is_set() and scope["method"] == "POST" and not self.sse:
@@ -4228,6 +4529,8 @@ class Calls:
                 await self.cancel_abandoned(scope, flight)
         finally:
             self.flights.discard(flight)
+            if METRICS and flight.stream:
+                METRICS.streams.dec()
             if not flight.stream:
                 self.last_call_ended = anyio.current_time()
             if flight.stream and self.sse and flight.session:
@@ -4376,6 +4679,9 @@ class Calls:
         import anyio
 
         self.stopping = True
+        if METRICS:
+            METRICS.drains.inc()
+            METRICS.draining.inc()
         deadline = anyio.current_time() + timeout
         for flight in list(self.flights):
             if flight.stream and not self.sse:  # streamable HTTP's listening stream carries no call results
@@ -4409,10 +4715,12 @@ class ResourceMetadata:
 class Gateway:
     """mcprun's ASGI front for every server over HTTP: the server's app behind these pieces, in this order:
 
-    Health → ResourceMetadata → AccessLog → Closing → Sessions → LargeBodies → Calls → the Host/Origin
-    guard → CORS → BearerAuth → RateLimit → the SDK's body limit → JsonOnly → the server's app.
+    MeteredHttp → Health → ScrapeRoute → ResourceMetadata → AccessLog → Closing → Sessions → LargeBodies →
+    Calls → the Host/Origin guard → CORS → BearerAuth → RateLimit → the SDK's body limit → JsonOnly → the
+    server's app.
 
-    No ResourceMetadata without --auth-jwks, no AccessLog with --no-access-log, no Sessions with --stateless,
+    No MeteredHttp without --metrics(-listen), no ScrapeRoute without --metrics (it checks the token as
+    BearerAuth does), no ResourceMetadata without --auth-jwks, no AccessLog with --no-access-log, no Sessions with --stateless,
     no CORS without --cors-origin, no BearerAuth without a token or --auth-jwks, no RateLimit without
     --rate-limit. The lifespan goes straight to the server's app; once it has started,
     the app's inner limits are set and the server is announced.
@@ -4452,7 +4760,11 @@ class Gateway:
             chain = AccessLog(chain)
         if verifier:
             chain = ResourceMetadata(chain, settings)
+        if settings.metrics:
+            chain = ScrapeRoute(chain, settings, self.auth and self.auth.guarding)
         self.chain = Health(chain, settings, self.state, upstreams)
+        if METRICS:
+            self.chain = MeteredHttp(self.chain, settings, METRICS)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -4664,6 +4976,7 @@ async def serve(server: Any, settings: Settings, target: Target, sock: socket.so
     audit = AuditLog(settings.audit_log) if settings.audit_log else None
     if audit:
         audit_requests(server, settings, audit)
+    start_metrics(server, settings)
     collect_from_now_on()
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":
@@ -4986,7 +5299,8 @@ class Supervisor:
 
     def start_worker(self) -> None:
         status_read, status_write = os.pipe()
-        inherited = [self.wake_read, self.wake_write, status_read, *(w.status for w in self.workers if w.status >= 0)]
+        inherited = [self.wake_read, self.wake_write, status_read, *(w.status for w in self.workers if w.status >= 0),
+                     *(listener.fileno() for listener in _LISTENING)]
         # Signals wait until the worker has its own handlers; Python 3.12+ warns of fork with threads
         # (the binary's thread that watches its launcher), which the worker does not need.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
@@ -5027,6 +5341,10 @@ class Supervisor:
 
     def worker_exited(self, worker: Worker, status: int) -> None:
         self.workers.remove(worker)
+        if METRICS_FOLDER:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid, METRICS_FOLDER)  # its gauges no longer count
         _read_reports(worker)
         if worker.status >= 0:
             os.close(worker.status)
@@ -5070,8 +5388,19 @@ class Supervisor:
 
 
 def run_workers(settings: Settings, target: Target, sock: socket.socket | None) -> int:
-    """Serve HTTP from settings.workers processes sharing one listening socket (see Supervisor)."""
-    return Supervisor(settings, target, sock).run()
+    """Serve HTTP from settings.workers processes sharing one listening socket (see Supervisor); with
+    metrics, the workers write theirs to a folder of files that a scrape adds up, removed at the end."""
+    global METRICS_FOLDER
+
+    if not (settings.metrics or settings.metrics_listen):
+        return Supervisor(settings, target, sock).run()
+    METRICS_FOLDER = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mcprun-metrics-")
+    try:
+        if settings.metrics_listen:
+            listen_for_scrapes(settings.metrics_listen)
+        return Supervisor(settings, target, sock).run()
+    finally:
+        shutil.rmtree(METRICS_FOLDER, ignore_errors=True)
 
 
 # -- lifecycle: run, the pipeline --------------------------------------------

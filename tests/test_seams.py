@@ -182,3 +182,23 @@ def test_pip_shim_patches_this_pip(tmp_path):
                             text=True, timeout=60, env={**os.environ, "MCPRUN_BUNDLE": json.dumps(bundle)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("pip "), result.stdout
+
+
+@pytest.mark.parametrize("kind", ["fastmcp", "sdk"])
+def test_server_middleware_sees_every_request(kind):
+    from fastmcp import Client
+
+    server, seen = servers()[kind], []
+
+    async def middleware(ctx, call_next):
+        seen.append(ctx.method)
+        return await call_next(ctx)
+
+    mcprun.add_server_middleware(mcprun.lowlevel_server_of(server, kind), middleware)
+
+    async def main():
+        async with Client(server) as client:
+            await client.list_tools()
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+    assert "tools/list" in seen, seen
