@@ -100,7 +100,9 @@ WORKER_KILL_GRACE = 10.0  # seconds past --graceful-timeout before workers still
 SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 DEFAULT_METRICS_PATH = "/metrics"
 TOOL_LABELS = 200  # distinct tool names a process counts by name in its metrics; the rest count as _other
-UPSTREAM_PROBE_TIMEOUT = 2.0  # seconds the readiness route gives a proxy's upstream to take a connection
+UPSTREAM_PROBE_TIMEOUT = 2.0  # seconds the readiness route gives a proxy's upstream to answer
+UPSTREAM_WATCH_INTERVAL = 5.0  # seconds between two probes of --exit-on-upstream-failure
+UPSTREAM_FAILURES = 3  # probes in a row an upstream may fail before --exit-on-upstream-failure stops
 PARENT_POLL_INTERVAL = 1.0  # seconds between a worker's checks that its supervisor still runs
 SD_LISTEN_FDS_START = 3  # the first socket systemd passes (sd_listen_fds(3))
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -982,6 +984,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  f"(default: {DEFAULT_SESSION_IDLE_TIMEOUT:g})")
     operations.add_argument("--no-access-log", dest="access_log", action="store_false", default=None,
                             help="don't log one line per http request")
+    operations.add_argument("--exit-on-upstream-failure", action="store_true", default=None,
+                            help=f"a proxy (URL or mcp.json spec): exit with code {EXIT_FAILURE} once an upstream "
+                                 f"has not answered for {UPSTREAM_WATCH_INTERVAL * UPSTREAM_FAILURES:g} s, so "
+                                 "that a supervisor restarts it (any transport)")
 
     behaviour = parser.add_argument_group("behaviour")
     behaviour.add_argument("-l", "--log-level", type=parse_log_level, metavar="LEVEL",
@@ -1290,6 +1296,7 @@ class Settings:
     session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT
     log_format: str = DEFAULT_LOG_FORMAT
     access_log: bool = True
+    exit_on_upstream_failure: bool = False  # a proxy stops when an upstream stops answering
     compat: bool = True  # map mcp 1.x names onto the bundled mcp 2.x
     with_packages: tuple = ()  # requirements to check before serving (fastmcp run's --with)
     with_requirements: str | None = None
@@ -1369,6 +1376,7 @@ _MERGED_OPTIONS = {
     "session_idle_timeout": (parse_period, "MCPRUN_SESSION_IDLE_TIMEOUT", None),
     "log_format": (parse_log_format, "MCPRUN_LOG_FORMAT", None),
     "access_log": (bool, "MCPRUN_NO_ACCESS_LOG", None),
+    "exit_on_upstream_failure": (bool, "MCPRUN_EXIT_ON_UPSTREAM_FAILURE", None),
     "compat": (bool, "MCPRUN_NO_COMPAT", None),
     "with_packages": ("list", "MCPRUN_WITH", None),
     "with_requirements": (str, "MCPRUN_WITH_REQUIREMENTS", None),
@@ -1551,6 +1559,8 @@ def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
                          "stream")
     if settings.workers > 1:
         check_workers(settings)
+    if settings.workers > 1 and settings.exit_on_upstream_failure:
+        raise UsageError("--exit-on-upstream-failure goes with one process: drop --workers")
     if settings.auth_token is not None and settings.auth_token_file is not None:
         raise UsageError(f"both an auth token ({sources['auth_token']}) and a token file "
                          f"({sources['auth_token_file']}) are set: keep one")
@@ -3039,6 +3049,9 @@ def check_url_reachable(url: str) -> None:
         raise Failure(f"cannot reach {url}: {reason}; check the URL and that the server is up") from None
 
 
+CHILD_PROXIES: dict = {}  # the proxy of each stdio server of the mcp.json served, by name (proxy_of_servers)
+
+
 def proxy_of_servers(config: dict, path: Path) -> Any:
     """The proxy of an mcp.json's servers: fastmcp's, but with several servers built once, each mounted under
     its name, so that each keeps its connection (a stdio server its process) from one request to the next;
@@ -3049,13 +3062,68 @@ def proxy_of_servers(config: dict, path: Path) -> Any:
     servers = config["mcpServers"]
     try:
         if len(servers) == 1:
-            return create_proxy(config)
+            proxies = {name: create_proxy(config) for name in servers}
+            CHILD_PROXIES.update((name, proxy) for name, proxy in proxies.items() if "command" in servers[name])
+            return proxies.popitem()[1]
         router = FastMCP(path.name)
         for name, entry in servers.items():
-            router.mount(create_proxy({**config, "mcpServers": {name: entry}}), namespace=name)
+            proxy = create_proxy({**config, "mcpServers": {name: entry}})
+            router.mount(proxy, namespace=name)
+            if "command" in entry:
+                CHILD_PROXIES[name] = proxy
         return router
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{path}: {_first_line(exc)}") from exc
+
+
+class Upstreams:
+    """What a proxy forwards to (a URL spec's URL; an mcp.json's url entries and stdio servers), and whether
+    each answers within UPSTREAM_PROBE_TIMEOUT: a URL takes a TCP connection, a stdio server lists its tools
+    (fastmcp's proxy starts one that died again, so a server that cannot start again is down)."""
+
+    def __init__(self, target: Target) -> None:
+        self.urls: tuple = (target.url,) if target.kind == "url" else ()
+        self.children: dict = dict(CHILD_PROXIES) if target.kind == "mcp_config" else {}
+        if target.kind == "mcp_config":
+            self.urls = tuple(entry["url"] for entry in load_mcp_config(target.path)["mcpServers"].values()
+                              if "url" in entry)
+
+    def __bool__(self) -> bool:
+        return bool(self.urls or self.children)
+
+    async def down(self) -> str | None:
+        """The first upstream that does not answer (a URL, or 'mcp.json server NAME'); else None."""
+        import anyio
+        from fastmcp import Client
+
+        for url in self.urls:
+            try:
+                with anyio.fail_after(UPSTREAM_PROBE_TIMEOUT):
+                    await (await anyio.connect_tcp(*url_address(url))).aclose()
+            except (OSError, TimeoutError):
+                return url
+        for name, proxy in self.children.items():
+            try:
+                with anyio.fail_after(UPSTREAM_PROBE_TIMEOUT):
+                    async with Client(proxy) as client:
+                        await client.list_tools()
+            except Exception:  # whatever stops it answering: it is down
+                return f"mcp.json server {name}"
+        return None
+
+    async def watch(self) -> str:
+        """--exit-on-upstream-failure: probe every UPSTREAM_WATCH_INTERVAL seconds; return what failed once
+        an upstream has not answered UPSTREAM_FAILURES probes in a row."""
+        import anyio
+
+        failed = 0
+        while True:
+            await anyio.sleep(UPSTREAM_WATCH_INTERVAL)
+            down = await self.down()
+            failed = failed + 1 if down else 0
+            if down and failed >= UPSTREAM_FAILURES:
+                return (f"the upstream {down} has not answered {failed} probes in a row "
+                        f"({UPSTREAM_WATCH_INTERVAL * failed:g} s): stopping (--exit-on-upstream-failure)")
 
 
 def load_server(settings: Settings, target: Target, catcher: Catcher) -> Any:
@@ -3798,15 +3866,6 @@ def build_http_app(server: Any, settings: Settings) -> Any:
                                       max_sessions=settings.max_sessions, json_response=settings.json_response)
 
 
-def upstreams_of(target: Target) -> tuple:
-    """The URLs a proxy forwards to (a URL spec, an mcp.json's url entries), for the readiness route."""
-    if target.kind == "url":
-        return (target.url,)
-    if target.kind == "mcp_config":
-        return tuple(entry["url"] for entry in load_mcp_config(target.path)["mcpServers"].values() if "url" in entry)
-    return ()
-
-
 def read_auth_tokens(settings: Settings) -> dict:
     """Return the bearer tokens clients must present, each with the name of its caller, from --auth-token(-file)
     / MCPRUN_AUTH_TOKEN(_FILE): a file's lines are TOKEN (named token-LINE) or NAME TOKEN."""
@@ -4334,31 +4393,19 @@ class Health:
     503 while starting or stopping, or while an upstream of a proxy cannot be reached); pass every other
     request on."""
 
-    def __init__(self, app: Any, settings: Settings, state: Any, upstreams: tuple = ()) -> None:
+    def __init__(self, app: Any, settings: Settings, state: Any, upstreams: Upstreams | None = None) -> None:
         self.app, self.health_path, self.ready_path, self.state = app, settings.health_path, settings.ready_path, state
-        self.upstreams = upstreams  # the URLs a proxy forwards to: each must take a connection
+        self.upstreams = upstreams  # a proxy's: each must answer
 
     async def __call__(self, scope, receive, send):
         if scope["path"] == self.health_path:
             return await send_json(send, 200, {"status": "ok"})
         if scope["path"] == self.ready_path:
             state = self.state()
-            if state == "ready" and (down := await self.unreachable()):
+            if state == "ready" and self.upstreams and (down := await self.upstreams.down()):
                 return await send_json(send, 503, {"status": "upstream unreachable", "upstream": down})
             return await send_json(send, 200 if state == "ready" else 503, {"status": state})
         await self.app(scope, receive, send)
-
-    async def unreachable(self) -> str | None:
-        """The first upstream that does not take a TCP connection within UPSTREAM_PROBE_TIMEOUT; else None."""
-        import anyio
-
-        for url in self.upstreams:
-            try:
-                with anyio.fail_after(UPSTREAM_PROBE_TIMEOUT):
-                    await (await anyio.connect_tcp(*url_address(url))).aclose()
-            except (OSError, TimeoutError):
-                return url
-        return None
 
 
 class AccessLog:
@@ -4727,7 +4774,7 @@ class Gateway:
     """
 
     def __init__(self, app: Any, settings: Settings, tokens: dict, on_ready: Any,
-                 verifier: JwtVerifier | None = None, upstreams: tuple = ()) -> None:
+                 verifier: JwtVerifier | None = None, upstreams: Upstreams | None = None) -> None:
         from fastmcp.server.http import HostOriginGuardMiddleware
         from mcp.server.transport_security import RequestBodyLimitMiddleware
 
@@ -4888,8 +4935,9 @@ def reload_credentials(settings: Settings, gateway: Gateway, tls: TLS | None, au
             lambda task: task.result() and info(f"SIGHUP: fetched the keys from {settings.auth_jwks}"))
 
 
-async def serve_http(server: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
-                     announce: Any = None, audit: AuditLog | None = None) -> None:
+async def serve_http(server: Any, settings: Settings, target: Target, upstreams: Upstreams,
+                     watched: Upstreams | None = None, sock: socket.socket | None = None, announce: Any = None,
+                     audit: AuditLog | None = None) -> None:
     """Serve over streamable HTTP or SSE with uvicorn, behind mcprun's gateway.
 
     On sock when given (systemd's, or a worker's shared one), else on one bound here. announce is
@@ -4921,7 +4969,7 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     description = describe_server(server, target)
     announce = announce or announcer(settings, sock)
     gateway = Gateway(build_http_app(server, settings), settings, tokens, lambda: announce(description), verifier,
-                      upstreams_of(target))
+                      upstreams)
     if settings.workers == 1 and (tls or settings.auth_token_file or verifier or settings.policy or audit):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_credentials, settings, gateway, tls,
                                                       audit)  # workers are replaced instead
@@ -4952,8 +5000,10 @@ async def serve_http(server: Any, settings: Settings, target: Target, sock: sock
     # a no-op so a clean shutdown exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda *_: None)
     token = _driving.set(True)
+    uvicorn_server = DrainingServer(config)
     try:
-        await DrainingServer(config).serve(sockets=[sock])
+        await unless_upstream_fails(uvicorn_server.serve(sockets=[sock]), watched,
+                                    lambda: setattr(uvicorn_server, "should_exit", True))
     finally:
         _driving.reset(token)
         sock.close()
@@ -4964,6 +5014,33 @@ def collect_from_now_on() -> None:
     since main() (start-up allocates much and frees little), leaves it alone (gc.freeze) from now on."""
     gc.freeze()
     gc.enable()
+
+
+async def unless_upstream_fails(serving: Any, upstreams: Upstreams | None, stop: Any = None) -> None:
+    """Await serving; with upstreams to watch (--exit-on-upstream-failure), stop it once one fails, with
+    stop() (uvicorn drains), and raise that Failure. Without stop (stdio, whose reader thread no
+    cancellation reaches), say it and exit at once: the client sees the end of its stream."""
+    import anyio
+
+    if upstreams is None:
+        return await serving
+    failure = None
+
+    async def watching():
+        nonlocal failure
+        failure = await upstreams.watch()
+        if stop is None:
+            error(failure)
+            sys.stderr.flush()
+            os._exit(EXIT_FAILURE)
+        stop()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watching)
+        await serving
+        group.cancel_scope.cancel()
+    if failure:
+        raise Failure(failure)
 
 
 async def serve(server: Any, settings: Settings, target: Target, sock: socket.socket | None = None,
@@ -4977,6 +5054,11 @@ async def serve(server: Any, settings: Settings, target: Target, sock: socket.so
     if audit:
         audit_requests(server, settings, audit)
     start_metrics(server, settings)
+    upstreams = Upstreams(target)
+    if settings.exit_on_upstream_failure and not upstreams:
+        raise UsageError(f"--exit-on-upstream-failure watches a proxy's upstreams: {target.spec} is no URL nor "
+                         "mcp.json (of url entries or stdio servers)")
+    watched = upstreams if settings.exit_on_upstream_failure else None
     collect_from_now_on()
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":
@@ -4984,9 +5066,9 @@ async def serve(server: Any, settings: Settings, target: Target, sock: socket.so
             info(f"serving {describe_server(server, target)} over stdio")
         if audit:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reopen_audit_log, audit)
-        await serve_stdio(server, settings, wire or take_wire())
+        await unless_upstream_fails(serve_stdio(server, settings, wire or take_wire()), watched)
     else:
-        await serve_http(server, settings, target, sock, announce, audit)
+        await serve_http(server, settings, target, upstreams, watched, sock, announce, audit)
 
 
 # -- lifecycle: serve, reload ------------------------------------------------

@@ -231,6 +231,7 @@ def test_print_config_precedence(token, tmp_path):
         ("session_idle_timeout", "1800.0  (default)"),
         ("log_format", "text  (default)"),
         ("access_log", "False  (MCPRUN_NO_ACCESS_LOG)"),
+        ("exit_on_upstream_failure", "False  (default)"),
         ("compat", "True  (default)"),
         ("with_packages", "(none)  (default)"),
         ("with_requirements", "None  (default)"),

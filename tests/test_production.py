@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import (INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env,
+from helpers import (INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, error_line,
                       mcprun_command, run_async, run_cli, serving, started, stdio_exchange, tools_call, wait_for)
 
 PRODUCTION = "production_server.py"
@@ -970,3 +970,70 @@ def test_a_proxy_is_not_ready_while_its_upstream_is_unreachable(token):
             assert (down.status_code, down.json()) == (503, {"status": "upstream unreachable",
                                                              "upstream": upstream.url})
             assert httpx.get(proxy.url.rsplit("/", 1)[0] + "/healthz", timeout=10).status_code == 200  # alive
+
+
+def mcp_json_of_breakable(tmp_path) -> tuple:
+    """An mcp.json of two stdio servers, one of them breakable (it will not start while `mark` exists)."""
+    mark = tmp_path / "broken"
+    def server(mark_path) -> dict:
+        return {"command": sys.executable, "args": [str(SERVERS / "breakable.py")],
+                "env": {"BREAKABLE_MARK": str(mark_path)}}
+
+    config = {"mcpServers": {"steady": server(tmp_path / "never"), "breakable": server(mark)}}
+    (tmp_path / "mcp.json").write_text(json.dumps(config))
+    return tmp_path / "mcp.json", mark
+
+
+def test_a_proxy_of_stdio_servers_is_not_ready_while_one_cannot_start(token, tmp_path):
+    config, mark = mcp_json_of_breakable(tmp_path)
+    with serving(token, str(config)) as proxy:
+        ready = proxy.url.rsplit("/", 1)[0] + "/readyz"
+        first = httpx.get(ready, timeout=30)
+        assert (first.status_code, first.json()) == (200, {"status": "ready"})
+
+        async def child_pid() -> int:
+            from fastmcp import Client
+
+            async with Client(proxy.url) as client:
+                return int((await client.call_tool("breakable_pid", {})).data)
+
+        child = run_async(child_pid())
+        mark.touch()
+        os.kill(child, signal.SIGKILL)  # it died, and cannot start again
+        down = httpx.get(ready, timeout=30)
+        assert (down.status_code, down.json()) == (503, {"status": "upstream unreachable",
+                                                         "upstream": "mcp.json server breakable"})
+        mark.unlink()  # it can start again: the next probe starts it
+        wait_for(lambda: httpx.get(ready, timeout=30).status_code == 200, what="readiness back")
+        assert run_async(child_pid()) != child
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_exit_on_upstream_failure_exits_non_zero(token, transport):
+    with serving(token, "fastmcp_server.py", cwd=SERVERS) as upstream:
+        process = subprocess.Popen([*mcprun_command(), upstream.url, "--exit-on-upstream-failure", "-t", transport,
+                                    *(["--port", "0"] if transport == "http" else [])],
+                                   env=child_env(token), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        lines: list = []
+        reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+        reader.start()
+        try:
+            wait_for(lambda: any(line.startswith(("mcprun: serving", "mcprun: ready")) for line in lines),
+                     what="the proxy serving")
+            assert upstream.stop() == 0
+            process.wait(timeout=60)  # 3 probes, 5 s apart, then the drain
+            reader.join(10)
+        finally:
+            process.kill()
+    stderr = "".join(lines)
+    lines = [line for line in stderr.splitlines() if line.startswith("mcprun: error:")]
+    assert process.returncode == 1, stderr
+    assert lines == [f"mcprun: error: the upstream {upstream.url} has not answered 3 probes in a row (15 s): "
+                     "stopping (--exit-on-upstream-failure)"], stderr
+
+
+def test_exit_on_upstream_failure_needs_a_proxy(token):
+    result = run_cli(token, "fastmcp_server.py", "--exit-on-upstream-failure", cwd=SERVERS)
+    assert error_line(result, 2) == ("mcprun: error: --exit-on-upstream-failure watches a proxy's upstreams: "
+                                     "fastmcp_server.py is no URL nor mcp.json (of url entries or stdio servers)")
