@@ -210,3 +210,15 @@ def test_environment_variables_turn_them_on(token):
         on_listener = scrape(f"http://127.0.0.1:{port}/metrics")
     for samples in (on_port, on_listener):
         assert value(samples, "mcprun_tool_calls_total", tool="echo", outcome="ok") == 1
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_prometheus_client_is_imported_only_when_metrics_are_on(token, on):
+    async def imported() -> list:
+        from fastmcp import Client
+
+        args = ["--metrics-listen", f"127.0.0.1:{free_port()}"] if on else []
+        async with Client(stdio_transport(token, "imported.py", *args, cwd=SERVERS)) as client:
+            return (await client.call_tool("imported", {"names": ["prometheus_client"]})).data
+
+    assert asyncio.run(asyncio.wait_for(imported(), 90)) == (["prometheus_client"] if on else [])
