@@ -46,10 +46,12 @@ def call(url: str, name: str, arguments: dict, request_id: int = 1, **headers: s
 
 
 async def mixed_load(target) -> None:
-    """5 calls that succeed, 3 tool errors, 2 calls the policy denies, 2 failed resource reads."""
+    """5 calls that succeed, 3 tool errors, 2 calls the policy denies, 1 of an unknown tool (fastmcp answers a
+    tool error), 2 failed resource reads."""
     from fastmcp import Client
 
     async with Client(target) as client:
+        assert (await client.call_tool("nope", {}, raise_on_error=False)).is_error
         for n in range(5):
             await client.call_tool("echo", {"text": f"x{n}"})
         for _ in range(3):
@@ -79,9 +81,10 @@ def test_a_scrape_counts_each_call_by_outcome_behind_the_token(token, tmp_path):
     assert value(samples, "mcprun_tool_calls_total", tool="echo", outcome="ok") == 5
     assert value(samples, "mcprun_tool_calls_total", tool="fail", outcome="tool_error") == 3
     assert value(samples, "mcprun_tool_calls_total", tool="held", outcome="denied") == 2
+    assert value(samples, "mcprun_tool_calls_total", tool="nope", outcome="tool_error") == 1
     assert value(samples, "mcprun_mcp_requests_total", method="tools/call", outcome="ok") == 5
     assert value(samples, "mcprun_mcp_requests_total", method="resources/read", outcome="error") == 2
-    assert value(samples, "mcprun_mcp_request_duration_seconds_count", method="tools/call") == 10
+    assert value(samples, "mcprun_mcp_request_duration_seconds_count", method="tools/call") == 11
     assert value(samples, "mcprun_tool_call_duration_seconds_count", tool="echo") == 5
     assert value(samples, "mcprun_tool_call_duration_seconds_bucket", tool="echo", le="+Inf") == 5
     assert value(samples, "mcprun_auth_failures_total", status="401", error="none") == 4  # with the scrape
@@ -127,7 +130,7 @@ def worker_pids(samples: dict) -> set:
 
 def test_workers_add_up_on_a_listener_of_their_own_and_survive_a_reload(token):
     with serving(token, "production_server.py", "--stateless", "--workers", "2", "--metrics-listen",
-                 "127.0.0.1:0", cwd=SERVERS) as server:
+                 "127.0.0.1:0", "--exclude-tools", "held", cwd=SERVERS) as server:
         listener = LISTENING.search(server.stderr)[1]
         assert httpx.get(server.url.replace("/mcp", "/metrics"), timeout=10).status_code != 200  # not on the MCP port
 
@@ -140,9 +143,13 @@ def test_workers_add_up_on_a_listener_of_their_own_and_survive_a_reload(token):
             thread.start()
         for thread in threads:
             thread.join(60)
+        asyncio.run(asyncio.wait_for(mixed_load(server.url), 90))
         samples = scrape(listener)
-        assert value(samples, "mcprun_tool_calls_total", tool="echo", outcome="ok") == 40
-        assert value(samples, "mcprun_http_requests_total", method="POST", route="mcp", status="200") == 40
+        assert value(samples, "mcprun_tool_calls_total", tool="echo", outcome="ok") == 45
+        assert value(samples, "mcprun_tool_calls_total", tool="fail", outcome="tool_error") == 3
+        assert value(samples, "mcprun_tool_calls_total", tool="held", outcome="denied") == 2
+        assert value(samples, "mcprun_mcp_requests_total", method="resources/read", outcome="error") == 2
+        assert value(samples, "mcprun_mcp_request_duration_seconds_count", method="tools/call") == 51
         first = worker_pids(samples)
         assert len(first) == 2
 
@@ -152,7 +159,7 @@ def test_workers_add_up_on_a_listener_of_their_own_and_survive_a_reload(token):
                  what="the new workers' process metrics, and none of the old ones'")
         call(server.url, "echo", {"text": "after"})
         samples = scrape(listener)
-    assert value(samples, "mcprun_tool_calls_total", tool="echo", outcome="ok") == 41  # the old workers' count on
+    assert value(samples, "mcprun_tool_calls_total", tool="echo", outcome="ok") == 46  # the old workers' count on
     assert value(samples, "mcprun_drains_total") == 2
     assert value(samples, "mcprun_draining") == 0
 
@@ -222,3 +229,25 @@ def test_prometheus_client_is_imported_only_when_metrics_are_on(token, on):
             return (await client.call_tool("imported", {"names": ["prometheus_client"]})).data
 
     assert asyncio.run(asyncio.wait_for(imported(), 90)) == (["prometheus_client"] if on else [])
+
+
+def test_sse_streams_and_sessions_are_gauged(token):
+    from fastmcp import Client
+    from fastmcp.client.transports import SSETransport
+
+    with serving(token, "production_server.py", "--metrics", transport="sse", cwd=SERVERS) as server:
+        metrics_url = server.url.replace("/sse", "/metrics")
+
+        async def session() -> dict:
+            async with Client(SSETransport(server.url)) as client:
+                await client.call_tool("echo", {"text": "sse"})
+                return await asyncio.to_thread(scrape, metrics_url)
+
+        during = asyncio.run(asyncio.wait_for(session(), 90))
+        wait_for(lambda: value(scrape(metrics_url), "mcprun_event_streams_open") == 0, what="the stream closed")
+        after = scrape(metrics_url)
+    assert value(during, "mcprun_event_streams_open") == 1
+    assert value(during, "mcprun_sessions_open") == 1
+    assert value(during, "mcprun_tool_calls_total", tool="echo", outcome="ok") == 1
+    assert value(during, "mcprun_http_requests_total", method="POST", route="mcp", status="202") >= 2
+    assert value(after, "mcprun_sessions_open") == 0
