@@ -3561,7 +3561,7 @@ class MeteredRequests:
             metrics.requests.labels(method, outcome).inc()
             metrics.duration.labels(method).observe(took)
             if method == "tools/call":
-                tool = metrics.tool_label((ctx.params or {}).get("name"))
+                tool = metrics.tool_label(ctx.params.get("name") if isinstance(ctx.params, dict) else None)
                 metrics.tool_calls.labels(tool, outcome).inc()
                 metrics.tool_duration.labels(tool).observe(took)
 
