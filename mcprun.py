@@ -740,6 +740,14 @@ def parse_route(text: str) -> str:
     return route
 
 
+def parse_otlp_endpoint(text: str) -> str:
+    """argparse type: an OTLP/HTTP collector's URL, e.g. http://127.0.0.1:4318."""
+    parsed = urllib.parse.urlsplit(text.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s):// URL (e.g. http://127.0.0.1:4318)")
+    return text.strip()
+
+
 def _version_of(distribution: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -926,6 +934,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="put the arguments themselves in the audit log too")
     audit.add_argument("--audit-lists", action="store_true", default=None,
                        help="log the list operations (tools/list, ...) in the audit log too")
+
+    traces = parser.add_argument_group("traces (every transport)")
+    traces.add_argument("--otlp-endpoint", type=parse_otlp_endpoint, metavar="URL",
+                        help="export OpenTelemetry spans (the server's, and one per HTTP request from the gateway) "
+                             "over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (/v1/traces added to a "
+                             "URL without a path); the OTEL_EXPORTER_OTLP_* variables work too; needs the "
+                             "OpenTelemetry SDK in a --pythonpath folder (see docs/observing.md)")
 
     operations = parser.add_argument_group("http operations")
     operations.add_argument("--health-path", type=parse_route, metavar="PATH",
@@ -1239,6 +1254,7 @@ class Settings:
     audit_log: str | None = None  # a file (or - for stderr) of one JSON line per MCP operation
     audit_arguments: bool = False
     audit_lists: bool = False
+    otlp_endpoint: str | None = None  # an OTLP/HTTP collector (OTEL_EXPORTER_OTLP_*ENDPOINT too: traces_wanted)
     require_auth: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -1315,6 +1331,7 @@ _MERGED_OPTIONS = {
     "audit_log": (str, "MCPRUN_AUDIT_LOG", None),
     "audit_arguments": (bool, "MCPRUN_AUDIT_ARGUMENTS", None),
     "audit_lists": (bool, "MCPRUN_AUDIT_LISTS", None),
+    "otlp_endpoint": (parse_otlp_endpoint, "MCPRUN_OTLP_ENDPOINT", None),
     "require_auth": (bool, "MCPRUN_REQUIRE_AUTH", None),
     "tls_cert": (str, "MCPRUN_TLS_CERT", None),
     "tls_key": (str, "MCPRUN_TLS_KEY", None),
@@ -1467,6 +1484,12 @@ def check_audit_log(path: str) -> None:
         raise UsageError(f"--audit-log {path}: no folder {folder}")
     if not os.access(path if os.path.exists(path) else folder, os.W_OK):
         raise UsageError(f"--audit-log {path}: permission denied")
+
+
+def traces_wanted(settings: Settings, environ: dict) -> bool:
+    """Whether spans are exported: an endpoint was named, by --otlp-endpoint or OpenTelemetry's own variables."""
+    return bool(settings.otlp_endpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
 def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
@@ -2274,6 +2297,8 @@ def prepare_process(settings: Settings, target: Target) -> Prepared:
     and the --pythonpath folders (with those the target implies); return what it did."""
     environment = dict(OFFLINE_ENVIRONMENT)
     environment.update({key: value for key, value in OFFLINE_DEFAULTS.items() if key not in os.environ})
+    if "FASTMCP_TELEMETRY_MODE" in environment and traces_wanted(settings, os.environ):
+        environment["FASTMCP_TELEMETRY_MODE"] = "native"  # fastmcp's own spans, to export
     if os.path.expanduser("~") == "~" and not os.environ.get("XDG_DATA_HOME"):
         # No HOME and no passwd entry (a bare chroot, a container): fastmcp needs a data folder to import.
         environment["XDG_DATA_HOME"] = os.path.join(tempfile.gettempdir(), f"mcprun-{os.getuid()}")
@@ -3358,6 +3383,121 @@ def audit_requests(server: Any, settings: Settings, log: AuditLog) -> None:
             lowlevel.add_request_handler(method, handler.params_type, _audited(settings, log, method, handler))
 
 
+# -- the server object, 6: traces --------------------------------------------
+#
+# --otlp-endpoint (or OpenTelemetry's OTEL_EXPORTER_OTLP_*ENDPOINT) exports the spans the server's stack
+# already makes (fastmcp's, the SDK's) and, over HTTP, one gateway span per request (Traced), over OTLP/HTTP
+# with the OpenTelemetry SDK, which mcprun does not carry: it is imported, from a --pythonpath folder, only
+# then. The SDK handles a streamable-HTTP request in a task of its own, where the gateway's context does not
+# flow: Traced leaves the span's context in the request's scope, and a middleware first in the low-level
+# server's chain (its public Server.middleware) makes it current, so the server's spans are its children.
+
+TRACE = "mcprun.trace"  # the scope key of the OpenTelemetry context of a request's gateway span
+
+
+def otlp_traces_url(endpoint: str) -> str:
+    """The URL spans are posted to: a collector's URL without a path gets OTLP's /v1/traces."""
+    parsed = urllib.parse.urlsplit(endpoint)
+    return endpoint.rstrip("/") + "/v1/traces" if parsed.path in ("", "/") else endpoint
+
+
+def _gateway_parent(ctx: Any) -> Any:
+    """The gateway span's context of the HTTP request that carried this message, or None (stdio)."""
+    return (getattr(getattr(ctx, "request", None), "scope", None) or {}).get(TRACE)
+
+
+class GatewayParent:
+    """A low-level server middleware: run each message in its HTTP request's gateway span."""
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        from opentelemetry import context
+
+        if (parent := _gateway_parent(ctx)) is None:
+            return await call_next(ctx)
+        token = context.attach(parent)
+        try:
+            return await call_next(ctx)
+        finally:
+            context.detach(token)
+
+
+def start_tracing(server: Any, settings: Settings) -> Any:
+    """Set up the OpenTelemetry SDK to export spans over OTLP/HTTP; return its TracerProvider (to shut down)."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        logging.getLogger("mcprun").debug("importing the OpenTelemetry SDK: %s", exc)
+        version = _version_of("opentelemetry-api")
+        named = "--otlp-endpoint" if settings.otlp_endpoint else next(
+            variable for variable in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+            if os.environ.get(variable))
+        raise UsageError(f"{named} needs the OpenTelemetry SDK and its OTLP exporter: make a folder with "
+                         f"'mcprun vendor opentelemetry-sdk=={version} opentelemetry-exporter-otlp-proto-http=="
+                         f"{version} -o FOLDER' and add --pythonpath FOLDER") from None
+    lowlevel = lowlevel_server_of(server, server_kind(server))
+    resource = Resource.create()  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": getattr(lowlevel, "name", None) or "mcprun"}))
+    endpoint = otlp_traces_url(settings.otlp_endpoint) if settings.otlp_endpoint else None
+    exporter = OTLPSpanExporter(endpoint=endpoint)  # None: OTEL_EXPORTER_OTLP_*ENDPOINT; headers, TLS, timeout
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    if not any(isinstance(middleware, GatewayParent) for middleware in lowlevel.middleware):
+        lowlevel.middleware.insert(0, GatewayParent())
+    info(f"traces: exporting spans over OTLP/HTTP to {getattr(exporter, '_endpoint', endpoint)} as "
+         f"service {resource.attributes['service.name']!r}")
+    return provider
+
+
+class Traced:
+    """The gateway's span of each HTTP request (SERVER): the child of the client's W3C traceparent header,
+    with the route, status, JSON-RPC methods, tool and caller; its context left under scope[TRACE]."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        from opentelemetry import trace
+
+        self.app, self.tracer = app, trace.get_tracer("mcprun", __version__)
+        self.routes = (settings.http_path, "/messages/")  # streamable HTTP's or SSE's, and SSE's posts
+
+    async def __call__(self, scope, receive, send):
+        from opentelemetry import propagate, trace
+        from opentelemetry.trace import SpanKind, StatusCode
+
+        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+                   if name in (b"traceparent", b"tracestate")}
+        route = scope["path"] if scope["path"] in self.routes else None
+        client = scope.get("client")
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"],
+                      **({"http.route": route} if route else {}), **({"client.address": client[0]} if client else {})}
+        status = 0
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with self.tracer.start_as_current_span(f"{scope['method']} {route}" if route else scope["method"],
+                                               context=propagate.extract(carrier), kind=SpanKind.SERVER,
+                                               attributes=attributes) as span:
+            scope[TRACE] = trace.set_span_in_context(span)
+            try:
+                await self.app(scope, receive, send_and_note)
+            finally:
+                flight = scope.get(FLIGHT)
+                noted = {"mcp.method.name": flight and flight.rpc, "gen_ai.tool.name": flight and flight.tool,
+                         "enduser.id": flight and flight.caller}
+                span.set_attributes({"http.response.status_code": status or 499,
+                                     **{key: value for key, value in noted.items() if value}})
+                if status >= 500 or not status:
+                    span.set_status(StatusCode.ERROR)
+
+
 # -- transports: stdio, the listening socket, systemd ------------------------
 
 
@@ -4409,10 +4549,11 @@ class ResourceMetadata:
 class Gateway:
     """mcprun's ASGI front for every server over HTTP: the server's app behind these pieces, in this order:
 
-    Health → ResourceMetadata → AccessLog → Closing → Sessions → LargeBodies → Calls → the Host/Origin
+    Health → ResourceMetadata → AccessLog → Traced → Closing → Sessions → LargeBodies → Calls → the Host/Origin
     guard → CORS → BearerAuth → RateLimit → the SDK's body limit → JsonOnly → the server's app.
 
-    No ResourceMetadata without --auth-jwks, no AccessLog with --no-access-log, no Sessions with --stateless,
+    No ResourceMetadata without --auth-jwks, no AccessLog with --no-access-log, no Traced without an OTLP
+    endpoint, no Sessions with --stateless,
     no CORS without --cors-origin, no BearerAuth without a token or --auth-jwks, no RateLimit without
     --rate-limit. The lifespan goes straight to the server's app; once it has started,
     the app's inner limits are set and the server is announced.
@@ -4448,6 +4589,8 @@ class Gateway:
         if not settings.stateless:
             chain = Sessions(chain, settings)
         chain = Closing(chain, self.calls)
+        if traces_wanted(settings, os.environ):
+            chain = Traced(chain, settings)
         if settings.access_log:
             chain = AccessLog(chain)
         if verifier:
@@ -4664,6 +4807,18 @@ async def serve(server: Any, settings: Settings, target: Target, sock: socket.so
     audit = AuditLog(settings.audit_log) if settings.audit_log else None
     if audit:
         audit_requests(server, settings, audit)
+    tracing = start_tracing(server, settings) if traces_wanted(settings, os.environ) else None
+    try:
+        await _serve_transport(server, settings, target, sock, announce, wire, audit)
+    finally:
+        if tracing:
+            tracing.shutdown()  # the spans still in the batch are sent now, a short stdio run's too
+
+
+async def _serve_transport(server: Any, settings: Settings, target: Target, sock: socket.socket | None,
+                           announce: Any, wire: Wire | None, audit: AuditLog | None) -> None:
+    import asyncio
+
     collect_from_now_on()
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":
