@@ -3392,7 +3392,8 @@ def audit_requests(server: Any, settings: Settings, log: AuditLog) -> None:
 # flow: Traced leaves the span's context in the request's scope, and a middleware first in the low-level
 # server's chain (its public Server.middleware) makes it current, so the server's spans are its children.
 
-TRACE = "mcprun.trace"  # the scope key of the OpenTelemetry context of a request's gateway span
+TRACE = "mcprun.trace"  # the scope key of a request's GatewaySpan
+TRACED_BODY = 1024 * 1024  # bytes of a request body looked into for a _meta traceparent
 
 
 def otlp_traces_url(endpoint: str) -> str:
@@ -3403,7 +3404,7 @@ def otlp_traces_url(endpoint: str) -> str:
 
 def _gateway_parent(ctx: Any) -> Any:
     """The gateway span's context of the HTTP request that carried this message, or None (stdio)."""
-    return (getattr(getattr(ctx, "request", None), "scope", None) or {}).get(TRACE)
+    return getattr((getattr(getattr(ctx, "request", None), "scope", None) or {}).get(TRACE), "context", None)
 
 
 class GatewayParent:
@@ -3454,9 +3455,75 @@ def start_tracing(server: Any, settings: Settings) -> Any:
     return provider
 
 
+def _meta_carrier(body: bytes) -> dict:
+    """The traceparent and tracestate in the _meta of a JSON-RPC body's first message (MCP's own way)."""
+    if b"traceparent" not in body:
+        return {}
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    first = (parsed or [None])[0] if isinstance(parsed, list) else parsed
+    params = first.get("params") if isinstance(first, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return {key: str(meta[key]) for key in ("traceparent", "tracestate") if key in meta} \
+        if isinstance(meta, dict) else {}
+
+
+class GatewaySpan:
+    """The gateway's span of one HTTP request, begun once its parent is known: the client's traceparent
+    header, else the _meta traceparent of the body's first message (read on its way to the server), else
+    none (a new trace). Its context is what GatewayParent makes current for the server's spans."""
+
+    def __init__(self, tracer: Any, scope: dict, route: str | None) -> None:
+        self.tracer, self.scope, self.route = tracer, scope, route
+        self.carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+                        if name in (b"traceparent", b"tracestate")}
+        self.body = None if self.carrier else bytearray()  # looked into only without the header
+        self.began, self.span, self.context, self.status = time.time_ns(), None, None, 0
+
+    def received(self, message: dict) -> None:
+        """Note a message of the request on its way to the server; begin once the body is complete."""
+        if self.span is None and message["type"] == "http.request":
+            if self.body is not None and len(self.body) <= TRACED_BODY:
+                self.body.extend(message.get("body", b""))
+            if not message.get("more_body"):
+                self.begin()
+
+    def begin(self) -> None:
+        from opentelemetry import propagate, trace
+        from opentelemetry.trace import SpanKind
+
+        if self.span is not None:
+            return
+        scope, client = self.scope, self.scope.get("client")
+        carrier = self.carrier or _meta_carrier(bytes(self.body or b""))
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"],
+                      **({"http.route": self.route} if self.route else {}),
+                      **({"client.address": client[0]} if client else {})}
+        self.span = self.tracer.start_span(f"{scope['method']} {self.route}" if self.route else scope["method"],
+                                           context=propagate.extract(carrier), kind=SpanKind.SERVER,
+                                           attributes=attributes, start_time=self.began)
+        self.context = trace.set_span_in_context(self.span)
+
+    def end(self) -> None:
+        """End the span with what the request came to: status, and the methods, tool and caller on its Flight."""
+        from opentelemetry.trace import StatusCode
+
+        self.begin()
+        flight = self.scope.get(FLIGHT)
+        noted = {"mcp.method.name": flight and flight.rpc, "gen_ai.tool.name": flight and flight.tool,
+                 "enduser.id": flight and flight.caller}
+        self.span.set_attributes({"http.response.status_code": self.status or 499,
+                                  **{key: value for key, value in noted.items() if value}})
+        if self.status >= 500 or not self.status:
+            self.span.set_status(StatusCode.ERROR)
+        self.span.end()
+
+
 class Traced:
-    """The gateway's span of each HTTP request (SERVER): the child of the client's W3C traceparent header,
-    with the route, status, JSON-RPC methods, tool and caller; its context left under scope[TRACE]."""
+    """One SERVER span for each HTTP request (a GatewaySpan, under scope[TRACE]): route, status, the JSON-RPC
+    methods, tool and caller, in the client's trace."""
 
     def __init__(self, app: Any, settings: Settings) -> None:
         from opentelemetry import trace
@@ -3465,37 +3532,24 @@ class Traced:
         self.routes = (settings.http_path, "/messages/")  # streamable HTTP's or SSE's, and SSE's posts
 
     async def __call__(self, scope, receive, send):
-        from opentelemetry import propagate, trace
-        from opentelemetry.trace import SpanKind, StatusCode
+        request = scope[TRACE] = GatewaySpan(self.tracer, scope, scope["path"] if scope["path"] in self.routes
+                                             else None)
 
-        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
-                   if name in (b"traceparent", b"tracestate")}
-        route = scope["path"] if scope["path"] in self.routes else None
-        client = scope.get("client")
-        attributes = {"http.request.method": scope["method"], "url.path": scope["path"],
-                      **({"http.route": route} if route else {}), **({"client.address": client[0]} if client else {})}
-        status = 0
+        async def receive_and_look():
+            message = await receive()
+            request.received(message)
+            return message
 
         async def send_and_note(message):
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                request.begin()
+                request.status = message["status"]
             await send(message)
 
-        with self.tracer.start_as_current_span(f"{scope['method']} {route}" if route else scope["method"],
-                                               context=propagate.extract(carrier), kind=SpanKind.SERVER,
-                                               attributes=attributes) as span:
-            scope[TRACE] = trace.set_span_in_context(span)
-            try:
-                await self.app(scope, receive, send_and_note)
-            finally:
-                flight = scope.get(FLIGHT)
-                noted = {"mcp.method.name": flight and flight.rpc, "gen_ai.tool.name": flight and flight.tool,
-                         "enduser.id": flight and flight.caller}
-                span.set_attributes({"http.response.status_code": status or 499,
-                                     **{key: value for key, value in noted.items() if value}})
-                if status >= 500 or not status:
-                    span.set_status(StatusCode.ERROR)
+        try:
+            await self.app(scope, receive_and_look, send_and_note)
+        finally:
+            request.end()
 
 
 # -- transports: stdio, the listening socket, systemd ------------------------

@@ -118,8 +118,8 @@ def collector():
 
 
 def traced_env(token: str, **extra: str) -> dict:
-    env = child_env(token, OTEL_SERVICE_NAME="traced-demo", OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test",
-                    OTEL_EXPORTER_OTLP_HEADERS="x-collector-key=k123", **extra)
+    env = child_env(token, **{"OTEL_SERVICE_NAME": "traced-demo", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
+                              "OTEL_EXPORTER_OTLP_HEADERS": "x-collector-key=k123", **extra})
     for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "MCPRUN_OTLP_ENDPOINT"):
         env.pop(name, None)
     return env
@@ -245,3 +245,20 @@ def test_an_endpoint_that_is_no_url(token):
     result = run_cli(token, "fastmcp_server.py", cwd=SERVERS, env=child_env(token, MCPRUN_OTLP_ENDPOINT="4318"))
     assert error_line(result, 2) == ("mcprun: error: MCPRUN_OTLP_ENDPOINT='4318': '4318' is not an http(s):// URL "
                                      "(e.g. http://127.0.0.1:4318)")
+
+
+def test_a_proxy_passes_the_trace_on_to_its_upstream(token, otel, collector):
+    call = tools_call(2, "echo", {"text": "through"})
+    call["params"]["_meta"] = {"traceparent": TRACEPARENT}
+    traces = ["--otlp-endpoint", collector.url, "--pythonpath", str(otel)]
+    with serving(token, "fastmcp_server.py", *traces, cwd=SERVERS, env=traced_env(token)) as upstream:
+        result = stdio_exchange([*mcprun_command(), upstream.url, *traces], [INITIALIZE, INITIALIZED, call], token,
+                                env=traced_env(token, OTEL_SERVICE_NAME="proxy"))
+        assert result.returncode == 0, result.stderr
+        assert '"through"' in result.stdout
+        assert upstream.stop() == 0
+    spans = collector.spans()
+    ours = {span["id"] for span in spans if span["resource"]["service.name"] == "proxy"}
+    gateway = [span for span in spans if span["scope"] == "mcprun"
+               and span["attributes"].get("mcp.method.name") == "tools/call"]
+    assert len(gateway) == 1 and gateway[0]["trace"] == CLIENT_TRACE and gateway[0]["parent"] in ours, spans
