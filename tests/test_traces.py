@@ -133,10 +133,13 @@ async def call_with_traceparent(url: str) -> str:
         return (await client.call_tool("echo", {"text": "traced"})).content[0].text
 
 
-# the server's own spans: fastmcp's, or the official SDK's (MCPServer, low-level servers)
-@pytest.mark.parametrize("spec, scope", [("fastmcp_server.py", "fastmcp"), ("sdk_server.py", "mcp-python-sdk")])
-def test_http_call_continues_the_clients_trace_through_the_gateway_span(token, otel, collector, spec, scope):
-    with serving(token, spec, "--otlp-endpoint", collector.url, "--pythonpath", str(otel),
+# the server's own spans: fastmcp's, or the official SDK's (MCPServer, low-level servers); workers export their own
+@pytest.mark.parametrize("spec, scope, more", [("fastmcp_server.py", "fastmcp", ()),
+                                               ("sdk_server.py", "mcp-python-sdk", ()),
+                                               ("fastmcp_server.py", "fastmcp", ("--stateless", "--workers", "2"))],
+                         ids=["fastmcp", "sdk", "workers"])
+def test_http_call_continues_the_clients_trace_through_the_gateway_span(token, otel, collector, spec, scope, more):
+    with serving(token, spec, *more, "--otlp-endpoint", collector.url, "--pythonpath", str(otel),
                  cwd=SERVERS, env=traced_env(token)) as server:
         assert asyncio.run(asyncio.wait_for(call_with_traceparent(server.url), 60)) == "traced"
         assert server.stop() == 0  # SIGTERM: the batch still held is sent before the process exits
