@@ -3396,10 +3396,16 @@ TRACE = "mcprun.trace"  # the scope key of a request's GatewaySpan
 TRACED_BODY = 1024 * 1024  # bytes of a request body looked into for a _meta traceparent
 
 
-def otlp_traces_url(endpoint: str) -> str:
-    """The URL spans are posted to: a collector's URL without a path gets OTLP's /v1/traces."""
-    parsed = urllib.parse.urlsplit(endpoint)
-    return endpoint.rstrip("/") + "/v1/traces" if parsed.path in ("", "/") else endpoint
+def otlp_traces_url(settings: Settings, environ: dict) -> tuple[str, str]:
+    """Where spans are posted, and what said so: --otlp-endpoint (OTLP's /v1/traces added to a URL without a
+    path), else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as it is), else OTEL_EXPORTER_OTLP_ENDPOINT (/v1/traces
+    added, as OpenTelemetry's exporters do)."""
+    if endpoint := settings.otlp_endpoint:
+        bare = urllib.parse.urlsplit(endpoint).path in ("", "/")
+        return (endpoint.rstrip("/") + "/v1/traces" if bare else endpoint), "--otlp-endpoint"
+    if endpoint := environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return endpoint, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    return environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces", "OTEL_EXPORTER_OTLP_ENDPOINT"
 
 
 def _gateway_parent(ctx: Any) -> Any:
@@ -3424,6 +3430,7 @@ class GatewayParent:
 
 def start_tracing(server: Any, settings: Settings) -> Any:
     """Set up the OpenTelemetry SDK to export spans over OTLP/HTTP; return its TracerProvider (to shut down)."""
+    url, named = otlp_traces_url(settings, os.environ)
     try:
         from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -3433,9 +3440,6 @@ def start_tracing(server: Any, settings: Settings) -> Any:
     except ImportError as exc:
         logging.getLogger("mcprun").debug("importing the OpenTelemetry SDK: %s", exc)
         version = _version_of("opentelemetry-api")
-        named = "--otlp-endpoint" if settings.otlp_endpoint else next(
-            variable for variable in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-            if os.environ.get(variable))
         raise UsageError(f"{named} needs the OpenTelemetry SDK and its OTLP exporter: make a folder with "
                          f"'mcprun vendor opentelemetry-sdk=={version} opentelemetry-exporter-otlp-proto-http=="
                          f"{version} -o FOLDER' and add --pythonpath FOLDER") from None
@@ -3443,15 +3447,12 @@ def start_tracing(server: Any, settings: Settings) -> Any:
     resource = Resource.create()  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": getattr(lowlevel, "name", None) or "mcprun"}))
-    endpoint = otlp_traces_url(settings.otlp_endpoint) if settings.otlp_endpoint else None
-    exporter = OTLPSpanExporter(endpoint=endpoint)  # None: OTEL_EXPORTER_OTLP_*ENDPOINT; headers, TLS, timeout
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))  # it reads the headers etc.
     trace.set_tracer_provider(provider)
     if not any(isinstance(middleware, GatewayParent) for middleware in lowlevel.middleware):
         lowlevel.middleware.insert(0, GatewayParent())
-    info(f"traces: exporting spans over OTLP/HTTP to {getattr(exporter, '_endpoint', endpoint)} as "
-         f"service {resource.attributes['service.name']!r}")
+    info(f"traces: exporting spans over OTLP/HTTP to {url} as service {resource.attributes['service.name']!r}")
     return provider
 
 
@@ -4603,14 +4604,13 @@ class ResourceMetadata:
 class Gateway:
     """mcprun's ASGI front for every server over HTTP: the server's app behind these pieces, in this order:
 
-    Health → ResourceMetadata → AccessLog → Traced → Closing → Sessions → LargeBodies → Calls → the Host/Origin
-    guard → CORS → BearerAuth → RateLimit → the SDK's body limit → JsonOnly → the server's app.
+    Health → ResourceMetadata → AccessLog → Traced → Closing → Sessions → LargeBodies → Calls → the
+    Host/Origin guard → CORS → BearerAuth → RateLimit → the SDK's body limit → JsonOnly → the server's app.
 
     No ResourceMetadata without --auth-jwks, no AccessLog with --no-access-log, no Traced without an OTLP
-    endpoint, no Sessions with --stateless,
-    no CORS without --cors-origin, no BearerAuth without a token or --auth-jwks, no RateLimit without
-    --rate-limit. The lifespan goes straight to the server's app; once it has started,
-    the app's inner limits are set and the server is announced.
+    endpoint, no Sessions with --stateless, no CORS without --cors-origin, no BearerAuth without a token or
+    --auth-jwks, no RateLimit without --rate-limit. The lifespan goes straight to the server's app; once it
+    has started, the app's inner limits are set and the server is announced.
     """
 
     def __init__(self, app: Any, settings: Settings, tokens: dict, on_ready: Any,

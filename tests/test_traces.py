@@ -118,8 +118,8 @@ def collector():
 
 
 def traced_env(token: str, **extra: str) -> dict:
-    env = child_env(token, **{"OTEL_SERVICE_NAME": "traced-demo", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
-                              "OTEL_EXPORTER_OTLP_HEADERS": "x-collector-key=k123", **extra})
+    env = child_env(token, **{"OTEL_SERVICE_NAME": "traced-demo", "OTEL_EXPORTER_OTLP_HEADERS": "x-collector-key=k123",
+                              "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test", **extra})
     for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "MCPRUN_OTLP_ENDPOINT"):
         env.pop(name, None)
     return env
