@@ -763,6 +763,14 @@ def split_listen_address(text: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def parse_otlp_endpoint(text: str) -> str:
+    """argparse type: an OTLP/HTTP collector's URL, e.g. http://127.0.0.1:4318."""
+    parsed = urllib.parse.urlsplit(text.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s):// URL (e.g. http://127.0.0.1:4318)")
+    return text.strip()
+
+
 def _version_of(distribution: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -958,6 +966,12 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--metrics-listen", type=parse_listen_address, metavar="HOST:PORT",
                          help="serve them on a listener of their own, without auth, on every transport "
                               "(e.g. 127.0.0.1:9100; port 0 for a free one)")
+    traces = parser.add_argument_group("traces (every transport)")
+    traces.add_argument("--otlp-endpoint", type=parse_otlp_endpoint, metavar="URL",
+                        help="export OpenTelemetry spans (the server's, and one per HTTP request from the gateway) "
+                             "over OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 (/v1/traces added to a "
+                             "URL without a path); the OTEL_EXPORTER_OTLP_* variables work too; needs the "
+                             "OpenTelemetry SDK in a --pythonpath folder (see docs/observing.md)")
 
     operations = parser.add_argument_group("http operations")
     operations.add_argument("--health-path", type=parse_route, metavar="PATH",
@@ -1278,6 +1292,7 @@ class Settings:
     metrics: bool = False  # Prometheus metrics on the HTTP port, at metrics_path
     metrics_path: str = DEFAULT_METRICS_PATH  # given, it implies metrics
     metrics_listen: str | None = None  # HOST:PORT of a listener of the metrics' own
+    otlp_endpoint: str | None = None  # an OTLP/HTTP collector (OTEL_EXPORTER_OTLP_*ENDPOINT too: traces_wanted)
     require_auth: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -1358,6 +1373,7 @@ _MERGED_OPTIONS = {
     "metrics": (bool, "MCPRUN_METRICS", None),
     "metrics_path": (parse_route, "MCPRUN_METRICS_PATH", None),
     "metrics_listen": (parse_listen_address, "MCPRUN_METRICS_LISTEN", None),
+    "otlp_endpoint": (parse_otlp_endpoint, "MCPRUN_OTLP_ENDPOINT", None),
     "require_auth": (bool, "MCPRUN_REQUIRE_AUTH", None),
     "tls_cert": (str, "MCPRUN_TLS_CERT", None),
     "tls_key": (str, "MCPRUN_TLS_KEY", None),
@@ -1511,6 +1527,12 @@ def check_audit_log(path: str) -> None:
         raise UsageError(f"--audit-log {path}: no folder {folder}")
     if not os.access(path if os.path.exists(path) else folder, os.W_OK):
         raise UsageError(f"--audit-log {path}: permission denied")
+
+
+def traces_wanted(settings: Settings, environ: dict) -> bool:
+    """Whether spans are exported: an endpoint was named, by --otlp-endpoint or OpenTelemetry's own variables."""
+    return bool(settings.otlp_endpoint or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
 def load_settings(args: argparse.Namespace, environ: dict) -> Settings:
@@ -2336,6 +2358,8 @@ def prepare_process(settings: Settings, target: Target) -> Prepared:
     and the --pythonpath folders (with those the target implies); return what it did."""
     environment = dict(OFFLINE_ENVIRONMENT)
     environment.update({key: value for key, value in OFFLINE_DEFAULTS.items() if key not in os.environ})
+    if "FASTMCP_TELEMETRY_MODE" in environment and traces_wanted(settings, os.environ):
+        environment["FASTMCP_TELEMETRY_MODE"] = "native"  # fastmcp's own spans, to export
     if os.path.expanduser("~") == "~" and not os.environ.get("XDG_DATA_HOME"):
         # No HOME and no passwd entry (a bare chroot, a container): fastmcp needs a data folder to import.
         environment["XDG_DATA_HOME"] = os.path.join(tempfile.gettempdir(), f"mcprun-{os.getuid()}")
@@ -3701,6 +3725,175 @@ class MeteredHttp:
                 self.metrics.http_duration.labels(route).observe(time.perf_counter() - began)
 
 
+# -- the server object, 7: traces --------------------------------------------
+#
+# --otlp-endpoint (or OpenTelemetry's OTEL_EXPORTER_OTLP_*ENDPOINT) exports the spans the server's stack
+# already makes (fastmcp's, the SDK's) and, over HTTP, one gateway span per request (Traced), over OTLP/HTTP
+# with the OpenTelemetry SDK, which mcprun does not carry: it is imported, from a --pythonpath folder, only
+# then. The SDK handles a streamable-HTTP request in a task of its own, where the gateway's context does not
+# flow: Traced leaves the span's context in the request's scope, and a middleware first in the low-level
+# server's chain (its public Server.middleware) makes it current, so the server's spans are its children.
+
+TRACE = "mcprun.trace"  # the scope key of a request's GatewaySpan
+TRACED_BODY = 1024 * 1024  # bytes of a request body looked into for a _meta traceparent
+
+
+def otlp_traces_url(settings: Settings, environ: dict) -> tuple[str, str]:
+    """Where spans are posted, and what said so: --otlp-endpoint (OTLP's /v1/traces added to a URL without a
+    path), else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as it is), else OTEL_EXPORTER_OTLP_ENDPOINT (/v1/traces
+    added, as OpenTelemetry's exporters do)."""
+    if endpoint := settings.otlp_endpoint:
+        bare = urllib.parse.urlsplit(endpoint).path in ("", "/")
+        return (endpoint.rstrip("/") + "/v1/traces" if bare else endpoint), "--otlp-endpoint"
+    if endpoint := environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return endpoint, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    return environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces", "OTEL_EXPORTER_OTLP_ENDPOINT"
+
+
+def _gateway_parent(ctx: Any) -> Any:
+    """The gateway span's context of the HTTP request that carried this message, or None (stdio)."""
+    return getattr((getattr(getattr(ctx, "request", None), "scope", None) or {}).get(TRACE), "context", None)
+
+
+class GatewayParent:
+    """A low-level server middleware: run each message in its HTTP request's gateway span."""
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        from opentelemetry import context
+
+        if (parent := _gateway_parent(ctx)) is None:
+            return await call_next(ctx)
+        token = context.attach(parent)
+        try:
+            return await call_next(ctx)
+        finally:
+            context.detach(token)
+
+
+def start_tracing(server: Any, settings: Settings) -> Any:
+    """Set up the OpenTelemetry SDK to export spans over OTLP/HTTP; return its TracerProvider (to shut down)."""
+    url, named = otlp_traces_url(settings, os.environ)
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        logging.getLogger("mcprun").debug("importing the OpenTelemetry SDK: %s", exc)
+        version = _version_of("opentelemetry-api")
+        raise UsageError(f"{named} needs the OpenTelemetry SDK and its OTLP exporter: make a folder with "
+                         f"'mcprun vendor opentelemetry-sdk=={version} opentelemetry-exporter-otlp-proto-http=="
+                         f"{version} -o FOLDER' and add --pythonpath FOLDER") from None
+    lowlevel = lowlevel_server_of(server, server_kind(server))
+    resource = Resource.create()  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": getattr(lowlevel, "name", None) or "mcprun"}))
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))  # it reads the headers etc.
+    trace.set_tracer_provider(provider)
+    add_server_middleware(lowlevel, GatewayParent())  # outermost: the server's own span starts inside it
+    info(f"traces: exporting spans over OTLP/HTTP to {url} as service {resource.attributes['service.name']!r}")
+    return provider
+
+
+def _meta_carrier(body: bytes) -> dict:
+    """The traceparent and tracestate in the _meta of a JSON-RPC body's first message (MCP's own way)."""
+    if b"traceparent" not in body:
+        return {}
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    first = (parsed or [None])[0] if isinstance(parsed, list) else parsed
+    params = first.get("params") if isinstance(first, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return {key: str(meta[key]) for key in ("traceparent", "tracestate") if key in meta} \
+        if isinstance(meta, dict) else {}
+
+
+class GatewaySpan:
+    """The gateway's span of one HTTP request, begun once its parent is known: the client's traceparent
+    header, else the _meta traceparent of the body's first message (read on its way to the server), else
+    none (a new trace). Its context is what GatewayParent makes current for the server's spans."""
+
+    def __init__(self, tracer: Any, scope: dict, route: str | None) -> None:
+        self.tracer, self.scope, self.route = tracer, scope, route
+        self.carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+                        if name in (b"traceparent", b"tracestate")}
+        self.body = None if self.carrier else bytearray()  # looked into only without the header
+        self.began, self.span, self.context, self.status = time.time_ns(), None, None, 0
+
+    def received(self, message: dict) -> None:
+        """Note a message of the request on its way to the server; begin once the body is complete."""
+        if self.span is None and message["type"] == "http.request":
+            if self.body is not None and len(self.body) <= TRACED_BODY:
+                self.body.extend(message.get("body", b""))
+            if not message.get("more_body"):
+                self.begin()
+
+    def begin(self) -> None:
+        from opentelemetry import propagate, trace
+        from opentelemetry.trace import SpanKind
+
+        if self.span is not None:
+            return
+        scope, client = self.scope, self.scope.get("client")
+        carrier = self.carrier or _meta_carrier(bytes(self.body or b""))
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"],
+                      **({"http.route": self.route} if self.route else {}),
+                      **({"client.address": client[0]} if client else {})}
+        self.span = self.tracer.start_span(f"{scope['method']} {self.route}" if self.route else scope["method"],
+                                           context=propagate.extract(carrier), kind=SpanKind.SERVER,
+                                           attributes=attributes, start_time=self.began)
+        self.context = trace.set_span_in_context(self.span)
+
+    def end(self) -> None:
+        """End the span with what the request came to: status, and the methods, tool and caller on its Flight."""
+        from opentelemetry.trace import StatusCode
+
+        self.begin()
+        flight = self.scope.get(FLIGHT)
+        noted = {"mcp.method.name": flight and flight.rpc, "gen_ai.tool.name": flight and flight.tool,
+                 "enduser.id": flight and flight.caller}
+        self.span.set_attributes({"http.response.status_code": self.status or 499,
+                                  **{key: value for key, value in noted.items() if value}})
+        if self.status >= 500 or not self.status:
+            self.span.set_status(StatusCode.ERROR)
+        self.span.end()
+
+
+class Traced:
+    """One SERVER span for each HTTP request (a GatewaySpan, under scope[TRACE]): route, status, the JSON-RPC
+    methods, tool and caller, in the client's trace."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        from opentelemetry import trace
+
+        self.app, self.tracer = app, trace.get_tracer("mcprun", __version__)
+        self.routes = (settings.http_path, "/messages/")  # streamable HTTP's or SSE's, and SSE's posts
+
+    async def __call__(self, scope, receive, send):
+        request = scope[TRACE] = GatewaySpan(self.tracer, scope, scope["path"] if scope["path"] in self.routes
+                                             else None)
+
+        async def receive_and_look():
+            message = await receive()
+            request.received(message)
+            return message
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                request.begin()
+                request.status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive_and_look, send_and_note)
+        finally:
+            request.end()
+
+
 # -- transports: stdio, the listening socket, systemd ------------------------
 
 
@@ -4762,15 +4955,15 @@ class ResourceMetadata:
 class Gateway:
     """mcprun's ASGI front for every server over HTTP: the server's app behind these pieces, in this order:
 
-    MeteredHttp → Health → ScrapeRoute → ResourceMetadata → AccessLog → Closing → Sessions → LargeBodies →
-    Calls → the Host/Origin guard → CORS → BearerAuth → RateLimit → the SDK's body limit → JsonOnly → the
-    server's app.
+    MeteredHttp → Health → ScrapeRoute → ResourceMetadata → AccessLog → Traced → Closing → Sessions →
+    LargeBodies → Calls → the Host/Origin guard → CORS → BearerAuth → RateLimit → the SDK's body limit →
+    JsonOnly → the server's app.
 
     No MeteredHttp without --metrics(-listen), no ScrapeRoute without --metrics (it checks the token as
-    BearerAuth does), no ResourceMetadata without --auth-jwks, no AccessLog with --no-access-log, no Sessions with --stateless,
-    no CORS without --cors-origin, no BearerAuth without a token or --auth-jwks, no RateLimit without
-    --rate-limit. The lifespan goes straight to the server's app; once it has started,
-    the app's inner limits are set and the server is announced.
+    BearerAuth does), no ResourceMetadata without --auth-jwks, no AccessLog with --no-access-log, no Traced
+    without an OTLP endpoint, no Sessions with --stateless, no CORS without --cors-origin, no BearerAuth
+    without a token or --auth-jwks, no RateLimit without --rate-limit. The lifespan goes straight to the
+    server's app; once it has started, the app's inner limits are set and the server is announced.
     """
 
     def __init__(self, app: Any, settings: Settings, tokens: dict, on_ready: Any,
@@ -4803,6 +4996,8 @@ class Gateway:
         if not settings.stateless:
             chain = Sessions(chain, settings)
         chain = Closing(chain, self.calls)
+        if traces_wanted(settings, os.environ):
+            chain = Traced(chain, settings)
         if settings.access_log:
             chain = AccessLog(chain)
         if verifier:
@@ -5059,6 +5254,19 @@ async def serve(server: Any, settings: Settings, target: Target, sock: socket.so
         raise UsageError(f"--exit-on-upstream-failure watches a proxy's upstreams: {target.spec} is no URL nor "
                          "mcp.json (of url entries or stdio servers)")
     watched = upstreams if settings.exit_on_upstream_failure else None
+    tracing = start_tracing(server, settings) if traces_wanted(settings, os.environ) else None
+    try:
+        await _serve_transport(server, settings, target, sock, announce, wire, audit, upstreams, watched)
+    finally:
+        if tracing:
+            tracing.shutdown()  # the spans still in the batch are sent now, a short stdio run's too
+
+
+async def _serve_transport(server: Any, settings: Settings, target: Target, sock: socket.socket | None,
+                           announce: Any, wire: Wire | None, audit: AuditLog | None, upstreams: Upstreams,
+                           watched: Upstreams | None) -> None:
+    import asyncio
+
     collect_from_now_on()
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":

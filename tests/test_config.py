@@ -213,6 +213,7 @@ def test_print_config_precedence(token, tmp_path):
         ("metrics", "False  (default)"),
         ("metrics_path", "/metrics  (default)"),
         ("metrics_listen", "None  (default)"),
+        ("otlp_endpoint", "None  (default)"),
         ("require_auth", "False  (default)"),
         ("tls_cert", "None  (default)"),
         ("tls_key", "None  (default)"),
