@@ -3108,6 +3108,7 @@ class Upstreams:
     def __init__(self, target: Target) -> None:
         self.urls: tuple = (target.url,) if target.kind == "url" else ()
         self.children: dict = dict(CHILD_PROXIES) if target.kind == "mcp_config" else {}
+        self.probes: dict = {}  # a stdio server's name -> its probe (an asyncio task)
         if target.kind == "mcp_config":
             self.urls = tuple(entry["url"] for entry in load_mcp_config(target.path)["mcpServers"].values()
                               if "url" in entry)
@@ -3118,7 +3119,6 @@ class Upstreams:
     async def down(self) -> str | None:
         """The first upstream that does not answer (a URL, or 'mcp.json server NAME'); else None."""
         import anyio
-        from fastmcp import Client
 
         for url in self.urls:
             try:
@@ -3127,13 +3127,34 @@ class Upstreams:
             except (OSError, TimeoutError):
                 return url
         for name, proxy in self.children.items():
-            try:
-                with anyio.fail_after(UPSTREAM_PROBE_TIMEOUT):
-                    async with Client(proxy) as client:
-                        await client.list_tools()
-            except Exception:  # whatever stops it answering: it is down
+            if not await self.lists_tools(name, proxy):
                 return f"mcp.json server {name}"
         return None
+
+    async def lists_tools(self, name: str, proxy: Any) -> bool:
+        """Whether the stdio server lists its tools within UPSTREAM_PROBE_TIMEOUT. The probe runs on past
+        that, so that a server slower to start than that gets started (and is up at the next probe)."""
+        import asyncio
+
+        if name not in self.probes or self.probes[name].done():
+            self.probes[name] = asyncio.ensure_future(self._list_tools(proxy))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.probes[name]), UPSTREAM_PROBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            return False
+
+    @staticmethod
+    async def _list_tools(proxy: Any) -> bool:
+        import anyio
+        from fastmcp import Client
+
+        try:
+            with anyio.fail_after(CHECK_TIMEOUT):
+                async with Client(proxy) as client:
+                    await client.list_tools()
+            return True
+        except Exception:  # whatever stops it answering: it is down
+            return False
 
     async def watch(self) -> str:
         """--exit-on-upstream-failure: probe every UPSTREAM_WATCH_INTERVAL seconds; return what failed once

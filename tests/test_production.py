@@ -988,8 +988,8 @@ def test_a_proxy_of_stdio_servers_is_not_ready_while_one_cannot_start(token, tmp
     config, mark = mcp_json_of_breakable(tmp_path)
     with serving(token, str(config)) as proxy:
         ready = proxy.url.rsplit("/", 1)[0] + "/readyz"
-        first = httpx.get(ready, timeout=30)
-        assert (first.status_code, first.json()) == (200, {"status": "ready"})
+        wait_for(lambda: httpx.get(ready, timeout=30).status_code == 200, what="both stdio servers started")
+        assert httpx.get(ready, timeout=30).json() == {"status": "ready"}
 
         async def child_pid() -> int:
             from fastmcp import Client
