@@ -111,7 +111,8 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 OFFLINE_ENVIRONMENT = {"FASTMCP_CHECK_FOR_UPDATES": "off"}
 OFFLINE_DEFAULTS = {"FASTMCP_TELEMETRY_MODE": "off", "FASTMCP_ENABLE_RICH_LOGGING": "false",
                     # py-key-value (fastmcp's state store) checks its own types at run time with beartype, and
-                    # only warns: ~400 modules and ~100 ms on the first tools/list. =false turns it back on.
+                    # only warns: ~170 ms of rewriting its modules at each start (import_state_store). =false
+                    # turns it back on.
                     "PY_KEY_VALUE_DISABLE_BEARTYPE": "true"}
 BUNDLED_PACKAGES = ("fastmcp", "mcp", "mcp_types", "pydantic", "starlette", "uvicorn", "anyio", "httpx")
 BUNDLE_ROOTS = ("fastmcp", "httpx", "prometheus-client")  # what mcprun carries (packaging/requirements.in), with all they need
@@ -324,6 +325,20 @@ def add_server_middleware(lowlevel: Any, middleware: Any) -> None:
     """Wrap every request a low-level Server answers in middleware(ctx, call_next), outermost: the SDK's
     Server.middleware (provisional in mcp 2.x), which sees initialize and unknown methods too."""
     lowlevel.middleware.insert(0, middleware)
+
+
+def import_key_value_unclawed() -> None:
+    """Import py-key-value (fastmcp's state store) skipping its beartype.claw call when its checks are off:
+    with strategy O0 the claw decorates nothing, yet rewrites and compiles every module's source on each
+    start (~170 ms). Its explicit @bear_enforce checks stay."""
+    import beartype.claw
+
+    claw = beartype.claw.beartype_this_package
+    beartype.claw.beartype_this_package = lambda *args, **kwargs: None
+    try:
+        import key_value.aio  # noqa: F401
+    finally:
+        beartype.claw.beartype_this_package = claw
 
 
 def rebuild_model(model: Any, namespace: dict) -> None:
@@ -5225,6 +5240,19 @@ async def serve_http(server: Any, settings: Settings, target: Target, upstreams:
         sock.close()
 
 
+def import_state_store(server: Any) -> None:
+    """Import what a fastmcp server reads at a session's first list (its state store, py-key-value, and the
+    beartype that checks it: ~150 ms), now, with the rest of the start, so that the first tools/list
+    answers at once."""
+    if server_kind(server) != "fastmcp":
+        return
+    if "key_value.aio" not in sys.modules and os.environ.get("PY_KEY_VALUE_DISABLE_BEARTYPE", "").lower() in (
+            "true", "1", "yes"):
+        import_key_value_unclawed()
+    import key_value.aio.adapters.pydantic  # noqa: F401
+    import key_value.aio.stores.memory  # noqa: F401
+
+
 def collect_from_now_on() -> None:
     """The start is over: what it imported and built lives as long as the process, so the collector, off
     since main() (start-up allocates much and frees little), leaves it alone (gc.freeze) from now on."""
@@ -5288,6 +5316,7 @@ async def _serve_transport(server: Any, settings: Settings, target: Target, sock
                            watched: Upstreams | None) -> None:
     import asyncio
 
+    import_state_store(server)
     collect_from_now_on()
     logging.getLogger("mcprun").debug("serving %s (%s)", describe_server(server, target), server_path(server))
     if settings.transport == "stdio":

@@ -202,3 +202,37 @@ def test_server_middleware_sees_every_request(kind):
 
     asyncio.run(asyncio.wait_for(main(), TIMEOUT))
     assert "tools/list" in seen, seen
+
+
+CLAW_CHECK = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+import mcprun
+if sys.argv[2] == "unclawed":
+    mcprun.import_key_value_unclawed()
+import beartype.claw, key_value.aio.stores.memory.store as store
+from key_value.aio._utils.sanitize import hash_excess_length
+try:
+    hash_excess_length(3, 16)
+    enforced = False
+except TypeError:
+    enforced = True
+print(json.dumps({"loader": type(store.__spec__.loader).__module__, "enforced": enforced,
+                  "claw_restored": beartype.claw.beartype_this_package.__module__.startswith("beartype")}))
+"""
+
+
+@pytest.mark.parametrize("how", ["unclawed", "as upstream imports it"])
+def test_key_value_imported_without_its_claw(how):
+    """py-key-value still calls beartype.claw at import: mcprun skips that call (its checks are off, so it would
+    decorate nothing) and the modules load from their bytecode; the explicit @bear_enforce checks still raise."""
+    env = dict(os.environ, PY_KEY_VALUE_DISABLE_BEARTYPE="true")
+    done = subprocess.run([sys.executable, "-c", CLAW_CHECK, str(ROOT), how], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["enforced"] and seen["claw_restored"]
+    if how == "unclawed":
+        assert seen["loader"] == "_frozen_importlib_external", seen  # SourceFileLoader, from the .pyc
+    else:  # the claw is still there to skip: its own loader rewrites the modules
+        assert seen["loader"].startswith("beartype"), seen

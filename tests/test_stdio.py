@@ -77,3 +77,18 @@ def test_mcp1_client_over_stdio_with_a_tool_that_prints(token):
     assert "Failed to parse JSONRPC message" not in result.stderr
     assert json.loads(result.stdout)["results"] == [{"text": "FIRST", "error": False}, {"text": "x", "error": False},
                                                     {"text": "SECOND", "error": False}]
+
+
+def test_session_state_kept_between_calls(token):
+    """fastmcp's state store, imported before serving with its beartype rewrite skipped, keeps a session's state."""
+    result = stdio_exchange(
+        [*mcprun_command(), "session_state.py"],
+        [INITIALIZE, INITIALIZED, tools_call(2, "recall", {}), tools_call(3, "remember", {"value": "kept value"}),
+         tools_call(4, "recall", {})],
+        token, cwd=SERVERS,
+    )
+    assert result.returncode == 0, result.stderr
+    texts = {m["id"]: m["result"]["content"][0]["text"] for m in map(json.loads, result.stdout.splitlines())
+             if m.get("id") != 1}
+    assert texts == {2: "nothing", 3: "kept", 4: "kept value"}
+    assert "beartype" not in result.stderr.lower()  # no warning from the checks that are off
