@@ -3501,6 +3501,11 @@ def audit_record(settings: Settings, method: str, context: Any, params: Any) -> 
     return record
 
 
+def is_tool_error(result: Any) -> bool:
+    """Tell whether a tools/call result says the tool failed: is_error on the SDK's model, isError in its dict."""
+    return getattr(result, "is_error", False) is True or (isinstance(result, dict) and result.get("isError") is True)
+
+
 def _audited(settings: Settings, log: AuditLog, method: str, handler: Any) -> Any:
     async def audited(context, params):
         record = audit_record(settings, method, context, params)
@@ -3509,9 +3514,11 @@ def _audited(settings: Settings, log: AuditLog, method: str, handler: Any) -> An
         outcome, error_text = "ok", None
         try:
             result = await handler.handler(context, params)
-            if getattr(result, "is_error", False):
+            if is_tool_error(result):
                 outcome = "tool_error"
-                error_text = " ".join(getattr(item, "text", "") for item in result.content or ())[:1000]
+                content = result.get("content") if isinstance(result, dict) else result.content
+                error_text = " ".join(item.get("text", "") if isinstance(item, dict) else getattr(item, "text", "")
+                                      for item in content or ())[:1000]
             return result
         except BaseException as exc:
             outcome, error_text = "error", _error_text(exc)
@@ -3592,10 +3599,6 @@ class Metrics:
         return name if name in self.tools else "_other"
 
 
-def _is_tool_error(result: Any) -> bool:
-    return getattr(result, "is_error", False) is True or (isinstance(result, dict) and result.get("isError") is True)
-
-
 class MeteredRequests:
     """Server middleware: count and time every MCP request by method and outcome, tool calls by tool too.
     A call the policy denied (LEFT_OUT) is 'denied', whatever the server answered its stand-in."""
@@ -3612,7 +3615,7 @@ class MeteredRequests:
         metrics.in_flight.inc()
         try:
             result = await call_next(ctx)
-            outcome = "tool_error" if method == "tools/call" and _is_tool_error(result) else "ok"
+            outcome = "tool_error" if method == "tools/call" and is_tool_error(result) else "ok"
             return result
         finally:
             took = time.perf_counter() - began
