@@ -6,13 +6,14 @@
   the image's files, as uid 65534, on a read-only root with tmpfs on the writable folders.
 - Kubernetes: every manifest parsed and validated against the Kubernetes schemas (kubernetes-validate, offline),
   and the Deployment's own arguments served; no cluster here.
-- replicas: two `--stateless` mcprun behind a round-robin balancer, one draining.
+- replicas: behind HAProxy running the shipped packaging/deploy/haproxy/haproxy.cfg: three `--stateless`
+  mcprun, one draining and one killed, no call failing; two stateful ones, each session pinned to its replica.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import json
 import os
 import re
 import shlex
@@ -22,13 +23,14 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from helpers import (ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command, run_async, serving,
-                      started, wait_for)
+from helpers import (INITIALIZE, INITIALIZED, ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command,
+                     run_async, sdk_session, serving, started, tools_call, wait_for)
 
 DEPLOY = ROOT / "packaging" / "deploy"
 SYSTEMD = DEPLOY / "systemd"
@@ -52,7 +54,9 @@ def whoami() -> str:
 
 
 @mcp.tool
-async def slow(seconds: float) -> str:
+async def slow(seconds: float, started: str = "") -> str:
+    if started:  # a file to create once the call runs: tells a test the call is in flight
+        open(started, "w").close()
     await asyncio.sleep(seconds)
     return f"slept {seconds:g}"
 """
@@ -330,8 +334,6 @@ def instruction(name: str) -> list[str]:
 
 
 def json_list(text: str) -> list[str]:
-    import json
-
     return json.loads(text)
 
 
@@ -625,93 +627,61 @@ def test_deployment_arguments_serve(token, tmp_path, server_file):
         assert run_async(call_tool(server.url, "whoami", auth=TOKEN)).isdigit()
 
 
-# -- replicas behind a balancer -------------------------------------------------------
+# -- replicas behind a load balancer --------------------------------------------------------
+
+HAPROXY_CONFIG = DEPLOY / "haproxy" / "haproxy.cfg"
+SERVED = re.compile(r" mcp mcprun/(?P<server>\S+) \S+ (?P<status>\d{3}) ")  # option httplog's line
 
 
-class Balancer:
-    """A round-robin HTTP/1.1 balancer in front of replicas, as a load balancer or kube-proxy would be.
+class HAProxy:
+    """haproxy running the shipped haproxy.cfg unmodified, the replicas' addresses in its environment
+    (MCPRUN_BACKEND_1, _2, _3 in the order given; servers mcprun1, mcprun2, mcprun3), its log collected."""
 
-    One request per client connection (it answers Connection: close), so each request is balanced;
-    it sends requests only to replicas whose /readyz answered 200 at the last check (every 0.1 s),
-    and tries the next replica when one refuses the connection (as nginx's proxy_next_upstream does).
-    """
-
-    def __init__(self, backends: list[tuple[str, int]]) -> None:
-        self.backends = backends
-        self.ready = set(backends)
-        self.turn = itertools.count()
-        self.sent: dict[tuple[str, int], int] = {backend: 0 for backend in backends}
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
-        for loop in (self._accept, self._check):
-            threading.Thread(target=loop, daemon=True).start()
+    def __init__(self, token: str, replicas: list[RunningServer]) -> None:
+        program = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+        if not program:
+            pytest.skip("haproxy is not installed (apt-get install haproxy, as .ci/run does)")
+        self.port = free_port()
+        env = child_env(token, MCPRUN_LISTEN=f"127.0.0.1:{self.port}",
+                        **{f"MCPRUN_BACKEND_{n}": urllib.parse.urlsplit(replica.url).netloc
+                           for n, replica in enumerate(replicas, 1)})
+        checked = subprocess.run([program, "-c", "-f", str(HAPROXY_CONFIG)], env=env, capture_output=True,
+                                 text=True, timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        self.process = subprocess.Popen([program, "-db", "-f", str(HAPROXY_CONFIG)], env=env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True, start_new_session=True)
+        self.log = RunningServer(self.process)  # for its stderr, collected as it comes
+        wait_for(lambda: self.process.poll() is not None or not _port_free(self.port), timeout=30,
+                 what="haproxy listening")
+        assert self.process.poll() is None, self.log.stderr
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
+    def served(self) -> list[tuple[str, int]]:
+        """(server, status) of each request haproxy passed on, as it logged them."""
+        return [(match["server"], int(match["status"])) for line in self.log.lines if (match := SERVED.search(line))]
+
+    def wait_down(self, server: str) -> None:
+        wait_for(lambda: f"Server mcprun/{server} is DOWN" in self.log.stderr, timeout=30,
+                 what=f"haproxy taking {server} out")
+
     def close(self) -> None:
-        self.stopping.set()
-        self.listener.close()
-
-    def _check(self) -> None:
-        while not self.stopping.wait(0.1):
-            for backend in self.backends:
-                try:
-                    ok = httpx.get(f"http://{backend[0]}:{backend[1]}/readyz", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                (self.ready.add if ok else self.ready.discard)(backend)
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
-        with connection:
-            connection.settimeout(60)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = connection.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            headers = [line for line in lines[1:] if not line.lower().startswith((b"connection:", b"keep-alive:"))]
-            length = next((int(line.split(b":", 1)[1]) for line in headers
-                           if line.lower().startswith(b"content-length:")), 0)
-            while len(body) < length:
-                body += connection.recv(65536)
-            request = b"\r\n".join([lines[0], *headers, b"Connection: close"]) + b"\r\n\r\n" + body
-            for _ in range(len(self.backends)):
-                candidates = [backend for backend in self.backends if backend in self.ready]
-                if not candidates:
-                    break
-                backend = candidates[next(self.turn) % len(candidates)]
-                try:
-                    upstream = socket.create_connection(backend, timeout=5)
-                except OSError:
-                    self.ready.discard(backend)
-                    continue
-                with upstream:
-                    upstream.settimeout(60)
-                    upstream.sendall(request)
-                    self.sent[backend] += 1
-                    while chunk := upstream.recv(65536):
-                        connection.sendall(chunk)
-                return
-            connection.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.log.stop()
 
 
-def backend_of(url: str) -> tuple[str, int]:
-    host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
-    return host, int(port)
+@contextlib.contextmanager
+def haproxy(token: str, replicas: list[RunningServer]):
+    balancer = HAProxy(token, replicas)
+    try:
+        yield balancer
+    finally:
+        balancer.close()
 
 
 async def calls_through(url: str, count: int) -> list[str]:
@@ -722,34 +692,114 @@ async def calls_through(url: str, count: int) -> list[str]:
         return [(await client.call_tool("whoami", {})).content[0].text for _ in range(count)]
 
 
-def test_stateless_replicas_behind_a_balancer_and_one_draining(token, tmp_path, server_file):
-    """Item 2's rules, end to end: with --stateless any replica answers any call of one client session;
-    a replica that gets SIGTERM answers /readyz 503 and closes its port, the balancer stops sending it work,
-    the call it was running finishes, and no call through the balancer fails."""
+async def calls_until(url: str, stop: threading.Event, answers: list[str]) -> None:
+    """Call whoami from one client session, one call after the other, until stop is set; a failed call raises."""
+    from fastmcp import Client
+
+    async with Client(url) as client:
+        while not stop.is_set():
+            answers.append((await client.call_tool("whoami", {})).content[0].text)
+
+
+def test_stateless_replicas_behind_haproxy_one_draining_one_killed(token, tmp_path, server_file):
+    """Rules 1, 3 and 4 below, with HAProxy and the shipped haproxy.cfg: with --stateless any replica answers
+    any call of one client session; a replica that gets SIGTERM answers /readyz 503 and closes its port,
+    HAProxy's check takes it out, the call it was running finishes, and no call through HAProxy fails
+    meanwhile; a replica killed with SIGKILL refuses connections, and HAProxy sends the calls elsewhere."""
     from concurrent.futures import ThreadPoolExecutor
 
     with contextlib.ExitStack() as stack:
         replicas = [stack.enter_context(serving(token, str(server_file), "--stateless", "--graceful-timeout", "20",
-                                                cwd=tmp_path)) for _ in range(2)]
-        balancer = Balancer([backend_of(replica.url) for replica in replicas])
-        stack.callback(balancer.close)
-        pids = run_async(calls_through(balancer.url, 8))
-        assert len(set(pids)) == 2, pids  # one client session, answered by both replicas
-        assert all(count > 0 for count in balancer.sent.values())
+                                                cwd=tmp_path)) for _ in range(3)]
+        pids = [run_async(call_tool(replica.url, "whoami")) for replica in replicas]
+        balancer = stack.enter_context(haproxy(token, replicas))
+        assert set(run_async(calls_through(balancer.url, 9))) == set(pids)  # one client session, all three
+        assert {server for server, _ in balancer.served()} == {"mcprun1", "mcprun2", "mcprun3"}
 
-        draining, staying = replicas
+        (draining, killed, staying), stop, answers = replicas, threading.Event(), []
         pool = stack.enter_context(ThreadPoolExecutor(2))
-        in_flight = pool.submit(run_async, call_tool(draining.url, "slow", {"seconds": 3}))
+        stack.callback(stop.set)
+        load = pool.submit(run_async, calls_until(balancer.url, stop, answers), 120)
+        started = tmp_path / "slow-started"
+        in_flight = pool.submit(run_async, call_tool(draining.url, "slow", {"seconds": 3, "started": str(started)}))
+        wait_for(lambda: load.done() or started.exists() and len(answers) >= 3, timeout=30,
+                 what="the slow call and calls running")
         with httpx.Client(timeout=10) as keep_alive:  # a balancer's open connection sees the drain
             assert keep_alive.get(f"{root_of(draining.url)}/readyz").status_code == 200
-            time.sleep(0.5)  # the slow call is in flight
             draining.process.send_signal(signal.SIGTERM)
             wait_for(lambda: keep_alive.get(f"{root_of(draining.url)}/readyz").status_code == 503, timeout=5)
             assert keep_alive.get(f"{root_of(draining.url)}/readyz").json() == {"status": "stopping"}
-        wait_for(lambda: backend_of(draining.url) not in balancer.ready, timeout=5)
-        during = run_async(calls_through(balancer.url, 6))
-        assert set(during) == {run_async(call_tool(staying.url, "whoami"))}, during
+        balancer.wait_down("mcprun1")
         assert in_flight.result(30) == "slept 3"
         assert draining.process.wait(30) == 0, draining.stderr
-        after = run_async(calls_through(balancer.url, 4))  # the balancer routes around the stopped replica
-        assert len(after) == 4
+        since = len(answers)
+        wait_for(lambda: load.done() or len(answers) >= since + 5, timeout=30, what="calls after the drain")
+        stop.set()
+        assert load.exception(60) is None, balancer.log.stderr  # not one call failed
+        assert set(answers[since:]) <= set(pids[1:]), answers[since:]
+
+        # SIGKILL, no call in flight: its connections are refused, haproxy retries them on another replica
+        # (retry-on conn-failure, option redispatch 1) until its check takes it out. A call running on a
+        # replica that dies is lost: haproxy does not replay it (the tool might have run).
+        killed.process.kill()
+        killed.process.wait(10)
+        assert set(run_async(calls_through(balancer.url, 6))) == {pids[2]}
+        balancer.wait_down("mcprun2")
+        assert set(run_async(calls_through(balancer.url, 3))) == {pids[2]}
+        assert all(status < 500 for _, status in balancer.served()), balancer.log.stderr
+    assert "Traceback" not in staying.stderr
+
+
+async def session_calls(url: str, count: int) -> list[str]:
+    """count calls of whoami in ONE session of the official SDK's client (initialize, the event stream, the
+    calls, DELETE); the PIDs that answered. fastmcp's Client needs no session: it sends server/discover."""
+    async with sdk_session("http", url) as session:
+        return [(await session.call_tool("whoami", {})).content[0].text for _ in range(count)]
+
+
+def mcp_post(client: httpx.Client, url: str, message: dict, session: str | None = None) -> httpx.Response:
+    """POST one JSON-RPC message as a streamable-HTTP client does, in session when given."""
+    headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"}
+    return client.post(url, json=message, headers={**headers, "mcp-session-id": session} if session else headers)
+
+
+def tool_text(response: httpx.Response) -> str:
+    """The text a tools/call answered, from a JSON or an event-stream response."""
+    assert response.status_code == 200, response.text
+    body = response.text
+    if response.headers["content-type"].startswith("text/event-stream"):
+        body = [line[5:] for line in body.splitlines() if line.startswith("data:")][-1]
+    return json.loads(body)["result"]["content"][0]["text"]
+
+
+def test_stateful_sessions_pinned_by_haproxy_and_a_lost_one_starts_over(token, tmp_path, server_file):
+    """Stateful mode behind the shipped haproxy.cfg: HAProxy learns each session's id from the response that
+    created it (stick store-response) and sends every request carrying it to that replica (stick match); a
+    session whose replica was killed gets 404 from the next replica, and a new initialize works."""
+    with contextlib.ExitStack() as stack:
+        replicas = [stack.enter_context(serving(token, str(server_file), cwd=tmp_path)) for _ in range(2)]
+        replica_of = {run_async(call_tool(replica.url, "whoami")): replica for replica in replicas}
+        balancer = stack.enter_context(haproxy(token, replicas))  # two replicas: MCPRUN_BACKEND_3 unset
+        sessions = [run_async(session_calls(balancer.url, 5)) for _ in range(4)]
+        assert all(len(set(session)) == 1 for session in sessions), sessions  # each on the replica that created it
+        assert {session[0] for session in sessions} == set(replica_of), sessions  # new sessions on both
+        assert {server for server, _ in balancer.served()} == {"mcprun1", "mcprun2"}
+
+        with httpx.Client(timeout=30) as http:
+            opened = mcp_post(http, balancer.url, INITIALIZE)
+            assert opened.status_code == 200, opened.text
+            session = opened.headers["mcp-session-id"]
+            assert mcp_post(http, balancer.url, INITIALIZED, session).status_code == 202
+            pid = tool_text(mcp_post(http, balancer.url, tools_call(2, "whoami", {}), session))
+            [left] = [other for other in replica_of if other != pid]
+            replica_of[pid].process.kill()
+            replica_of[pid].process.wait(10)
+            lost = mcp_post(http, balancer.url, tools_call(3, "whoami", {}), session)
+            assert lost.status_code == 404, lost.text  # the replica left knows no such session
+            reopened = mcp_post(http, balancer.url, INITIALIZE)  # the client starts over
+            assert reopened.status_code == 200, reopened.text
+            renewed = reopened.headers["mcp-session-id"]
+            assert renewed != session
+            assert mcp_post(http, balancer.url, INITIALIZED, renewed).status_code == 202
+            assert tool_text(mcp_post(http, balancer.url, tools_call(4, "whoami", {}), renewed)) == left
+        assert set(run_async(session_calls(balancer.url, 3))) == {left}
