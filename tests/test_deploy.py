@@ -378,6 +378,12 @@ def health_code(port: int) -> str:
     return healthcheck_command()[2].replace(":8000/", f":{port}/")
 
 
+def source_date_epoch() -> str:
+    """The date reproducible builds use, as ./build sets it: SOURCE_DATE_EPOCH, else the last commit's."""
+    committed = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True)
+    return os.environ.get("SOURCE_DATE_EPOCH") or committed.stdout.strip() or "315532800"
+
+
 def working_engine() -> list[str] | None:
     """docker, else podman, when its daemon/runtime answers; None otherwise."""
     for engine in ("docker", "podman"):
@@ -389,7 +395,8 @@ def working_engine() -> list[str] | None:
 
 
 def test_container_image_built_and_run_by_an_engine(token, tmp_path):
-    """docker or podman builds the Containerfile and runs it read-only with tmpfs on the writable folders."""
+    """docker or podman builds the Containerfile and runs it read-only with tmpfs on the writable folders;
+    with podman, building it again from the same commit gives the same image ID."""
     engine = working_engine()
     if engine is None:
         pytest.skip("no container engine works here: 'docker info' finds no daemon and podman is not installed")
@@ -407,20 +414,41 @@ def test_container_image_built_and_run_by_an_engine(token, tmp_path):
         if shutil.which("runc"):
             run_options = ["--runtime", "runc"]
         tmpfs = ["--tmpfs", "/tmp:rw,exec,U", "--tmpfs", "/var/cache/mcprun:rw,exec,U"]
-        build_options = ["--format", "docker", "--ignorefile", str(CONTAINER / "Containerfile.dockerignore")]
+        # --timestamp: the image's dates and its files' are the commit's, so the same commit gives the same image.
+        # --layers=false: no intermediate image is kept, so removing the tags leaves nothing behind.
+        build_options = ["--ignorefile", str(CONTAINER / "Containerfile.dockerignore"), "--timestamp",
+                         source_date_epoch(), "--layers=false"]
+        run_format = ["--format", "docker"]
     else:
         tmpfs = ["--tmpfs", "/tmp:exec,mode=1777", "--tmpfs", "/var/cache/mcprun:exec,mode=1777"]
-        build_options = []
+        build_options, run_format = [], []
     tag, name = f"mcprun-test-{token[:12]}", f"mcprun-test-{token[:12]}"
+    oci, again = f"{tag}-oci", f"{tag}-oci-again"
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o644)
     port = free_port()
-    try:
-        built = subprocess.run([*engine, "build", *build_options, "-f", str(CONTAINER / "Containerfile"),
-                                "--build-arg", "SERVER=examples/echo.py", "-t", tag, "."], cwd=ROOT, env=env,
+
+    def build(*options: str) -> None:
+        built = subprocess.run([*engine, "build", *build_options, *options, "-f", str(CONTAINER / "Containerfile"),
+                                "--build-arg", "SERVER=examples/echo.py", "."], cwd=ROOT, env=env,
                                capture_output=True, text=True, timeout=600)
         assert built.returncode == 0, built.stderr[-3000:]
+
+    def inspect_image(image: str, field: str) -> str:
+        return subprocess.run([*engine, "image", "inspect", "--format", "{{" + field + "}}", image], env=env,
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+
+    try:
+        build(*run_format, "-t", tag)
+        if engine == ["podman"]:  # docker: not tried here (BuildKit wants SOURCE_DATE_EPOCH and rewrite-timestamp)
+            # Reproducible: an OCI image built twice from the same commit, every step run again, has one ID.
+            # Not the docker format: its config holds the build container's ID and host name, new each build;
+            # its files (the one layer) are the same.
+            build("--format", "oci", "-t", oci)
+            build("--format", "oci", "--no-cache", "-t", again)
+            assert inspect_image(again, ".Id") == inspect_image(oci, ".Id") != ""
+            assert inspect_image(tag, ".RootFS.Layers") == inspect_image(oci, ".RootFS.Layers") != ""
         ran = subprocess.run([*engine, "run", "-d", *run_options, "--name", name, "-p", f"127.0.0.1:{port}:8000",
                               "--read-only", *tmpfs, "-v", f"{token_file}:/run/secrets/mcp-token:ro", tag],
                              env=env, capture_output=True, text=True, timeout=120)
@@ -450,7 +478,7 @@ def test_container_image_built_and_run_by_an_engine(token, tmp_path):
         assert "Traceback" not in logs.stderr
     finally:
         subprocess.run([*engine, "rm", "-f", name], env=env, capture_output=True, timeout=120)
-        subprocess.run([*engine, "rmi", "-f", tag], env=env, capture_output=True, timeout=120)
+        subprocess.run([*engine, "rmi", "-f", tag, oci, again], env=env, capture_output=True, timeout=120)
 
 
 JAIL_SCRIPT = """\
