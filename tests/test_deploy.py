@@ -658,43 +658,56 @@ def test_deployment_arguments_serve(token, tmp_path, server_file):
 # -- replicas behind a load balancer --------------------------------------------------------
 
 HAPROXY_CONFIG = DEPLOY / "haproxy" / "haproxy.cfg"
-SERVED = re.compile(r" mcp mcprun/(?P<server>\S+) \S+ (?P<status>\d{3}) ")  # option httplog's line
+NGINX_TEMPLATE = DEPLOY / "nginx" / "mcprun.conf.template"
+SERVED = re.compile(r" mcp mcprun/(?P<server>\S+) \S+ (?P<status>\d{3}) ")  # haproxy's option httplog line
+NGINX_MAIN = """\
+daemon off;
+master_process off;
+pid nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path body;
+    proxy_temp_path proxy;
+    fastcgi_temp_path fastcgi;
+    uwsgi_temp_path uwsgi;
+    scgi_temp_path scgi;
+    include conf.d/*.conf;
+}}
+"""  # stands in for /etc/nginx/nginx.conf, whose http block includes conf.d/*.conf: in one process, files here
 
 
-class HAProxy:
-    """haproxy running the shipped haproxy.cfg unmodified, the replicas' addresses in its environment
-    (MCPRUN_BACKEND_1, _2, _3 in the order given; servers mcprun1, mcprun2, mcprun3), its log collected."""
+def program(name: str) -> str:
+    """The installed program, looked for in the sbin folders too; skip the test when it is missing."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        pytest.skip(f"{name} is not installed (apt-get install {name}, as .ci/run does)")
+    return found
 
-    def __init__(self, token: str, replicas: list[RunningServer]) -> None:
-        program = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
-        if not program:
-            pytest.skip("haproxy is not installed (apt-get install haproxy, as .ci/run does)")
-        self.port = free_port()
-        env = child_env(token, MCPRUN_LISTEN=f"127.0.0.1:{self.port}",
-                        **{f"MCPRUN_BACKEND_{n}": urllib.parse.urlsplit(replica.url).netloc
-                           for n, replica in enumerate(replicas, 1)})
-        checked = subprocess.run([program, "-c", "-f", str(HAPROXY_CONFIG)], env=env, capture_output=True,
-                                 text=True, timeout=30)
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-        self.process = subprocess.Popen([program, "-db", "-f", str(HAPROXY_CONFIG)], env=env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        text=True, start_new_session=True)
+
+def balancer_env(token: str, port: int, replicas: list[RunningServer]) -> dict:
+    """The environment the shipped configurations read: MCPRUN_LISTEN, MCPRUN_BACKEND_1, _2, _3 in order."""
+    return child_env(token, MCPRUN_LISTEN=f"127.0.0.1:{port}",
+                     **{f"MCPRUN_BACKEND_{n}": urllib.parse.urlsplit(replica.url).netloc
+                        for n, replica in enumerate(replicas, 1)})
+
+
+class Balancer:
+    """A load balancer in front of replicas, running a shipped configuration unmodified; its log collected."""
+
+    def __init__(self, command: list[str], env: dict, port: int) -> None:
+        self.port = port
+        self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.log = RunningServer(self.process)  # for its stderr, collected as it comes
-        wait_for(lambda: self.process.poll() is not None or not _port_free(self.port), timeout=30,
-                 what="haproxy listening")
+        wait_for(lambda: self.process.poll() is not None or not _port_free(port), timeout=30,
+                 what=f"{command[0]} listening")
         assert self.process.poll() is None, self.log.stderr
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
-
-    def served(self) -> list[tuple[str, int]]:
-        """(server, status) of each request haproxy passed on, as it logged them."""
-        return [(match["server"], int(match["status"])) for line in self.log.lines if (match := SERVED.search(line))]
-
-    def wait_down(self, server: str) -> None:
-        wait_for(lambda: f"Server mcprun/{server} is DOWN" in self.log.stderr, timeout=30,
-                 what=f"haproxy taking {server} out")
 
     def close(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -703,9 +716,61 @@ class HAProxy:
         self.log.stop()
 
 
+class HAProxy(Balancer):
+    """haproxy running packaging/deploy/haproxy/haproxy.cfg (servers mcprun1, mcprun2, mcprun3)."""
+
+    def __init__(self, token: str, replicas: list[RunningServer], tmp_path: Path) -> None:
+        haproxy, port = program("haproxy"), free_port()
+        env = balancer_env(token, port, replicas)
+        checked = subprocess.run([haproxy, "-c", "-f", str(HAPROXY_CONFIG)], env=env, capture_output=True,
+                                 text=True, timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        super().__init__([haproxy, "-db", "-f", str(HAPROXY_CONFIG)], env, port)
+
+    def served(self) -> list[tuple[str, int]]:
+        """(server, status) of each request haproxy passed on, as it logged them."""
+        return [(match["server"], int(match["status"])) for line in self.log.lines if (match := SERVED.search(line))]
+
+    def wait_down(self, index: int) -> None:
+        """Until haproxy's health check has taken the replica out."""
+        try:
+            wait_for(lambda: f"Server mcprun/mcprun{index + 1} is DOWN" in self.log.stderr, timeout=30)
+        except AssertionError:
+            raise AssertionError(f"haproxy did not take replica {index + 1} out; its log:\n{self.log.stderr}")
+
+
+class Nginx(Balancer):
+    """nginx running packaging/deploy/nginx/mcprun.conf.template, made a conf.d file by envsubst."""
+
+    def __init__(self, token: str, replicas: list[RunningServer], tmp_path: Path) -> None:
+        nginx, envsubst, port = program("nginx"), program("envsubst"), free_port()
+        env = balancer_env(token, port, replicas)
+        self.addresses = [urllib.parse.urlsplit(replica.url).netloc for replica in replicas]
+        folder = tmp_path / "nginx"
+        (folder / "conf.d").mkdir(parents=True)
+        names = " ".join(f"${name}" for name in env if name.startswith("MCPRUN_"))  # only these: not $host
+        filled = subprocess.run([envsubst, names], input=NGINX_TEMPLATE.read_text(), env=env, capture_output=True,
+                                text=True, timeout=30, check=True).stdout
+        (folder / "conf.d" / "mcprun.conf").write_text(filled)
+        (folder / "nginx.conf").write_text(NGINX_MAIN.format())
+        command = [nginx, "-p", f"{folder}/", "-c", str(folder / "nginx.conf"), "-e", "stderr"]
+        checked = subprocess.run([*command, "-t"], env=env, capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr
+        super().__init__(command, env, port)
+
+    def wait_down(self, index: int) -> None:
+        """Until nginx has found the replica refusing connections and left it out."""
+        upstream = f'upstream: "http://{self.addresses[index]}/'
+        try:
+            wait_for(lambda: any("upstream server temporarily disabled" in line and upstream in line
+                                 for line in self.log.lines), timeout=30)
+        except AssertionError:
+            raise AssertionError(f"nginx did not leave replica {index + 1} out; its log:\n{self.log.stderr}")
+
+
 @contextlib.contextmanager
-def haproxy(token: str, replicas: list[RunningServer]):
-    balancer = HAProxy(token, replicas)
+def balancing(kind: type[Balancer], token: str, replicas: list[RunningServer], tmp_path: Path):
+    balancer = kind(token, replicas, tmp_path)
     try:
         yield balancer
     finally:
@@ -729,20 +794,21 @@ async def calls_until(url: str, stop: threading.Event, answers: list[str]) -> No
             answers.append((await client.call_tool("whoami", {})).content[0].text)
 
 
-def test_stateless_replicas_behind_haproxy_one_draining_one_killed(token, tmp_path, server_file):
-    """Rules 1, 3 and 4 below, with HAProxy and the shipped haproxy.cfg: with --stateless any replica answers
-    any call of one client session; a replica that gets SIGTERM answers /readyz 503 and closes its port,
-    HAProxy's check takes it out, the call it was running finishes, and no call through HAProxy fails
-    meanwhile; a replica killed with SIGKILL refuses connections, and HAProxy sends the calls elsewhere."""
+@pytest.mark.parametrize("kind", [HAProxy, Nginx], ids=["haproxy", "nginx"])
+def test_stateless_replicas_behind_a_balancer_one_draining_one_killed(token, tmp_path, server_file, kind):
+    """The rules for replicas, with HAProxy or nginx running the shipped configuration: with --stateless any
+    replica answers any call of one client session; a replica that gets SIGTERM answers /readyz 503 and
+    closes its port, the balancer takes it out (HAProxy: its check; nginx: a refused connection), the call it
+    was running finishes, and no call through the balancer fails meanwhile; a replica killed with SIGKILL
+    refuses connections, and the balancer sends the calls elsewhere."""
     from concurrent.futures import ThreadPoolExecutor
 
     with contextlib.ExitStack() as stack:
         replicas = [stack.enter_context(serving(token, str(server_file), "--stateless", "--graceful-timeout", "20",
                                                 cwd=tmp_path)) for _ in range(3)]
         pids = [run_async(call_tool(replica.url, "whoami")) for replica in replicas]
-        balancer = stack.enter_context(haproxy(token, replicas))
+        balancer = stack.enter_context(balancing(kind, token, replicas, tmp_path))
         assert set(run_async(calls_through(balancer.url, 9))) == set(pids)  # one client session, all three
-        assert {server for server, _ in balancer.served()} == {"mcprun1", "mcprun2", "mcprun3"}
 
         (draining, killed, staying), stop, answers = replicas, threading.Event(), []
         pool = stack.enter_context(ThreadPoolExecutor(2))
@@ -757,7 +823,7 @@ def test_stateless_replicas_behind_haproxy_one_draining_one_killed(token, tmp_pa
             draining.process.send_signal(signal.SIGTERM)
             wait_for(lambda: keep_alive.get(f"{root_of(draining.url)}/readyz").status_code == 503, timeout=5)
             assert keep_alive.get(f"{root_of(draining.url)}/readyz").json() == {"status": "stopping"}
-        balancer.wait_down("mcprun1")
+        balancer.wait_down(0)
         assert in_flight.result(30) == "slept 3"
         assert draining.process.wait(30) == 0, draining.stderr
         since = len(answers)
@@ -766,15 +832,14 @@ def test_stateless_replicas_behind_haproxy_one_draining_one_killed(token, tmp_pa
         assert load.exception(60) is None, balancer.log.stderr  # not one call failed
         assert set(answers[since:]) <= set(pids[1:]), answers[since:]
 
-        # SIGKILL, no call in flight: its connections are refused, haproxy retries them on another replica
-        # (retry-on conn-failure, option redispatch 1) until its check takes it out. A call running on a
-        # replica that dies is lost: haproxy does not replay it (the tool might have run).
+        # SIGKILL, no call in flight: its connections are refused, the balancer sends them to another replica
+        # (HAProxy until its check takes it out). A call running on a replica that dies is lost: neither
+        # balancer sends it again (the tool may have run).
         killed.process.kill()
         killed.process.wait(10)
         assert set(run_async(calls_through(balancer.url, 6))) == {pids[2]}
-        balancer.wait_down("mcprun2")
+        balancer.wait_down(1)
         assert set(run_async(calls_through(balancer.url, 3))) == {pids[2]}
-        assert all(status < 500 for _, status in balancer.served()), balancer.log.stderr
     assert "Traceback" not in staying.stderr
 
 
@@ -807,7 +872,7 @@ def test_stateful_sessions_pinned_by_haproxy_and_a_lost_one_starts_over(token, t
     with contextlib.ExitStack() as stack:
         replicas = [stack.enter_context(serving(token, str(server_file), cwd=tmp_path)) for _ in range(2)]
         replica_of = {run_async(call_tool(replica.url, "whoami")): replica for replica in replicas}
-        balancer = stack.enter_context(haproxy(token, replicas))  # two replicas: MCPRUN_BACKEND_3 unset
+        balancer = stack.enter_context(balancing(HAProxy, token, replicas, tmp_path))  # MCPRUN_BACKEND_3 unset
         sessions = [run_async(session_calls(balancer.url, 5)) for _ in range(4)]
         assert all(len(set(session)) == 1 for session in sessions), sessions  # each on the replica that created it
         assert {session[0] for session in sessions} == set(replica_of), sessions  # new sessions on both
@@ -824,6 +889,8 @@ def test_stateful_sessions_pinned_by_haproxy_and_a_lost_one_starts_over(token, t
             replica_of[pid].process.wait(10)
             lost = mcp_post(http, balancer.url, tools_call(3, "whoami", {}), session)
             assert lost.status_code == 404, lost.text  # the replica left knows no such session
+            server_left = f"mcprun{replicas.index(replica_of[left]) + 1}"
+            wait_for(lambda: (server_left, 404) in balancer.served(), timeout=10, what="haproxy logging the 404")
             reopened = mcp_post(http, balancer.url, INITIALIZE)  # the client starts over
             assert reopened.status_code == 200, reopened.text
             renewed = reopened.headers["mcp-session-id"]
