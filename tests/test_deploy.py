@@ -469,6 +469,13 @@ def test_container_image_built_and_run_by_an_engine(token, tmp_path):
         inspect = subprocess.run([*engine, "inspect", name, "--format", "{{.Config.User}} {{.Config.StopSignal}}"],
                                  env=env, capture_output=True, text=True, timeout=60)
         assert inspect.stdout.split()[:1] == ["65534:65534"]
+        # What runs in it: the server as 65534 (its PID 1), on a root it cannot write.
+        probe = ("import os; print(open('/proc/1/status').read().split('Uid:')[1].split()[0]);"
+                 " open('/written', 'w')")
+        inside = subprocess.run([*engine, "exec", name, "/mcprun", "-c", probe], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert inside.stdout.split() == ["65534"], inside.stdout + inside.stderr
+        assert "Read-only file system" in inside.stderr, inside.stderr
         stopped = subprocess.run([*engine, "stop", "-t", "30", name], env=env, capture_output=True, timeout=120)
         assert stopped.returncode == 0
         code = subprocess.run([*engine, "inspect", name, "--format", "{{.State.ExitCode}}"], env=env,
