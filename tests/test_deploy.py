@@ -6,13 +6,14 @@
   the image's files, as uid 65534, on a read-only root with tmpfs on the writable folders.
 - Kubernetes: every manifest parsed and validated against the Kubernetes schemas (kubernetes-validate, offline),
   and the Deployment's own arguments served; no cluster here.
-- replicas: two `--stateless` mcprun behind a round-robin balancer, one draining.
+- replicas: behind HAProxy running the shipped packaging/deploy/haproxy/haproxy.cfg: three `--stateless`
+  mcprun, one draining and one killed, no call failing; two stateful ones, each session pinned to its replica.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import json
 import os
 import re
 import shlex
@@ -22,13 +23,14 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from helpers import (ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command, run_async, serving,
-                      started, wait_for)
+from helpers import (INITIALIZE, INITIALIZED, ROOT, RunningServer, child_env, free_port, kill_token, mcprun_command,
+                     run_async, sdk_session, serving, started, tools_call, wait_for)
 
 DEPLOY = ROOT / "packaging" / "deploy"
 SYSTEMD = DEPLOY / "systemd"
@@ -52,7 +54,9 @@ def whoami() -> str:
 
 
 @mcp.tool
-async def slow(seconds: float) -> str:
+async def slow(seconds: float, started: str = "") -> str:
+    if started:  # a file to create once the call runs: tells a test the call is in flight
+        open(started, "w").close()
     await asyncio.sleep(seconds)
     return f"slept {seconds:g}"
 """
@@ -330,8 +334,6 @@ def instruction(name: str) -> list[str]:
 
 
 def json_list(text: str) -> list[str]:
-    import json
-
     return json.loads(text)
 
 
@@ -376,6 +378,12 @@ def health_code(port: int) -> str:
     return healthcheck_command()[2].replace(":8000/", f":{port}/")
 
 
+def source_date_epoch() -> str:
+    """The date reproducible builds use, as ./build sets it: SOURCE_DATE_EPOCH, else the last commit's."""
+    committed = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True)
+    return os.environ.get("SOURCE_DATE_EPOCH") or committed.stdout.strip() or "315532800"
+
+
 def working_engine() -> list[str] | None:
     """docker, else podman, when its daemon/runtime answers; None otherwise."""
     for engine in ("docker", "podman"):
@@ -387,7 +395,8 @@ def working_engine() -> list[str] | None:
 
 
 def test_container_image_built_and_run_by_an_engine(token, tmp_path):
-    """docker or podman builds the Containerfile and runs it read-only with tmpfs on the writable folders."""
+    """docker or podman builds the Containerfile and runs it read-only with tmpfs on the writable folders;
+    with podman, building it again from the same commit gives the same image ID."""
     engine = working_engine()
     if engine is None:
         pytest.skip("no container engine works here: 'docker info' finds no daemon and podman is not installed")
@@ -405,20 +414,41 @@ def test_container_image_built_and_run_by_an_engine(token, tmp_path):
         if shutil.which("runc"):
             run_options = ["--runtime", "runc"]
         tmpfs = ["--tmpfs", "/tmp:rw,exec,U", "--tmpfs", "/var/cache/mcprun:rw,exec,U"]
-        build_options = ["--format", "docker", "--ignorefile", str(CONTAINER / "Containerfile.dockerignore")]
+        # --timestamp: the image's dates and its files' are the commit's, so the same commit gives the same image.
+        # --layers=false: no intermediate image is kept, so removing the tags leaves nothing behind.
+        build_options = ["--ignorefile", str(CONTAINER / "Containerfile.dockerignore"), "--timestamp",
+                         source_date_epoch(), "--layers=false"]
+        run_format = ["--format", "docker"]
     else:
         tmpfs = ["--tmpfs", "/tmp:exec,mode=1777", "--tmpfs", "/var/cache/mcprun:exec,mode=1777"]
-        build_options = []
+        build_options, run_format = [], []
     tag, name = f"mcprun-test-{token[:12]}", f"mcprun-test-{token[:12]}"
+    oci, again = f"{tag}-oci", f"{tag}-oci-again"
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o644)
     port = free_port()
-    try:
-        built = subprocess.run([*engine, "build", *build_options, "-f", str(CONTAINER / "Containerfile"),
-                                "--build-arg", "SERVER=examples/echo.py", "-t", tag, "."], cwd=ROOT, env=env,
+
+    def build(*options: str) -> None:
+        built = subprocess.run([*engine, "build", *build_options, *options, "-f", str(CONTAINER / "Containerfile"),
+                                "--build-arg", "SERVER=examples/echo.py", "."], cwd=ROOT, env=env,
                                capture_output=True, text=True, timeout=600)
         assert built.returncode == 0, built.stderr[-3000:]
+
+    def inspect_image(image: str, field: str) -> str:
+        return subprocess.run([*engine, "image", "inspect", "--format", "{{" + field + "}}", image], env=env,
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+
+    try:
+        build(*run_format, "-t", tag)
+        if engine == ["podman"]:  # docker: not tried here (BuildKit wants SOURCE_DATE_EPOCH and rewrite-timestamp)
+            # Reproducible: an OCI image built twice from the same commit, every step run again, has one ID.
+            # Not the docker format: its config holds the build container's ID and host name, new each build;
+            # its files (the one layer) are the same.
+            build("--format", "oci", "-t", oci)
+            build("--format", "oci", "--no-cache", "-t", again)
+            assert inspect_image(again, ".Id") == inspect_image(oci, ".Id") != ""
+            assert inspect_image(tag, ".RootFS.Layers") == inspect_image(oci, ".RootFS.Layers") != ""
         ran = subprocess.run([*engine, "run", "-d", *run_options, "--name", name, "-p", f"127.0.0.1:{port}:8000",
                               "--read-only", *tmpfs, "-v", f"{token_file}:/run/secrets/mcp-token:ro", tag],
                              env=env, capture_output=True, text=True, timeout=120)
@@ -439,6 +469,13 @@ def test_container_image_built_and_run_by_an_engine(token, tmp_path):
         inspect = subprocess.run([*engine, "inspect", name, "--format", "{{.Config.User}} {{.Config.StopSignal}}"],
                                  env=env, capture_output=True, text=True, timeout=60)
         assert inspect.stdout.split()[:1] == ["65534:65534"]
+        # What runs in it: the server as 65534 (its PID 1), on a root it cannot write.
+        probe = ("import os; print(open('/proc/1/status').read().split('Uid:')[1].split()[0]);"
+                 " open('/written', 'w')")
+        inside = subprocess.run([*engine, "exec", name, "/mcprun", "-c", probe], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert inside.stdout.split() == ["65534"], inside.stdout + inside.stderr
+        assert "Read-only file system" in inside.stderr, inside.stderr
         stopped = subprocess.run([*engine, "stop", "-t", "30", name], env=env, capture_output=True, timeout=120)
         assert stopped.returncode == 0
         code = subprocess.run([*engine, "inspect", name, "--format", "{{.State.ExitCode}}"], env=env,
@@ -448,7 +485,7 @@ def test_container_image_built_and_run_by_an_engine(token, tmp_path):
         assert "Traceback" not in logs.stderr
     finally:
         subprocess.run([*engine, "rm", "-f", name], env=env, capture_output=True, timeout=120)
-        subprocess.run([*engine, "rmi", "-f", tag], env=env, capture_output=True, timeout=120)
+        subprocess.run([*engine, "rmi", "-f", tag, oci, again], env=env, capture_output=True, timeout=120)
 
 
 JAIL_SCRIPT = """\
@@ -625,93 +662,126 @@ def test_deployment_arguments_serve(token, tmp_path, server_file):
         assert run_async(call_tool(server.url, "whoami", auth=TOKEN)).isdigit()
 
 
-# -- replicas behind a balancer -------------------------------------------------------
+# -- replicas behind a load balancer --------------------------------------------------------
+
+HAPROXY_CONFIG = DEPLOY / "haproxy" / "haproxy.cfg"
+NGINX_TEMPLATE = DEPLOY / "nginx" / "mcprun.conf.template"
+SERVED = re.compile(r" mcp mcprun/(?P<server>\S+) \S+ (?P<status>\d{3}) ")  # haproxy's option httplog line
+NGINX_MAIN = """\
+daemon off;
+master_process off;
+pid nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path body;
+    proxy_temp_path proxy;
+    fastcgi_temp_path fastcgi;
+    uwsgi_temp_path uwsgi;
+    scgi_temp_path scgi;
+    include conf.d/*.conf;
+}}
+"""  # stands in for /etc/nginx/nginx.conf, whose http block includes conf.d/*.conf: in one process, files here
+
+
+def program(name: str) -> str:
+    """The installed program, looked for in the sbin folders too; skip the test when it is missing."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        pytest.skip(f"{name} is not installed (apt-get install {name}, as .ci/run does)")
+    return found
+
+
+def balancer_env(token: str, port: int, replicas: list[RunningServer]) -> dict:
+    """The environment the shipped configurations read: MCPRUN_LISTEN, MCPRUN_BACKEND_1, _2, _3 in order."""
+    return child_env(token, MCPRUN_LISTEN=f"127.0.0.1:{port}",
+                     **{f"MCPRUN_BACKEND_{n}": urllib.parse.urlsplit(replica.url).netloc
+                        for n, replica in enumerate(replicas, 1)})
 
 
 class Balancer:
-    """A round-robin HTTP/1.1 balancer in front of replicas, as a load balancer or kube-proxy would be.
+    """A load balancer in front of replicas, running a shipped configuration unmodified; its log collected."""
 
-    One request per client connection (it answers Connection: close), so each request is balanced;
-    it sends requests only to replicas whose /readyz answered 200 at the last check (every 0.1 s),
-    and tries the next replica when one refuses the connection (as nginx's proxy_next_upstream does).
-    """
-
-    def __init__(self, backends: list[tuple[str, int]]) -> None:
-        self.backends = backends
-        self.ready = set(backends)
-        self.turn = itertools.count()
-        self.sent: dict[tuple[str, int], int] = {backend: 0 for backend in backends}
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
-        for loop in (self._accept, self._check):
-            threading.Thread(target=loop, daemon=True).start()
+    def __init__(self, command: list[str], env: dict, port: int) -> None:
+        self.port = port
+        self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.log = RunningServer(self.process)  # for its stderr, collected as it comes
+        wait_for(lambda: self.process.poll() is not None or not _port_free(port), timeout=30,
+                 what=f"{command[0]} listening")
+        assert self.process.poll() is None, self.log.stderr
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def close(self) -> None:
-        self.stopping.set()
-        self.listener.close()
-
-    def _check(self) -> None:
-        while not self.stopping.wait(0.1):
-            for backend in self.backends:
-                try:
-                    ok = httpx.get(f"http://{backend[0]}:{backend[1]}/readyz", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                (self.ready.add if ok else self.ready.discard)(backend)
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
-
-    def _serve(self, connection: socket.socket) -> None:
-        with connection:
-            connection.settimeout(60)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = connection.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            headers = [line for line in lines[1:] if not line.lower().startswith((b"connection:", b"keep-alive:"))]
-            length = next((int(line.split(b":", 1)[1]) for line in headers
-                           if line.lower().startswith(b"content-length:")), 0)
-            while len(body) < length:
-                body += connection.recv(65536)
-            request = b"\r\n".join([lines[0], *headers, b"Connection: close"]) + b"\r\n\r\n" + body
-            for _ in range(len(self.backends)):
-                candidates = [backend for backend in self.backends if backend in self.ready]
-                if not candidates:
-                    break
-                backend = candidates[next(self.turn) % len(candidates)]
-                try:
-                    upstream = socket.create_connection(backend, timeout=5)
-                except OSError:
-                    self.ready.discard(backend)
-                    continue
-                with upstream:
-                    upstream.settimeout(60)
-                    upstream.sendall(request)
-                    self.sent[backend] += 1
-                    while chunk := upstream.recv(65536):
-                        connection.sendall(chunk)
-                return
-            connection.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.log.stop()
 
 
-def backend_of(url: str) -> tuple[str, int]:
-    host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
-    return host, int(port)
+class HAProxy(Balancer):
+    """haproxy running packaging/deploy/haproxy/haproxy.cfg (servers mcprun1, mcprun2, mcprun3)."""
+
+    def __init__(self, token: str, replicas: list[RunningServer], tmp_path: Path) -> None:
+        haproxy, port = program("haproxy"), free_port()
+        env = balancer_env(token, port, replicas)
+        checked = subprocess.run([haproxy, "-c", "-f", str(HAPROXY_CONFIG)], env=env, capture_output=True,
+                                 text=True, timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        super().__init__([haproxy, "-db", "-f", str(HAPROXY_CONFIG)], env, port)
+
+    def served(self) -> list[tuple[str, int]]:
+        """(server, status) of each request haproxy passed on, as it logged them."""
+        return [(match["server"], int(match["status"])) for line in self.log.lines if (match := SERVED.search(line))]
+
+    def wait_down(self, index: int) -> None:
+        """Until haproxy's health check has taken the replica out."""
+        try:
+            wait_for(lambda: f"Server mcprun/mcprun{index + 1} is DOWN" in self.log.stderr, timeout=30)
+        except AssertionError:
+            raise AssertionError(f"haproxy did not take replica {index + 1} out; its log:\n{self.log.stderr}")
+
+
+class Nginx(Balancer):
+    """nginx running packaging/deploy/nginx/mcprun.conf.template, made a conf.d file by envsubst."""
+
+    def __init__(self, token: str, replicas: list[RunningServer], tmp_path: Path) -> None:
+        nginx, envsubst, port = program("nginx"), program("envsubst"), free_port()
+        env = balancer_env(token, port, replicas)
+        self.addresses = [urllib.parse.urlsplit(replica.url).netloc for replica in replicas]
+        folder = tmp_path / "nginx"
+        (folder / "conf.d").mkdir(parents=True)
+        names = " ".join(f"${name}" for name in env if name.startswith("MCPRUN_"))  # only these: not $host
+        filled = subprocess.run([envsubst, names], input=NGINX_TEMPLATE.read_text(), env=env, capture_output=True,
+                                text=True, timeout=30, check=True).stdout
+        (folder / "conf.d" / "mcprun.conf").write_text(filled)
+        (folder / "nginx.conf").write_text(NGINX_MAIN.format())
+        command = [nginx, "-p", f"{folder}/", "-c", str(folder / "nginx.conf"), "-e", "stderr"]
+        checked = subprocess.run([*command, "-t"], env=env, capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr
+        super().__init__(command, env, port)
+
+    def wait_down(self, index: int) -> None:
+        """Until nginx has found the replica refusing connections and left it out."""
+        upstream = f'upstream: "http://{self.addresses[index]}/'
+        try:
+            wait_for(lambda: any("upstream server temporarily disabled" in line and upstream in line
+                                 for line in self.log.lines), timeout=30)
+        except AssertionError:
+            raise AssertionError(f"nginx did not leave replica {index + 1} out; its log:\n{self.log.stderr}")
+
+
+@contextlib.contextmanager
+def balancing(kind: type[Balancer], token: str, replicas: list[RunningServer], tmp_path: Path):
+    balancer = kind(token, replicas, tmp_path)
+    try:
+        yield balancer
+    finally:
+        balancer.close()
 
 
 async def calls_through(url: str, count: int) -> list[str]:
@@ -722,34 +792,116 @@ async def calls_through(url: str, count: int) -> list[str]:
         return [(await client.call_tool("whoami", {})).content[0].text for _ in range(count)]
 
 
-def test_stateless_replicas_behind_a_balancer_and_one_draining(token, tmp_path, server_file):
-    """Item 2's rules, end to end: with --stateless any replica answers any call of one client session;
-    a replica that gets SIGTERM answers /readyz 503 and closes its port, the balancer stops sending it work,
-    the call it was running finishes, and no call through the balancer fails."""
+async def calls_until(url: str, stop: threading.Event, answers: list[str]) -> None:
+    """Call whoami from one client session, one call after the other, until stop is set; a failed call raises."""
+    from fastmcp import Client
+
+    async with Client(url) as client:
+        while not stop.is_set():
+            answers.append((await client.call_tool("whoami", {})).content[0].text)
+
+
+@pytest.mark.parametrize("kind", [HAProxy, Nginx], ids=["haproxy", "nginx"])
+def test_stateless_replicas_behind_a_balancer_one_draining_one_killed(token, tmp_path, server_file, kind):
+    """The rules for replicas, with HAProxy or nginx running the shipped configuration: with --stateless any
+    replica answers any call of one client session; a replica that gets SIGTERM answers /readyz 503 and
+    closes its port, the balancer takes it out (HAProxy: its check; nginx: a refused connection), the call it
+    was running finishes, and no call through the balancer fails meanwhile; a replica killed with SIGKILL
+    refuses connections, and the balancer sends the calls elsewhere."""
     from concurrent.futures import ThreadPoolExecutor
 
     with contextlib.ExitStack() as stack:
         replicas = [stack.enter_context(serving(token, str(server_file), "--stateless", "--graceful-timeout", "20",
-                                                cwd=tmp_path)) for _ in range(2)]
-        balancer = Balancer([backend_of(replica.url) for replica in replicas])
-        stack.callback(balancer.close)
-        pids = run_async(calls_through(balancer.url, 8))
-        assert len(set(pids)) == 2, pids  # one client session, answered by both replicas
-        assert all(count > 0 for count in balancer.sent.values())
+                                                cwd=tmp_path)) for _ in range(3)]
+        pids = [run_async(call_tool(replica.url, "whoami")) for replica in replicas]
+        balancer = stack.enter_context(balancing(kind, token, replicas, tmp_path))
+        assert set(run_async(calls_through(balancer.url, 9))) == set(pids)  # one client session, all three
 
-        draining, staying = replicas
+        (draining, killed, staying), stop, answers = replicas, threading.Event(), []
         pool = stack.enter_context(ThreadPoolExecutor(2))
-        in_flight = pool.submit(run_async, call_tool(draining.url, "slow", {"seconds": 3}))
+        stack.callback(stop.set)
+        load = pool.submit(run_async, calls_until(balancer.url, stop, answers), 120)
+        started = tmp_path / "slow-started"
+        in_flight = pool.submit(run_async, call_tool(draining.url, "slow", {"seconds": 3, "started": str(started)}))
+        wait_for(lambda: load.done() or started.exists() and len(answers) >= 3, timeout=30,
+                 what="the slow call and calls running")
         with httpx.Client(timeout=10) as keep_alive:  # a balancer's open connection sees the drain
             assert keep_alive.get(f"{root_of(draining.url)}/readyz").status_code == 200
-            time.sleep(0.5)  # the slow call is in flight
             draining.process.send_signal(signal.SIGTERM)
             wait_for(lambda: keep_alive.get(f"{root_of(draining.url)}/readyz").status_code == 503, timeout=5)
             assert keep_alive.get(f"{root_of(draining.url)}/readyz").json() == {"status": "stopping"}
-        wait_for(lambda: backend_of(draining.url) not in balancer.ready, timeout=5)
-        during = run_async(calls_through(balancer.url, 6))
-        assert set(during) == {run_async(call_tool(staying.url, "whoami"))}, during
+        balancer.wait_down(0)
         assert in_flight.result(30) == "slept 3"
         assert draining.process.wait(30) == 0, draining.stderr
-        after = run_async(calls_through(balancer.url, 4))  # the balancer routes around the stopped replica
-        assert len(after) == 4
+        since = len(answers)
+        wait_for(lambda: load.done() or len(answers) >= since + 5, timeout=30, what="calls after the drain")
+        stop.set()
+        assert load.exception(60) is None, balancer.log.stderr  # not one call failed
+        assert set(answers[since:]) <= set(pids[1:]), answers[since:]
+
+        # SIGKILL, no call in flight: its connections are refused, the balancer sends them to another replica
+        # (HAProxy until its check takes it out). A call running on a replica that dies is lost: neither
+        # balancer sends it again (the tool may have run).
+        killed.process.kill()
+        killed.process.wait(10)
+        assert set(run_async(calls_through(balancer.url, 6))) == {pids[2]}
+        balancer.wait_down(1)
+        assert set(run_async(calls_through(balancer.url, 3))) == {pids[2]}
+    assert "Traceback" not in staying.stderr
+
+
+async def session_calls(url: str, count: int) -> list[str]:
+    """count calls of whoami in ONE session of the official SDK's client (initialize, the event stream, the
+    calls, DELETE); the PIDs that answered. fastmcp's Client needs no session: it sends server/discover."""
+    async with sdk_session("http", url) as session:
+        return [(await session.call_tool("whoami", {})).content[0].text for _ in range(count)]
+
+
+def mcp_post(client: httpx.Client, url: str, message: dict, session: str | None = None) -> httpx.Response:
+    """POST one JSON-RPC message as a streamable-HTTP client does, in session when given."""
+    headers = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"}
+    return client.post(url, json=message, headers={**headers, "mcp-session-id": session} if session else headers)
+
+
+def tool_text(response: httpx.Response) -> str:
+    """The text a tools/call answered, from a JSON or an event-stream response."""
+    assert response.status_code == 200, response.text
+    body = response.text
+    if response.headers["content-type"].startswith("text/event-stream"):
+        body = [line[5:] for line in body.splitlines() if line.startswith("data:")][-1]
+    return json.loads(body)["result"]["content"][0]["text"]
+
+
+def test_stateful_sessions_pinned_by_haproxy_and_a_lost_one_starts_over(token, tmp_path, server_file):
+    """Stateful mode behind the shipped haproxy.cfg: HAProxy learns each session's id from the response that
+    created it (stick store-response) and sends every request carrying it to that replica (stick match); a
+    session whose replica was killed gets 404 from the next replica, and a new initialize works."""
+    with contextlib.ExitStack() as stack:
+        replicas = [stack.enter_context(serving(token, str(server_file), cwd=tmp_path)) for _ in range(2)]
+        replica_of = {run_async(call_tool(replica.url, "whoami")): replica for replica in replicas}
+        balancer = stack.enter_context(balancing(HAProxy, token, replicas, tmp_path))  # MCPRUN_BACKEND_3 unset
+        sessions = [run_async(session_calls(balancer.url, 5)) for _ in range(4)]
+        assert all(len(set(session)) == 1 for session in sessions), sessions  # each on the replica that created it
+        assert {session[0] for session in sessions} == set(replica_of), sessions  # new sessions on both
+        assert {server for server, _ in balancer.served()} == {"mcprun1", "mcprun2"}
+
+        with httpx.Client(timeout=30) as http:
+            opened = mcp_post(http, balancer.url, INITIALIZE)
+            assert opened.status_code == 200, opened.text
+            session = opened.headers["mcp-session-id"]
+            assert mcp_post(http, balancer.url, INITIALIZED, session).status_code == 202
+            pid = tool_text(mcp_post(http, balancer.url, tools_call(2, "whoami", {}), session))
+            [left] = [other for other in replica_of if other != pid]
+            replica_of[pid].process.kill()
+            replica_of[pid].process.wait(10)
+            lost = mcp_post(http, balancer.url, tools_call(3, "whoami", {}), session)
+            assert lost.status_code == 404, lost.text  # the replica left knows no such session
+            server_left = f"mcprun{replicas.index(replica_of[left]) + 1}"
+            wait_for(lambda: (server_left, 404) in balancer.served(), timeout=10, what="haproxy logging the 404")
+            reopened = mcp_post(http, balancer.url, INITIALIZE)  # the client starts over
+            assert reopened.status_code == 200, reopened.text
+            renewed = reopened.headers["mcp-session-id"]
+            assert renewed != session
+            assert mcp_post(http, balancer.url, INITIALIZED, renewed).status_code == 202
+            assert tool_text(mcp_post(http, balancer.url, tools_call(4, "whoami", {}), renewed)) == left
+        assert set(run_async(session_calls(balancer.url, 3))) == {left}
