@@ -254,7 +254,38 @@ static void clean_others(const char *root, const char *keep)
     closedir(dir);
 }
 
-/* the folder holding this build, unpacked if needed */
+/* Hold a shared lock on this build's lock file in root for as long as the program runs (the descriptor
+   survives exec), and return it (-1: a read-only cache without one, where nothing is held and nobody cleans).
+   A cleaner removes a folder holding the exclusive lock, then unlinks the lock file; a lock taken on a file
+   unlinked meanwhile protects nothing, as the next cleaner makes a new file: lock again until the file locked
+   is the one at the path. */
+static int lock_build(const char *root, const char *id)
+{
+    char *lock_name, *lock_path;
+    if (asprintf(&lock_name, ".mcprun-%s.lock", id) < 0)
+        fail("out of memory");
+    lock_path = join(root, lock_name);
+    int fd = -1;
+    for (int attempt = 0; attempt < 100; attempt++) {  /* each retry follows a cleaner's removal */
+        fd = open(lock_path, O_RDWR | O_CREAT, 0644);
+        if (fd < 0)
+            fd = open(lock_path, O_RDONLY);
+        if (fd < 0)
+            break;
+        flock(fd, LOCK_SH);
+        struct stat at_path, locked;
+        if (stat(lock_path, &at_path) == 0 && fstat(fd, &locked) == 0 && at_path.st_ino == locked.st_ino &&
+            at_path.st_dev == locked.st_dev)
+            break;
+        close(fd);
+        fd = -1;
+    }
+    free(lock_path);
+    free(lock_name);
+    return fd;
+}
+
+/* the folder holding this build, unpacked if needed, and held (lock_build) */
 static char *find_or_unpack(const char *id, long offset, long end)
 {
     char name[8 + ID_LENGTH];
@@ -277,20 +308,21 @@ static char *find_or_unpack(const char *id, long offset, long end)
     }
     for (int i = 0; i < count; i++) {
         char *unpacked = join(candidates[i], name);
-        if (is_complete(unpacked))
-            return unpacked;
+        if (is_complete(unpacked)) {
+            int held = lock_build(candidates[i], id);
+            if (is_complete(unpacked))  /* still: no cleaner removes it from now on */
+                return unpacked;
+            if (held >= 0)
+                close(held);  /* a cleaner removed it before the lock: unpack it again */
+        }
         if (!usable_root(candidates[i])) {
             free(unpacked);
             continue;
         }
-        char *lock_name, *lock_path, *partial;
-        if (asprintf(&lock_name, ".mcprun-%s.lock", id) < 0 ||
-            asprintf(&partial, "%s/.mcprun-%s.tmp.%ld", candidates[i], id, (long)getpid()) < 0)
+        char *partial;
+        if (asprintf(&partial, "%s/.mcprun-%s.tmp.%ld", candidates[i], id, (long)getpid()) < 0)
             fail("out of memory");
-        lock_path = join(candidates[i], lock_name);
-        int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (lock >= 0)
-            flock(lock, LOCK_SH);  /* held while unpacking: no cleaner removes our half-made folder */
+        lock_build(candidates[i], id);  /* held from unpacking on: no cleaner removes the folder */
         unpack(partial, offset, end);
         if (rename(partial, unpacked) != 0) {  /* another run got there first: use theirs */
             remove_tree(partial);
@@ -298,8 +330,6 @@ static char *find_or_unpack(const char *id, long offset, long end)
                 fail("cannot create %s: %s", unpacked, strerror(errno));
         }
         clean_others(candidates[i], name);
-        if (lock >= 0)
-            close(lock);
         return unpacked;
     }
     if (cache && *cache)
@@ -309,24 +339,6 @@ static char *find_or_unpack(const char *id, long offset, long end)
          "$TMPDIR/mcprun-UID; not writable or mounted noexec); set MCPRUN_CACHE to a writable folder "
          "that allows programs");
     return NULL;
-}
-
-/* hold this build's folder for as long as the program runs (the descriptor survives exec) */
-static void hold(const char *unpacked, const char *id)
-{
-    char *root = strdup(unpacked), *lock_name, *lock_path;
-    *strrchr(root, '/') = '\0';
-    if (asprintf(&lock_name, ".mcprun-%s.lock", id) < 0)
-        fail("out of memory");
-    lock_path = join(root, lock_name);
-    int fd = open(lock_path, O_RDWR | O_CREAT, 0644);
-    if (fd < 0)
-        fd = open(lock_path, O_RDONLY);
-    if (fd >= 0)
-        flock(fd, LOCK_SH);  /* a read-only shared cache: nothing to hold, nobody cleans it */
-    free(lock_path);
-    free(lock_name);
-    free(root);
 }
 
 int main(int argc, char **argv)
@@ -353,7 +365,6 @@ int main(int argc, char **argv)
     long offset = (long)le64(trailer + ID_LENGTH);
 
     char *unpacked = find_or_unpack(id, offset, end);
-    hold(unpacked, id);
 
     /* run the program through the bundled loader and libc: nothing from the host's */
     char *loader = join(unpacked, "ld-mcprun.so.2"), *libraries;

@@ -88,11 +88,31 @@ def choose_root(build_id):
          % ", ".join(candidates))
 
 
+def lock_marker(path):
+    """Hold a shared lock on the marker at path, and return its descriptor.
+
+    A cleaner removes a build's folder holding the exclusive lock, then unlinks the marker. A lock taken
+    on a marker unlinked meanwhile protects nothing (the next cleaner makes a new file and locks that),
+    so lock again until the file locked is the one at path: then no cleaner can remove the folder.
+    """
+    for _ in range(100):  # each retry follows a cleaner's removal; more than a few means something odd
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
 def hold_and_clean(root, build_id):
     """Mark this build's folder in use, and remove other builds' folders nobody uses."""
     try:
-        in_use = os.open(os.path.join(root, ".%s%s.in-use" % (PREFIX, build_id)), os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(in_use, fcntl.LOCK_SH)
+        in_use = lock_marker(os.path.join(root, ".%s%s.in-use" % (PREFIX, build_id)))
     except OSError:
         return None  # a read-only shared cache: nothing to mark, nothing to clean
     for name in os.listdir(root):

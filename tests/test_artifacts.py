@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, stdio_exchange, tools_call
+from helpers import INITIALIZE, INITIALIZED, ROOT, SERVERS, child_env, stdio_exchange, tools_call, wait_for
 
 DIST = ROOT / "dist"
 PYZ = DIST / "mcprun.pyz"
@@ -407,3 +407,76 @@ def test_binary_gives_subprocesses_the_original_environment(token, tmp_path):
         "    return text if not leaked else ' '.join(leaked)\n")
     assert_served(stdio_exchange([str(BINARY), str(server)], EXCHANGE, token, cwd=tmp_path,
                                  env=child_env(token)))
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """Tell whether process pid has path open (or the file that was there, since unlinked)."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") in (str(path), f"{path} (deleted)")
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def reply_line(process: subprocess.Popen, timeout: float = 120) -> dict:
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        assert selector.select(timeout), f"no reply within {timeout} s"
+        return json.loads(process.stdout.readline())
+
+
+def start_waits_on_a_cleaner(command: list[str], env: dict, folder: Path, marker: Path) -> None:
+    """Start command while a cleaner of another build holds marker, the lock on folder; the cleaner removes
+    folder and marker and lets go, as it does. The start must unpack again and hold the marker that is there
+    now, so that the next cleaner finds it in use instead of removing the folder under a running server."""
+    import fcntl
+
+    cleaner = os.open(marker, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(cleaner, fcntl.LOCK_EX)
+    server = subprocess.Popen([*command, "fastmcp_server.py"], cwd=SERVERS, env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: holds_open(server.pid, marker), timeout=60, what="the start opening the lock")
+        shutil.rmtree(folder)
+        marker.unlink()
+        os.close(cleaner)
+        server.stdin.write((json.dumps(INITIALIZE) + "\n").encode())
+        server.stdin.flush()
+        assert reply_line(server)["id"] == 1
+        next_cleaner = os.open(marker, os.O_RDWR | os.O_CREAT)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(next_cleaner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(next_cleaner)
+        server.stdin.close()
+        assert server.wait(60) == 0
+    finally:
+        try:
+            os.killpg(server.pid, 9)
+        except ProcessLookupError:
+            pass
+        server.wait(10)
+
+
+@needs_pyz
+def test_pyz_start_that_waited_on_a_cleaner_holds_its_folder(token, tmp_path):
+    root = tmp_path / "cache"
+    env = child_env(token, SHIV_ROOT=str(root))
+    learn = subprocess.run([sys.executable, str(PYZ), "--version"], capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert learn.returncode == 0, learn.stderr
+    [folder] = [p for p in root.glob("mcprun_*") if p.is_dir()]
+    start_waits_on_a_cleaner([sys.executable, str(PYZ)], env, folder, root / f".{folder.name}.in-use")
+
+
+@needs_binary
+def test_binary_start_that_waited_on_a_cleaner_holds_its_folder(token, tmp_path):
+    cache = tmp_path / "cache"
+    env = binary_cache_env(token, MCPRUN_CACHE=str(cache))
+    learn = subprocess.run([str(BINARY), "--version"], capture_output=True, text=True, timeout=120, env=env)
+    assert learn.returncode == 0, learn.stderr
+    [build] = unpacked_builds(cache)
+    start_waits_on_a_cleaner([str(BINARY)], env, cache / build, cache / f".{build}.lock")
