@@ -40,6 +40,21 @@ def mcprun_command() -> list[str]:
     return [sys.executable, str(ROOT / "mcprun.py")]
 
 
+_UNDER_TEST_RUNS_ON: list = []
+
+
+def under_test_runs_on() -> tuple[str, str]:
+    """Return the Python ('3.11') and machine ('x86_64', 'aarch64') the mcprun under test runs on, from its
+    --version line: an artifact for another machine runs here under emulation, and has its own Python."""
+    if not _UNDER_TEST_RUNS_ON:
+        line = subprocess.run([*mcprun_command(), "--version"], capture_output=True, text=True, timeout=120,
+                              check=True).stdout
+        found = re.search(r"Python (\d+\.\d+)\.\S*, Linux-(\w+)\)", line)
+        assert found, line
+        _UNDER_TEST_RUNS_ON.extend(found.groups())
+    return _UNDER_TEST_RUNS_ON[0], _UNDER_TEST_RUNS_ON[1]
+
+
 # -- process bookkeeping ------------------------------------------------------
 
 
