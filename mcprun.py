@@ -2308,7 +2308,7 @@ def check_vendored_for_here(folder: str) -> None:
     machine = platform.machine()
     if "platform" in said and not said["platform"].endswith(("_" + machine, "any")):
         raise Failure(f"--pythonpath {_short_path(folder)} was vendored for {said['platform']}, but this machine is "
-                      f"{machine}: vendor again with --platform")
+                      f"{machine}: vendor again with 'mcprun vendor ... --platform {DEFAULT_MANYLINUX}_{machine}'")
 
 
 def _walk_two_levels(folder: str):

@@ -20,13 +20,28 @@ import sys
 import zlib
 from pathlib import Path
 
-LOADER = "/lib64/ld-linux-x86-64.so.2"
 ELF_MAGIC = b"\x7fELF"
+PT_INTERP = 3
 
 
 def is_elf(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == ELF_MAGIC
+
+
+def loader_of(program: Path) -> str:
+    """Return the dynamic loader a 64-bit little-endian ELF program names (its PT_INTERP): /lib64/ld-linux-x86-64.so.2
+    on x86_64, /lib/ld-linux-aarch64.so.1 on aarch64, so the bundle takes the build machine's own."""
+    data = program.read_bytes()
+    if data[:4] != ELF_MAGIC or data[4] != 2 or data[5] != 1:
+        sys.exit(f"bundle_binary: {program} is not a 64-bit little-endian ELF program")
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for index in range(phnum):
+        kind, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", data, phoff + index * phentsize)
+        if kind == PT_INTERP:
+            return data[offset:offset + size].rstrip(b"\0").decode()
+    sys.exit(f"bundle_binary: {program} names no dynamic loader")
 
 
 def host_libraries(onedir: Path) -> dict:
@@ -58,7 +73,7 @@ def entries(onedir: Path):
     for soname, path in host_libraries(onedir).items():
         files[f"app/_internal/{soname}"] = Path(path)
     files["app"] = onedir
-    yield "ld-mcprun.so.2", Path(os.path.realpath(LOADER)), 0o755
+    yield "ld-mcprun.so.2", Path(os.path.realpath(loader_of(onedir / "mcprun"))), 0o755
     for name, path in sorted(files.items()):
         if path.is_symlink():
             yield name, path, None

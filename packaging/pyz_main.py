@@ -36,24 +36,35 @@ def fail(message):
     sys.exit(EXIT_FAILURE)
 
 
-def carried_pythons(names):
-    """Return the CPython versions ('3.11', ...) whose compiled wheels the archive holds."""
-    versions = set()
+def carried_builds(names):
+    """Return the CPython versions ('3.11', ...) and the machines ('x86_64', ...) whose compiled wheels
+    the archive holds, from pydantic_core's extension module names (cpython-311-x86_64-linux-gnu)."""
+    versions, machines = set(), set()
     for name in names:
         if name.startswith("site-packages/pydantic_core/_pydantic_core.cpython-"):
-            tag = name.split(".cpython-", 1)[1].split("-", 1)[0]
+            tag, machine = name.split(".cpython-", 1)[1].split("-")[:2]
             versions.add((int(tag[0]), int(tag[1:])))
-    return ["%d.%d" % v for v in sorted(versions)]
+            machines.add(machine)
+    return ["%d.%d" % v for v in sorted(versions)], sorted(machines)
+
+
+def artifact(machine):
+    """Return the name of the artifacts built for machine: mcprun (x86_64), mcprun-aarch64, ..."""
+    return "mcprun" if machine == "x86_64" else "mcprun-" + machine
 
 
 def check_python(names):
-    carried = carried_pythons(names)
-    running = "%d.%d" % sys.version_info[:2]
-    if platform.python_implementation() != "CPython" or running not in carried or platform.machine() != "x86_64":
-        fail("mcprun.pyz runs on CPython %s for Linux x86_64, not %s %s on %s; run it with one of those "
-             "(e.g. python%s mcprun.pyz), or use the mcprun binary, which needs no Python"
-             % (", ".join(carried), platform.python_implementation(), platform.python_version(),
-                platform.machine(), carried[-1]))
+    carried, machines = carried_builds(names)
+    running, machine = "%d.%d" % sys.version_info[:2], platform.machine()
+    name = artifact(machines[0]) + ".pyz"
+    if machine not in machines:
+        fail("%s runs on Linux %s, not %s: use %s.pyz, or the %s binary, which needs no Python"
+             % (name, ", ".join(machines), machine, artifact(machine), artifact(machine)))
+    if platform.python_implementation() != "CPython" or running not in carried:
+        fail("%s runs on CPython %s for Linux %s, not %s %s; run it with one of those "
+             "(e.g. python%s %s), or use the %s binary, which needs no Python"
+             % (name, ", ".join(carried), machine, platform.python_implementation(),
+                platform.python_version(), carried[-1], name, artifact(machine)))
 
 
 def writable(folder):

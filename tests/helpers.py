@@ -26,8 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ROOT / "tests" / "servers"
 EXAMPLES = ROOT / "examples"
 TOKEN_VARIABLE = "MCPRUN_TEST_TOKEN"
-START_TIMEOUT = 60.0  # seconds for a server to print its ready line (artifacts extract on first run)
-CALL_TIMEOUT = 60.0  # seconds for one client session, start to finish
+# An artifact for another machine runs under emulation (qemu), some ten times slower: ./build sets
+# MCPRUN_TEST_SLOWDOWN for it, and the helpers' deadlines stretch by that factor.
+SLOWDOWN = float(os.environ.get("MCPRUN_TEST_SLOWDOWN", "1"))
+START_TIMEOUT = 60.0 * SLOWDOWN  # seconds for a server to print its ready line (artifacts extract on first run)
+CALL_TIMEOUT = 60.0 * SLOWDOWN  # seconds for one client session, start to finish
 READY = re.compile(r"^mcprun: ready: .* at (?P<url>https?://\S+)")
 
 
@@ -38,6 +41,21 @@ def mcprun_command() -> list[str]:
         return [os.path.abspath(part) if "/" in part and os.path.exists(part) else part
                 for part in shlex.split(under_test)]
     return [sys.executable, str(ROOT / "mcprun.py")]
+
+
+_UNDER_TEST_RUNS_ON: list = []
+
+
+def under_test_runs_on() -> tuple[str, str]:
+    """Return the Python ('3.11') and machine ('x86_64', 'aarch64') the mcprun under test runs on, from its
+    --version line: an artifact for another machine runs here under emulation, and has its own Python."""
+    if not _UNDER_TEST_RUNS_ON:
+        line = subprocess.run([*mcprun_command(), "--version"], capture_output=True, text=True, timeout=120,
+                              check=True).stdout
+        found = re.search(r"Python (\d+\.\d+)\.\S*, Linux-(\w+)\)", line)
+        assert found, line
+        _UNDER_TEST_RUNS_ON.extend(found.groups())
+    return _UNDER_TEST_RUNS_ON[0], _UNDER_TEST_RUNS_ON[1]
 
 
 # -- process bookkeeping ------------------------------------------------------
@@ -86,7 +104,7 @@ def run_cli(token: str, *args: str, cwd=None, env=None, timeout=60, input=None) 
     """Run mcprun to completion and return the result (text)."""
     return subprocess.run(
         [*mcprun_command(), *args], cwd=cwd, env=env or child_env(token), input=input,
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout * SLOWDOWN,
     )
 
 
@@ -119,7 +137,7 @@ def usage_error(result, *fragments: str) -> str:
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.05, what: str = "condition"):
     """Poll predicate until it returns something true (returned), or fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWDOWN
     while time.monotonic() < deadline:
         if value := predicate():
             return value
@@ -314,8 +332,8 @@ def tools_call(request_id: int, name: str, arguments: dict) -> dict:
 
 
 def stdio_exchange(command: list[str], messages: list[dict], token: str, cwd=None, env=None,
-                   timeout: float = CALL_TIMEOUT) -> subprocess.CompletedProcess:
-    """Talk JSON-RPC to a stdio server as a client would, then close its stdin.
+                   timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Talk JSON-RPC to a stdio server as a client would, then close its stdin (within timeout x SLOWDOWN s).
 
     Each request waits for its response before the next message is sent; a bytes
     message is written as a raw line (garbage, for fault tests) and waits for nothing.
@@ -325,7 +343,7 @@ def stdio_exchange(command: list[str], messages: list[dict], token: str, cwd=Non
     import json
     import queue
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWDOWN
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                cwd=cwd, env=env or child_env(token))
     lines: queue.Queue = queue.Queue()

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 from helpers import (
-    INITIALIZE, INITIALIZED, child_env, error_line, mcprun_command, run_cli, stdio_exchange, tools_call,
+    EXAMPLES, INITIALIZE, INITIALIZED, ROOT, child_env, error_line, mcprun_command, run_cli, stdio_exchange,
+    tools_call, under_test_runs_on,
 )
 
 SERVER = '''# /// script
@@ -44,6 +45,11 @@ PACKAGES = {"msgpack", "python-slugify", "tabulate", "text-unidecode"}
 VERSION = r"[0-9][0-9a-z.]*"
 needs_unshare = pytest.mark.skipif(not shutil.which("unshare"), reason="unshare not installed")
 UNDER_TEST = os.environ.get("MCPRUN_UNDER_TEST", "")
+
+
+def platform_here() -> str:
+    """The wheel platform vendor targets by default: the machine the mcprun under test runs on."""
+    return f"manylinux_2_28_{under_test_runs_on()[1]}"
 
 
 def vendor_env(token: str, **extra: str) -> dict:
@@ -88,9 +94,9 @@ def test_vendor_installs_what_the_bundle_lacks_and_writes_a_manifest(vendored):
     folder, result = vendored
     assert re.fullmatch(rf"mcprun: vendored tabulate {VERSION}, msgpack {VERSION}, python-slugify {VERSION} and 1 "
                         rf"package they need \(text-unidecode {VERSION}\) into deps for CPython 3\.1\d on "
-                        r"manylinux_2_28_x86_64\n", result.stderr), result.stderr
+                        rf"{platform_here()}\n", result.stderr), result.stderr
     manifest = (folder / "deps" / "MANIFEST").read_text().splitlines()
-    assert manifest[1].startswith("python 3.") and manifest[2] == "platform manylinux_2_28_x86_64"
+    assert manifest[1].startswith("python 3.") and manifest[2] == f"platform {platform_here()}"
     entries = {line.split()[0]: line.split() for line in manifest[3:]}
     assert set(entries) == PACKAGES  # httpx comes with mcprun: never vendored beside it
     for name, version, digest, wheel in entries.values():
@@ -135,6 +141,42 @@ def test_folder_for_another_python_is_refused(token, vendored):
     assert "vendor again with 'mcprun vendor ... --python-version 3." in result.stderr
 
 
+def test_vendor_targets_this_machine_and_a_folder_for_another_is_refused(token, tmp_path):
+    # a server that needs nothing beyond the bundle: vendor writes the MANIFEST without pip or the network
+    python, machine = under_test_runs_on()
+    other = "aarch64" if machine == "x86_64" else "x86_64"
+    for folder, options in (("deps", ()), ("other", ("--platform", f"manylinux_2_28_{other}"))):
+        made = run_cli(token, "vendor", str(EXAMPLES / "echo.py"), "-o", folder, *options, cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
+    assert (tmp_path / "deps" / "MANIFEST").read_text().splitlines()[1:] == [f"python {python}",
+                                                                           f"platform manylinux_2_28_{machine}"]
+    result = run_cli(token, str(EXAMPLES / "echo.py"), "--pythonpath", "other", cwd=tmp_path, input="")
+    assert error_line(result, 1) == (
+        f"mcprun: error: --pythonpath other was vendored for manylinux_2_28_{other}, but this machine is {machine}: "
+        f"vendor again with 'mcprun vendor ... --platform manylinux_2_28_{machine}'")
+
+
+@needs_unshare
+def test_vendored_on_another_machine_serves_here_without_a_network(token, tmp_path):
+    # the connected machine (this checkout's mcprun.py, here) vendors for the one the mcprun under test runs
+    # on, which may be another (an aarch64 artifact, emulated): its compiled wheels must load there
+    python, machine = under_test_runs_on()
+    (tmp_path / "server.py").write_text(SERVER)
+    made = subprocess.run([sys.executable, str(ROOT / "mcprun.py"), "vendor", "server.py", "-o", "deps",
+                           "--python-version", python, "--platform", f"manylinux_2_28_{machine}"],
+                          cwd=tmp_path, env=vendor_env(token), capture_output=True, text=True, timeout=300)
+    if made.returncode != 0 and "pip install failed" in made.stderr and "connection" in made.stderr.lower():
+        pytest.skip(f"the package index is out of reach: {made.stderr.strip()}")
+    assert made.returncode == 0, made.stderr
+    assert made.stderr.endswith(f" into deps for CPython {python} on manylinux_2_28_{machine}\n"), made.stderr
+    assert list((tmp_path / "deps").glob(f"msgpack/*-{machine}-linux-gnu.so"))
+    result = stdio_exchange(["unshare", "--net", *mcprun_command(), "server.py", "--pythonpath", "deps"],
+                            [INITIALIZE, INITIALIZED, tools_call(2, "pack", {"text": "Hello World"})], token,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["result"]["content"][0]["text"] == "12 hello-world 1  2"
+
+
 # -- what vendor resolves: the newest release, the whole tag ladder, old mcp/fastmcp served ------------
 
 
@@ -143,10 +185,10 @@ def test_a_package_with_only_manylinux2014_wheels_is_vendored(token, tmp_path):
     result = run_cli(token, "vendor", "protobuf==7.36.2", "-o", "deps", cwd=tmp_path, env=vendor_env(token),
                      timeout=300)
     assert result.returncode == 0, result.stderr
-    assert re.fullmatch(r"mcprun: vendored protobuf 7\.36\.2 into deps for CPython 3\.1\d on manylinux_2_28_x86_64\n",
+    assert re.fullmatch(rf"mcprun: vendored protobuf 7\.36\.2 into deps for CPython 3\.1\d on {platform_here()}\n",
                         result.stderr), result.stderr
     wheel = (tmp_path / "deps" / "MANIFEST").read_text().splitlines()[3].split()[3]
-    assert wheel.endswith("-manylinux2014_x86_64.whl"), wheel
+    assert wheel.endswith(f"-manylinux2014_{under_test_runs_on()[1]}.whl"), wheel
 
 
 def test_an_unpinned_name_gets_its_newest_release(token, tmp_path):
@@ -171,7 +213,7 @@ def test_old_mcp_and_fastmcp_deep_in_the_tree_are_served_not_backtracked(token, 
                      timeout=300)
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"mcprun: vendored deep-server 2\.0 and 1 package it needs \(old-toolkit 1\.3\) into deps for "
-                        r"CPython 3\.1\d on manylinux_2_28_x86_64; served by mcprun's mappings, not vendored: mcp<2 "
+                        rf"CPython 3\.1\d on {platform_here()}; served by mcprun's mappings, not vendored: mcp<2 "
                         r"\(old-toolkit 1\.3\), fastmcp==2\.7\.0 \(old-toolkit 1\.3\)\n", result.stderr), result.stderr
     assert sorted(path.name for path in (tmp_path / "deps").glob("*.dist-info")) == [
         "deep_server-2.0.dist-info", "old_toolkit-1.3.dist-info"]
@@ -227,7 +269,7 @@ def test_pip_is_found_through_a_shell_script_on_path(token, tmp_path):
     result = run_cli(token, "vendor", "tabulate", "-o", "deps", cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(rf"mcprun: vendored tabulate {VERSION} into deps for CPython 3\.1\d on "
-                        r"manylinux_2_28_x86_64\n", result.stderr), result.stderr
+                        rf"{platform_here()}\n", result.stderr), result.stderr
 
 
 def test_vendor_without_pip_says_how_to_get_it(token, tmp_path):
