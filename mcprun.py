@@ -73,6 +73,7 @@ DEFAULT_HEALTH_PATH = "/healthz"
 DEFAULT_READY_PATH = "/readyz"
 DEFAULT_GRACEFUL_TIMEOUT = 10.0  # seconds in-flight requests get to finish after SIGTERM
 DRAIN_LINGER = 0.5  # seconds a drain keeps idle connections open after a call ends, for the client's follow-up
+STREAM_AFTER = 2.0  # seconds a streamable HTTP answer may wait to be plain JSON before it becomes an event stream
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # bytes in one HTTP request body
 DEFAULT_MAX_CONNECTIONS = 1000  # HTTP connections open at once, per process
 DEFAULT_READ_TIMEOUT = 30.0  # seconds a client has to send a request's headers; the longest pause in its body
@@ -416,6 +417,77 @@ def end_sse_streams() -> None:
     from sse_starlette.sse import AppStatus
 
     AppStatus.should_exit = True
+
+
+def answer_json_unless_streamed(wait: float) -> None:
+    """Make the SDK's streamable HTTP answer a request with plain JSON when its response is the only message
+    the server sends for it and comes within WAIT seconds; else with the event stream it would have sent, from
+    the first message on (a progress note, a log line, a request to the client, or a slow call's pings).
+
+    The SDK chooses one or the other for every request of a server (json_response) before it is answered; its
+    event-stream branch hands the response it makes a partial of the transport's _run_sse_writer, (request id,
+    event writer, the request's message stream, priming event). Its module's EventSourceResponse becomes a
+    subclass that reads that stream's first message before it commits to either. Anything else (GET streams,
+    replays, an event store's ids) goes as before."""
+    import anyio
+    import mcp.server.streamable_http as streamable
+    from mcp_types import JSONRPCError, JSONRPCResponse
+    from starlette.responses import Response
+
+    EventStream = streamable.EventSourceResponse
+    if getattr(EventStream, "mcprun_lazy", False):
+        return
+
+    class Ahead:
+        """The request's message stream, with the message already read put back in front."""
+
+        def __init__(self, first, rest):
+            self.first, self.rest = first, rest
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return await self.rest.__aexit__(*exc)
+
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            if self.first is None:
+                return await self.rest.__anext__()
+            first, self.first = self.first, None
+            return first
+
+    class JsonUnlessStreamed(EventStream):
+        mcprun_lazy = True
+
+        async def __call__(self, scope, receive, send):
+            sender = self.data_sender_callable
+            if not (isinstance(sender, functools.partial) and getattr(sender.func, "__name__", "") == "_run_sse_writer"
+                    and len(sender.args) == 4 and sender.args[3] is None):
+                return await super().__call__(scope, receive, send)
+            request_id, events, messages, priming = sender.args
+            first = None
+            with anyio.move_on_after(wait):
+                try:
+                    first = await messages.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    pass
+            ahead = Ahead(first, messages)
+            if first is None or first.event_id is not None or not isinstance(first.message,
+                                                                             JSONRPCResponse | JSONRPCError):
+                self.data_sender_callable = functools.partial(sender.func, request_id, events, ahead, priming)
+                return await super().__call__(scope, receive, send)
+            framed, frames = anyio.create_memory_object_stream(1)
+            await sender.func(request_id, framed, ahead, priming)  # the SDK's own serialising and clean-up
+            with frames:
+                body = frames.receive_nowait()["data"]
+            session = self.headers.get("mcp-session-id")
+            await Response(body, media_type="application/json",
+                           headers={"mcp-session-id": session} if session else None)(scope, receive, send)
+
+    streamable.EventSourceResponse = JsonUnlessStreamed
 
 
 def closing_response(status: str, message: str) -> bytes:
@@ -897,8 +969,9 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--stateless", action="store_true", default=None,
                          help="serve streamable HTTP without sessions (each request stands alone)")
     serving.add_argument("--json-response", action="store_true", default=None,
-                         help="answer streamable HTTP requests with plain JSON, not an event stream: faster, but "
-                              "nothing the server sends during a call (progress, logs) reaches the client")
+                         help="always answer streamable HTTP requests with plain JSON: nothing the server sends "
+                              "during a call (progress, logs, requests to the client) reaches the client (without "
+                              f"it, JSON unless the server sends something first or takes over {STREAM_AFTER:g} s)")
     serving.add_argument("-w", "--workers", type=parse_workers, metavar="N",
                          help="processes serving http on one port, or 'auto' for one per usable core; "
                               f"more than 1 needs --stateless (default: {DEFAULT_WORKERS})")
@@ -4080,6 +4153,8 @@ def build_http_app(server: Any, settings: Settings) -> Any:
     from mcp.server.transport_security import TransportSecuritySettings
 
     sse = settings.transport == "sse"
+    if not sse and not settings.json_response:
+        answer_json_unless_streamed(STREAM_AFTER)
     if server_kind(server) == "fastmcp":
         sessions = {} if sse else {"session_idle_timeout": settings.session_idle_timeout}
         if not sse:

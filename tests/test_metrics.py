@@ -42,6 +42,8 @@ def call(url: str, name: str, arguments: dict, request_id: int = 1, **headers: s
     body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
     response = httpx.post(url, json=body, headers={**STREAM_HEADERS, **headers}, timeout=30)
     assert response.status_code == 200, response.text
+    if response.headers["content-type"].startswith("application/json"):
+        return response.json()
     return json.loads(response.text.partition("data: ")[2])
 
 

@@ -953,6 +953,50 @@ def test_json_response_trades_the_messages_during_a_call_for_speed(token, json_r
     assert progress == ([] if json_response else [1, 2, 3])
 
 
+def test_answers_are_plain_json_unless_the_server_speaks_during_the_call(token):
+    """Without --json-response, an answer is plain JSON unless the server sends something for the request first
+    (progress, a request to the client) or takes more than two seconds: then the event stream, from there on."""
+    def call(http, headers, n, name, arguments):
+        message = {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                   "params": {"name": name, "arguments": arguments, "_meta": {"progressToken": n}}}
+        answer = http.post(server.url, json=message, headers=headers)
+        assert answer.status_code == 200, answer.text
+        if answer.headers["content-type"].startswith("application/json"):
+            return "json", [answer.json()]
+        assert answer.headers["content-type"].startswith("text/event-stream"), answer.headers
+        return "stream", [json.loads(line[5:]) for line in answer.text.splitlines() if line.startswith("data:")]
+
+    async def ask(url: str) -> str:  # the SDK client: fastmcp's speaks a protocol era with no server requests
+        from mcp import ClientSession
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp_types import ElicitResult
+
+        async def name(context, params):
+            return ElicitResult(action="accept", content={"value": "Ada"})
+
+        async with streamable_http_client(url) as (read_stream, write_stream, *_):
+            async with ClientSession(read_stream, write_stream, elicitation_callback=name) as session:
+                await session.initialize()
+                return (await session.call_tool("ask", {})).content[0].text
+
+    with serving(token, "speaks_during_calls.py", cwd=SERVERS) as server:
+        with httpx.Client(timeout=30) as http:
+            answer = http.post(server.url, json=INITIALIZE, headers=STREAM_HEADERS)
+            assert answer.headers["content-type"].startswith("application/json"), answer.headers
+            headers = {**STREAM_HEADERS, "mcp-session-id": answer.headers["mcp-session-id"],
+                       "mcp-protocol-version": "2025-06-18"}
+            http.post(server.url, json=INITIALIZED, headers=headers)
+            kind, messages = call(http, headers, 2, "quick", {"text": "hi"})
+            assert (kind, messages[0]["result"]["content"][0]["text"]) == ("json", "hi")
+            kind, messages = call(http, headers, 3, "slow", {"seconds": 2.5})
+            assert (kind, [m["result"]["content"][0]["text"] for m in messages]) == ("stream", ["slept 2.5"])
+            kind, messages = call(http, headers, 4, "progress", {"steps": 2})
+            assert kind == "stream" and [m.get("method") for m in messages] == [
+                "notifications/progress", "notifications/progress", None], messages
+            assert messages[-1]["result"]["content"][0]["text"] == "2 steps"
+        assert run_async(ask(server.url)) == "hello Ada"
+
+
 def test_json_response_over_sse_is_refused(token):
     result = run_cli(token, PRODUCTION, "-t", "sse", "--json-response", cwd=SERVERS, input="")
     assert result.returncode == 2 and result.stderr.strip() == (

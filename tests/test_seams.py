@@ -29,7 +29,8 @@ def test_every_seam_is_named_in_the_seams_section():
     outside = source[:start] + source[end:]
     for private in ("_accept_connection", "server_state", "force_exit", "AppStatus", "_types_namespace",
                     "_mcp_server", "_lowlevel_server", "_post_message_app", "max_body_size", "_bootstrap",
-                    "_PYI_", "LD_LIBRARY_PATH_ORIG", "h11_impl", "pip._internal", "getattr(sys, \"frozen\""):
+                    "_PYI_", "LD_LIBRARY_PATH_ORIG", "h11_impl", "pip._internal", "getattr(sys, \"frozen\"",
+                    "_run_sse_writer"):
         assert private in source[start:end], private
         assert private not in outside, f"{private} used outside the seams section"
 
@@ -236,3 +237,26 @@ def test_key_value_imported_without_its_claw(how):
         assert seen["loader"] == "_frozen_importlib_external", seen  # SourceFileLoader, from the .pyc
     else:  # the claw is still there to skip: its own loader rewrites the modules
         assert seen["loader"].startswith("beartype"), seen
+
+
+def test_event_stream_answer_waits_for_its_first_message():
+    """The SDK's event-stream branch hands EventSourceResponse a partial of _run_sse_writer over (request id,
+    event writer, message stream, priming event): what answer_json_unless_streamed reads, in a subclass of
+    sse-starlette's response installed in the SDK's module (test_production checks what the wire then gets)."""
+    import inspect
+
+    import mcp.server.streamable_http as streamable
+    from sse_starlette import EventSourceResponse
+
+    writer = inspect.signature(streamable.StreamableHTTPServerTransport._run_sse_writer)
+    assert list(writer.parameters) == ["self", "request_id", "sse_stream_writer", "request_stream_reader",
+                                       "priming_event"]
+    assert "partial(\n                        self._run_sse_writer" in inspect.getsource(
+        streamable.StreamableHTTPServerTransport._handle_post_request)
+    before = streamable.EventSourceResponse
+    try:
+        mcprun.answer_json_unless_streamed(1.0)
+        mcprun.answer_json_unless_streamed(1.0)  # once only
+        assert streamable.EventSourceResponse.__mro__[1] is EventSourceResponse
+    finally:
+        streamable.EventSourceResponse = before
