@@ -6325,15 +6325,20 @@ PACK_FOLDER = "mcprun_pack/"  # inside the zipapp: pack.json, server/ (the serve
 PACK_SKIPPED = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", "node_modules"}
 
 
-def find_zipapp() -> Path:
-    """Return the mcprun.pyz a pack builds on: this one, or one beside this mcprun or in its dist/ folder."""
+def find_zipapp(machine: str) -> Path:
+    """Return the zipapp a pack for machine builds on: this one if it is that machine's, else mcprun.pyz
+    (x86_64) or mcprun-MACHINE.pyz named by MCPRUN_PYZ, beside this mcprun or in its dist/ folder."""
     program = this_program()
-    if program.kind == "zipapp":
+    if program.kind == "zipapp" and machine == platform.machine():
         return program.path
+    name = "mcprun.pyz" if machine == "x86_64" else f"mcprun-{machine}.pyz"
     here = program.path.resolve().parent  # the binary's own folder, not its unpacked copy
-    for candidate in (os.environ.get("MCPRUN_PYZ"), here / "mcprun.pyz", here / "dist" / "mcprun.pyz"):
+    for candidate in (os.environ.get("MCPRUN_PYZ"), here / name, here / "dist" / name):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
+    if machine != platform.machine():
+        raise UsageError(f"mcprun pack for {machine} builds on {name}, the zipapp for that machine: put it beside "
+                         "this mcprun (or name it with MCPRUN_PYZ)")
     raise UsageError("mcprun pack builds on mcprun.pyz: run 'python3 mcprun.pyz pack ...', or put mcprun.pyz "
                      "beside this mcprun (or name it with MCPRUN_PYZ)")
 
@@ -6360,7 +6365,8 @@ def pack(settings: Settings, output: str, python_version: str | None, platform_t
                              "pack a folder that holds both")
         spec = str(entry.relative_to(root)) + (f":{target.object_name}" if target.object_name and not settings.config
                                                else "")
-    base = find_zipapp()
+    ladder = platform_ladder(platform_tag or default_platform())  # its last rung is linux_MACHINE
+    base = find_zipapp(ladder[-1].removeprefix("linux_") if ladder[-1].startswith("linux_") else platform.machine())
     output_path = Path(output).resolve()
     with tempfile.TemporaryDirectory(prefix="mcprun-pack-") as scratch:
         deps = Path(scratch, "deps")

@@ -381,3 +381,22 @@ def test_policy_file_error(token, tmp_path, content, message):
     shutil.copy(SERVERS / "demo.py", tmp_path)
     line = error_line(run_cli(token, "fastmcp_server.py", "--policy", "policy", cwd=tmp_path), EXIT_USAGE)
     assert line == f"mcprun: error: {message}"
+
+
+def test_pack_for_another_machine_needs_that_machines_zipapp(token, tmp_path):
+    """A pack for aarch64 builds on mcprun-aarch64.pyz, not on this machine's zipapp: without one beside the
+    program (here a copy of mcprun.py with no dist/ folder), one line says which file it needs."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    shutil.copy(ROOT / "mcprun.py", tmp_path / "mcprun.py")
+    shutil.copy(SERVERS / "fastmcp_server.py", tmp_path / "server.py")
+    result = subprocess.run([sys.executable, str(tmp_path / "mcprun.py"), "pack", "server.py", "-o", "x.pyz",
+                             "--platform", "manylinux_2_17_aarch64"], cwd=tmp_path, env=child_env(token),
+                            capture_output=True, text=True, timeout=120)
+    assert error_line(result, 2) == ("mcprun: error: mcprun pack for aarch64 builds on mcprun-aarch64.pyz, the "
+                                     "zipapp for that machine: put it beside this mcprun (or name it with "
+                                     "MCPRUN_PYZ)")
+    assert not (tmp_path / "x.pyz").exists()
