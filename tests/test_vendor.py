@@ -352,6 +352,22 @@ def test_a_package_packed_by_name_serves_its_console_script_offline(token, tmp_p
     assert json.loads(json.loads(served.stdout.splitlines()[-1])["result"]["content"][0]["text"])["timezone"] == "UTC"
 
 
+def test_a_pack_for_aarch64_builds_on_the_aarch64_zipapp(token, tmp_path):
+    """pack --platform …_aarch64 copies mcprun-aarch64.pyz (found beside the program under test, or in its dist/),
+    not this machine's zipapp, and vendors the aarch64 wheels beside the server."""
+    if not (ROOT / "dist" / "mcprun-aarch64.pyz").is_file():
+        pytest.skip("no dist/mcprun-aarch64.pyz: ./build made only this machine's artifacts (AARCH64=0)")
+    (tmp_path / "server.py").write_text(SERVER)
+    result = run_cli(token, "pack", "server.py", "-o", "arm.pyz", "--platform", "manylinux_2_17_aarch64",
+                     cwd=tmp_path, env=vendor_env(token), timeout=300)
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "arm.pyz") as archive:
+        compiled = [name for name in archive.namelist() if name.endswith(".so")]
+    assert any("aarch64-linux-gnu" in name for name in compiled if "/deps/msgpack/" in name), compiled
+    assert any("pydantic_core" in name and "aarch64-linux-gnu" in name for name in compiled), compiled
+    assert not [name for name in compiled if "x86_64" in name]
+
+
 def test_pack_takes_a_server_file(token, tmp_path):
     result = run_cli(token, "pack", "https://example.org/mcp", "-o", str(tmp_path / "x.pyz"), cwd=tmp_path)
     assert error_line(result, 2) == \
