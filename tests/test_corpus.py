@@ -54,10 +54,10 @@ class Server:
 CORPUS = [
     Server("mcp-server-git", [["git_log", {"repo_path": "{work}/repo", "max_count": 1}]],
            "Message: Second commit, made offline", ("--repository", "{work}/repo")),
-    # readabilipy (which it uses) runs 'npm install' at its first call when node is on PATH: offline, npm must
-    # say so at once (npm_config_offline), as an air-gapped machine's npm would be set up, or the call waits on it
+    # readabilipy (which it uses) runs 'npm install' at its first page when node and npm are on PATH, and raises
+    # when npm fails, as it must offline (docs/air-gap.md): this air-gapped machine has no node, as most have not
     Server("mcp-server-fetch", [["fetch", {"url": "{page}"}]], "Hello from a page on loopback.",
-           ("--allow-private-ips",), {"npm_config_offline": "true"}),
+           ("--allow-private-ips",), {"PATH": "{path without node}"}),
     Server("mcp-server-time", [["convert_time", {"source_timezone": "UTC", "time": "12:00",
                                                  "target_timezone": "Asia/Tokyo"}]],
            '"time_difference": "+9.0h"', ("--local-timezone", "UTC")),
@@ -99,6 +99,23 @@ def make_work(folder: Path) -> None:
         subprocess.run(["git", *command], cwd=folder, env=git, check=True, capture_output=True, timeout=60)
 
 
+def path_without_node(where: Path) -> str:
+    """This PATH as on a machine without Node.js: each folder holding node is replaced by one of links to the rest
+    of its programs."""
+    folders = []
+    for n, folder in enumerate(os.environ["PATH"].split(os.pathsep)):
+        if Path(folder, "node").exists():
+            copy = where / str(n)
+            if not copy.exists():
+                copy.mkdir(parents=True)
+                for program in Path(folder).iterdir():
+                    if program.name not in ("node", "nodejs", "npm", "npx", "corepack"):
+                        (copy / program.name).symlink_to(program)
+            folder = str(copy)
+        folders.append(folder)
+    return os.pathsep.join(folders)
+
+
 @dataclasses.dataclass(frozen=True)
 class Vendored:
     server: Server
@@ -107,6 +124,8 @@ class Vendored:
     said: str  # vendor's summary line
 
     def fill(self, value: str) -> str:
+        if value == "{path without node}":
+            return path_without_node(self.work / "path")
         return value.replace("{work}", str(self.work))
 
     def command(self, *mcprun_args: str) -> list[str]:
