@@ -1,10 +1,11 @@
 """Make the mcprun binary: the launcher (packaging/launcher.c) with the one-folder build appended.
 
-    python packaging/bundle_binary.py LAUNCHER ONEDIR OUTPUT
+    python packaging/bundle_binary.py [--sysroot ROOT] LAUNCHER ONEDIR OUTPUT
 
 The archive holds app/ (PyInstaller's one-folder build, plus every shared library its
 programs and extension modules load from the build host that the build itself lacks: the
-C library, mostly) and `ld-mcprun.so.2`, the dynamic loader under a name that
+C library, mostly; with --sysroot, from ROOT instead, another machine's unpacked Debian
+packages, whose programs ldd cannot run) and `ld-mcprun.so.2`, the dynamic loader under a name that
 says whose it is (PyInstaller knows a loader by its `ld-*.so.N` name and then finds itself
 from argv instead of /proc/self/exe). Entries go in sorted order with fixed modes and no times, so
 the same inputs give the same bytes; the build id is a hash of the archive. Format: see
@@ -63,17 +64,54 @@ def host_libraries(onedir: Path) -> dict:
     return found
 
 
-def entries(onedir: Path):
+def in_root(root: Path, path: Path) -> Path:
+    """Return PATH with its symbolic links followed as if ROOT were /."""
+    for _ in range(40):
+        if not path.is_symlink():
+            return path
+        target = os.readlink(path)
+        path = Path(os.path.normpath(root / target.lstrip("/") if target.startswith("/") else path.parent / target))
+    sys.exit(f"bundle_binary: {path}: too many levels of symbolic links")
+
+
+def root_libraries(onedir: Path, root: Path, loader: str) -> dict:
+    """Return {soname: path} of the libraries in ROOT that the build's ELF files need, transitively.
+
+    Like host_libraries, for another machine: the names come from readelf, which reads any machine's
+    ELF files, and are looked up in ROOT's library folders; the loader is left to its own entry, as ldd does.
+    """
+    bundled = {path.name for path in onedir.rglob("*") if path.is_file()}
+    folders = sorted(root.glob("lib/*-linux-gnu")) + sorted(root.glob("usr/lib/*-linux-gnu"))
+    todo = [path for path in sorted(onedir.rglob("*")) if path.is_file() and not path.is_symlink() and is_elf(path)]
+    found = {}
+    while todo:
+        path = todo.pop(0)
+        dynamic = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True, check=True).stdout
+        for name in re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic):
+            if name in bundled or name in found or name == os.path.basename(loader):
+                continue
+            library = next((folder / name for folder in folders if (folder / name).exists()), None)
+            if library is None:
+                sys.exit(f"bundle_binary: {path} needs {name}, which neither the build nor {root} has")
+            found[name] = in_root(root, library)
+            todo.append(found[name])
+    return found
+
+
+def entries(onedir: Path, root: Path | None):
     """Yield (archive path, source path or None for a folder, mode or None for a link) in a fixed order.
 
     The host's libraries go into app/_internal beside PyInstaller's own: the launcher gives
     the loader that folder, and the bootloader, when it restarts itself, LD_LIBRARY_PATH.
     """
     files = {"app/" + path.relative_to(onedir).as_posix(): path for path in onedir.rglob("*")}
-    for soname, path in host_libraries(onedir).items():
+    loader = loader_of(onedir / "mcprun")
+    libraries = host_libraries(onedir) if root is None else root_libraries(onedir, root, loader)
+    for soname, path in libraries.items():
         files[f"app/_internal/{soname}"] = Path(path)
     files["app"] = onedir
-    yield "ld-mcprun.so.2", Path(os.path.realpath(loader_of(onedir / "mcprun"))), 0o755
+    loader = Path(os.path.realpath(loader)) if root is None else in_root(root, root / loader.lstrip("/"))
+    yield "ld-mcprun.so.2", loader, 0o755
     for name, path in sorted(files.items()):
         if path.is_symlink():
             yield name, path, None
@@ -83,9 +121,9 @@ def entries(onedir: Path):
             yield name, path, 0o755 if os.access(path, os.X_OK) else 0o644
 
 
-def archive(onedir: Path) -> bytes:
+def archive(onedir: Path, root: Path | None) -> bytes:
     parts = []
-    for name, source, mode in entries(onedir):
+    for name, source, mode in entries(onedir, root):
         encoded = name.encode()
         if source is None:
             kind, data, size = b"d", b"", 0
@@ -101,8 +139,12 @@ def archive(onedir: Path) -> bytes:
 
 
 def main() -> None:
-    launcher, onedir, output = sys.argv[1:4]
-    body = archive(Path(onedir))
+    arguments = sys.argv[1:]
+    root = None
+    if arguments[:1] == ["--sysroot"]:
+        root, arguments = Path(arguments[1]), arguments[2:]
+    launcher, onedir, output = arguments
+    body = archive(Path(onedir), root)
     head = Path(launcher).read_bytes()
     build_id = hashlib.sha256(head + body).hexdigest()[:16].encode()
     with open(output, "wb") as f:

@@ -86,8 +86,9 @@ def test_sha256sums_match():
 
 
 def test_artifacts_rebuild_byte_identical(tmp_path):
-    """Build the zipapp, the binary and the man page again, and the aarch64 zipapp when dist/ has one; compare
-    SHA-256 with dist/. The aarch64 binary is not rebuilt here: its PyInstaller analysis runs emulated (~10 min).
+    """Build the zipapp, the binary and the man page again, and the aarch64 pair when dist/ has it; compare
+    SHA-256 with dist/. The aarch64 binary is assembled from the one-folder build that the binary's rebuild
+    freezes anew, with the arm64 packages of build-cache/root-aarch64 (the archive's of the day it was made).
 
     When dist/ was built from other inputs (its stamps differ), a second build is the reference.
     """
@@ -95,6 +96,8 @@ def test_artifacts_rebuild_byte_identical(tmp_path):
     artifacts, targets = ["mcprun.pyz", "mcprun", "mcprun.1"], "pyz binary manpage"
     if (DIST / "mcprun-aarch64.pyz").exists():
         artifacts, targets = [*artifacts, "mcprun-aarch64.pyz"], targets + " pyz-aarch64"
+    if (DIST / "mcprun-aarch64").exists():
+        artifacts, targets = [*artifacts, "mcprun-aarch64"], targets + " binary-aarch64"
 
     def build(folder: Path) -> Path:
         env = {**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", epoch.strip()),
