@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, child_env, mcprun_command, run_cli
+from helpers import ROOT, child_env, mcprun_command, run_cli, under_test_runs_on
 
 NATIVE = json.loads((ROOT / "tests" / "corpus" / "native_tools.json").read_text())
 LOCK = {found[1]: (found[2], found[3]) for found in re.finditer(
@@ -165,7 +165,8 @@ def test_vendor_resolves_the_pinned_release(vendored):
     version, digest = LOCK[package]
     assert re.match(rf"mcprun: vendored {re.escape(package)} {re.escape(version)} (and \d+ packages? it needs \(.*\) )?into ",
                     vendored.said), vendored.said
-    assert re.search(r" into \S+ for CPython 3\.1\d on manylinux_2_28_x86_64", vendored.said), vendored.said
+    machine = under_test_runs_on()[1]
+    assert re.search(rf" into \S+ for CPython 3\.1\d on manylinux_2_28_{machine}", vendored.said), vendored.said
     manifest = {line.split()[0]: line.split() for line in (vendored.deps / "MANIFEST").read_text().splitlines()[3:]}
     assert manifest[package][1:3] == [version, f"sha256={digest}"]
     assert not {"mcp", "fastmcp", "pydantic", "httpx"} & {name.lower() for name in manifest}  # the bundle's own
