@@ -3233,13 +3233,14 @@ class Upstreams:
 
     @staticmethod
     async def _list_tools(proxy: Any) -> bool:
+        """Ask the proxy's providers themselves: a client of the proxy would get an empty list from a server
+        that cannot start, since fastmcp's aggregate logs a provider's error and lists the others."""
         import anyio
-        from fastmcp import Client
 
         try:
             with anyio.fail_after(CHECK_TIMEOUT):
-                async with Client(proxy) as client:
-                    await client.list_tools()
+                for provider in proxy.providers:
+                    await provider.list_tools()
             return True
         except Exception:  # whatever stops it answering: it is down
             return False
