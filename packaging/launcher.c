@@ -12,7 +12,8 @@
  *
  * A candidate is skipped when it can't be written or its file system forbids programs
  * (noexec), unless it already holds this build (a read-only, pre-unpacked shared cache).
- * A new build removes the folders of older builds that no running mcprun holds.
+ * Each start removes the folders of other builds that no running mcprun holds and none has started
+ * for a day (KEPT_UNUSED): two versions used in turn keep their folders, an old one goes.
  *
  * Archive (written by packaging/bundle_binary.py), after the launcher's own bytes:
  *   entries: u8 kind ('d' folder, 'f' file, 'l' symlink), u32 mode, u16 path length, path,
@@ -34,6 +35,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 #include <dirent.h>
 #include <zlib.h>
@@ -42,6 +44,7 @@
 #define ID_LENGTH 16
 #define TRAILER_SIZE (ID_LENGTH + 8 + 8)
 #define EXIT_FAILURE_CODE 1
+#define KEPT_UNUSED (24 * 60 * 60) /* seconds another build's folder stays after its last start */
 
 static const char *self_path;
 
@@ -215,12 +218,14 @@ static void unpack(const char *folder, long offset, long end)
     free(marker);
 }
 
-/* remove other builds' folders and half-unpacked leftovers that no running mcprun holds */
+/* remove other builds' folders that no running mcprun holds and none has started for KEPT_UNUSED seconds
+   (a start touches its build's lock file), and half-unpacked leftovers */
 static void clean_others(const char *root, const char *keep)
 {
     DIR *dir = opendir(root);
     if (!dir)
         return;
+    time_t now = time(NULL);
     struct dirent *entry;
     while ((entry = readdir(dir))) {
         const char *name = entry->d_name;
@@ -240,7 +245,9 @@ static void clean_others(const char *root, const char *keep)
         if (asprintf(&lock_name, ".%s.lock", name) < 0)
             fail("out of memory");
         lock_path = join(root, lock_name);
-        int fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        struct stat lock_status;
+        int recent = stat(lock_path, &lock_status) == 0 && now - lock_status.st_mtime < KEPT_UNUSED;
+        int fd = recent ? -1 : open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0) {  /* no running mcprun holds that build */
             remove_tree(path);
             unlink(lock_path);
@@ -275,8 +282,10 @@ static int lock_build(const char *root, const char *id)
         flock(fd, LOCK_SH);
         struct stat at_path, locked;
         if (stat(lock_path, &at_path) == 0 && fstat(fd, &locked) == 0 && at_path.st_ino == locked.st_ino &&
-            at_path.st_dev == locked.st_dev)
+            at_path.st_dev == locked.st_dev) {
+            futimens(fd, NULL);  /* started now: cleaners keep this build's folder for KEPT_UNUSED seconds */
             break;
+        }
         close(fd);
         fd = -1;
     }
@@ -310,8 +319,11 @@ static char *find_or_unpack(const char *id, long offset, long end)
         char *unpacked = join(candidates[i], name);
         if (is_complete(unpacked)) {
             int held = lock_build(candidates[i], id);
-            if (is_complete(unpacked))  /* still: no cleaner removes it from now on */
+            if (is_complete(unpacked)) {  /* still: no cleaner removes it from now on */
+                if (held >= 0)
+                    clean_others(candidates[i], name);
                 return unpacked;
+            }
             if (held >= 0)
                 close(held);  /* a cleaner removed it before the lock: unpack it again */
         }

@@ -9,7 +9,8 @@ keeps to plain Python 3.6 syntax and the stdlib. What it adds to shiv's bootstra
   $XDG_CACHE_HOME/mcprun, then $TMPDIR/mcprun-UID; a read-only folder is fine when
   this build is already unpacked there (a shared, pre-extracted cache);
 - one folder per build (mcprun_<build id>), whatever the archive is called, and the
-  folders of other builds removed once no running mcprun uses them;
+  folders of other builds removed once no running mcprun uses them and none has started them
+  for a day (two versions used in turn keep their folders: neither unpacks again);
 - PYTHONPATH entries moved after the bundle, so they add packages but never shadow it;
 - at unpacking, bytecode compiled only for the ~1,100 modules a server start imports (listed by
   packaging/serving_modules.py at build time), not all ~3,000: the rest compile on first import;
@@ -25,10 +26,12 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
 
 EXIT_FAILURE = 1
 PREFIX = "mcprun_"
+KEPT_UNUSED = 24 * 3600  # seconds another build's folder stays after its last start
 
 
 def fail(message):
@@ -121,16 +124,27 @@ def lock_marker(path):
 
 
 def hold_and_clean(root, build_id):
-    """Mark this build's folder in use, and remove other builds' folders nobody uses."""
+    """Mark this build's folder in use and started now (its marker's time), and remove the folders of other
+    builds that nobody uses and nobody has started for KEPT_UNUSED seconds."""
     try:
         in_use = lock_marker(os.path.join(root, ".%s%s.in-use" % (PREFIX, build_id)))
     except OSError:
         return None  # a read-only shared cache: nothing to mark, nothing to clean
+    try:
+        os.utime(in_use)
+    except OSError:
+        pass
+    now = time.time()
     for name in os.listdir(root):
         if not name.startswith(PREFIX) or name.startswith(PREFIX + build_id):
             continue
         other = name[len(PREFIX):].split(".", 1)[0]
         marker = os.path.join(root, ".%s%s.in-use" % (PREFIX, other))
+        try:
+            if now - os.stat(marker).st_mtime < KEPT_UNUSED:
+                continue  # started lately: another version in use by turns, or just replaced
+        except OSError:
+            pass
         try:
             fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:

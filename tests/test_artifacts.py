@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -212,24 +213,33 @@ def test_pyz_shared_read_only_cache_serves_another_user_from_another_cwd(token, 
 
 
 @needs_pyz
-def test_pyz_cleans_other_builds_unless_in_use(token, tmp_path):
+def test_pyz_cleans_other_builds_unless_in_use_or_started_lately(token, tmp_path):
     import fcntl
 
     root = tmp_path / "cache"
-    stale, busy = root / ("mcprun_" + "a" * 64), root / ("mcprun_" + "b" * 64)
-    for folder in (stale, busy):
+    builds = {name: root / ("mcprun_" + letter * 64) for name, letter in
+              (("unmarked", "a"), ("busy", "b"), ("unused", "c"), ("recent", "d"))}
+    for folder in builds.values():
         (folder / "site-packages").mkdir(parents=True)
-    marker = os.open(root / (".mcprun_" + "b" * 64 + ".in-use"), os.O_RDWR | os.O_CREAT)
-    fcntl.flock(marker, fcntl.LOCK_SH)  # another mcprun still runs that build
+    marker = {name: root / (".mcprun_" + folder.name[len("mcprun_"):] + ".in-use") for name, folder in builds.items()}
+    for name in ("busy", "unused", "recent"):
+        marker[name].touch()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for name in ("busy", "unused"):
+        os.utime(marker[name], (two_days_ago, two_days_ago))
+    holder = os.open(marker["busy"], os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_SH)  # another mcprun still runs that build
     try:
         result = subprocess.run([sys.executable, str(PYZ), "--version"], capture_output=True, text=True,
                                 timeout=300, env=child_env(token, SHIV_ROOT=str(root)))
     finally:
-        os.close(marker)
+        os.close(holder)
     assert result.returncode == 0, result.stderr
-    assert not stale.exists()
-    assert busy.exists()
-    assert len(list(root.glob("mcprun_*"))) == 2  # this build's and the busy one
+    assert not builds["unmarked"].exists() and not builds["unused"].exists() and not marker["unused"].exists()
+    assert builds["busy"].exists()
+    assert builds["recent"].exists()  # started an hour ago, say: another version used by turns keeps its folder
+    [ours] = set(root.glob("mcprun_*")) - set(builds.values())
+    assert time.time() - (root / f".{ours.name}.in-use").stat().st_mtime < 600  # this start marked its own
 
 
 @needs_pyz
@@ -331,14 +341,19 @@ def test_binary_unpacks_once_and_a_kill_leaves_no_process(token, tmp_path):
 
 
 @needs_binary
-def test_binary_cleans_older_builds_and_broken_unpacks_unless_in_use(token, tmp_path):
+def test_binary_cleans_other_builds_and_broken_unpacks_unless_in_use_or_started_lately(token, tmp_path):
     import fcntl
 
     cache = tmp_path / "cache"
     old, held, foreign = cache / "mcprun-0123456789abcdef", cache / "mcprun-fedcba9876543210", cache / "other"
-    for folder in (old, held, foreign):
+    recent, unused = cache / "mcprun-1111111111111111", cache / "mcprun-2222222222222222"
+    for folder in (old, held, foreign, recent, unused):
         folder.mkdir(parents=True)
         (folder / ".complete").touch()
+    (cache / f".{recent.name}.lock").touch()  # started lately: another version used by turns
+    (cache / f".{unused.name}.lock").touch()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(cache / f".{unused.name}.lock", (two_days_ago, two_days_ago))
     learn = subprocess.run([str(BINARY), "--version"], env=binary_cache_env(token, MCPRUN_CACHE=str(tmp_path / "id")),
                            capture_output=True, text=True, timeout=120)
     assert learn.returncode == 0, learn.stderr
@@ -356,9 +371,15 @@ def test_binary_cleans_older_builds_and_broken_unpacks_unless_in_use(token, tmp_
     finally:
         os.close(holder)
     assert result.returncode == 0, result.stderr
-    assert not old.exists() and not any(folder.exists() for folder in broken)
-    assert held.exists() and foreign.exists()
-    assert len(unpacked_builds(cache)) == 2  # ours and the held one
+    assert not old.exists() and not unused.exists() and not any(folder.exists() for folder in broken)
+    assert held.exists() and foreign.exists() and recent.exists()
+    assert len(unpacked_builds(cache)) == 3  # ours, the held one and the recent one
+    assert time.time() - (cache / f".{ours}.lock").stat().st_mtime < 600  # this start marked its own
+    os.utime(cache / f".{recent.name}.lock", (two_days_ago, two_days_ago))
+    again = subprocess.run([str(BINARY), "--version"], env=binary_cache_env(token, MCPRUN_CACHE=str(cache)),
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert not recent.exists() and held.exists()  # a start that unpacks nothing cleans too
 
 
 @needs_binary
