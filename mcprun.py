@@ -71,7 +71,7 @@ DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_LOG_FORMAT = "text"
 DEFAULT_HEALTH_PATH = "/healthz"
 DEFAULT_READY_PATH = "/readyz"
-DEFAULT_GRACEFUL_TIMEOUT = 10.0  # seconds in-flight requests get to finish after SIGTERM
+DEFAULT_GRACEFUL_TIMEOUT = 10.0  # seconds in-flight requests get to finish after SIGTERM, or stdio's end of input
 DRAIN_LINGER = 0.5  # seconds a drain keeps idle connections open after a call ends, for the client's follow-up
 STREAM_AFTER = 2.0  # seconds a streamable HTTP answer may wait to be plain JSON before it becomes an event stream
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # bytes in one HTTP request body
@@ -1067,8 +1067,8 @@ def build_parser() -> argparse.ArgumentParser:
     operations.add_argument("--ready-path", type=parse_route, metavar="PATH",
                             help=f"readiness route, 200 while serving, 503 while draining (default: {DEFAULT_READY_PATH})")
     operations.add_argument("--graceful-timeout", type=parse_seconds, metavar="SECONDS",
-                            help="on SIGTERM/SIGINT, seconds calls in flight get to finish "
-                                 f"(default: {DEFAULT_GRACEFUL_TIMEOUT:g})")
+                            help="seconds calls in flight get to finish on SIGTERM/SIGINT (http, sse) or at "
+                                 f"the end of stdin (stdio) (default: {DEFAULT_GRACEFUL_TIMEOUT:g})")
     operations.add_argument("--max-body", type=parse_size, metavar="SIZE",
                             help="largest request body, e.g. 16MiB or 500kB (default: 16MiB)")
     operations.add_argument("--max-connections", type=parse_count, metavar="N",
@@ -2510,10 +2510,12 @@ def stdout_to_stderr() -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Wire:
-    """The stdio protocol stream on private descriptors, while fd 0 reads end-of-file and fd 1 writes to stderr."""
+    """The stdio protocol stream on private descriptors, while fd 0 reads end-of-file and fd 1 writes to stderr;
+    grace: seconds the requests read before stdin's end get to be answered (--graceful-timeout)."""
 
     stdin: int
     stdout: int
+    grace: float = DEFAULT_GRACEFUL_TIMEOUT
 
     def streams(self) -> tuple:
         """Return the stdin and stdout the SDK's stdio_server() takes, over the private descriptors."""
@@ -2547,6 +2549,96 @@ def take_wire() -> Wire:
     os.close(empty)
     os.dup2(2, 1)
     return wire
+
+
+class Unanswered:
+    """The requests a stdio client sent that the server has not answered yet, so that the end of stdin waits for
+    their answers, for up to grace seconds, before the server sees it: the SDK cancels every request in flight at
+    the end of its input, and a client that writes its requests and closes stdin (a pipe, a script) would get
+    no answers. A request the client cancels needs none."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace, self.ids, self.none_left = grace, set(), None
+
+    def read(self, item: Any) -> None:
+        message = getattr(item, "message", None)
+        method = getattr(message, "method", None)
+        if method is not None and getattr(message, "id", None) is not None:
+            self.ids.add(message.id)
+        elif method == "notifications/cancelled":
+            self.answered((getattr(message, "params", None) or {}).get("requestId"))
+
+    def answered(self, request_id: Any) -> None:
+        self.ids.discard(request_id)
+        if not self.ids and self.none_left is not None:
+            self.none_left.set()
+
+    async def wait(self) -> None:
+        import anyio
+
+        if not self.ids:
+            return
+        self.none_left = anyio.Event()
+        with anyio.move_on_after(self.grace):
+            await self.none_left.wait()
+        if self.ids:
+            warn(f"stdin closed with {len(self.ids)} request(s) unanswered after {self.grace:g} s "
+                 "(--graceful-timeout): cancelled")
+
+
+class StreamBetween:
+    """One of the streams between the SDK's stdio_server() and the server, passed through but for what a subclass
+    does; unanswered: the book both keep."""
+
+    def __init__(self, stream: Any, unanswered: Unanswered) -> None:
+        self.stream, self.unanswered = stream, unanswered
+
+    def __getattr__(self, name: str) -> Any:  # last_context (the sender's context vars), close, aclose, ...
+        return getattr(self.stream, name)
+
+    async def __aenter__(self):
+        await self.stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        return await self.stream.__aexit__(*exc)
+
+
+class ReadUntilAnswered(StreamBetween):
+    """The server's read stream, noting requests; its end waits for their answers."""
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            item = await self.stream.__anext__()
+        except StopAsyncIteration:
+            await self.unanswered.wait()
+            raise
+        self.unanswered.read(item)
+        return item
+
+    async def receive(self):
+        import anyio
+
+        try:
+            item = await self.stream.receive()
+        except anyio.EndOfStream:
+            await self.unanswered.wait()
+            raise
+        self.unanswered.read(item)
+        return item
+
+
+class WriteNotingAnswers(StreamBetween):
+    """The server's write stream, noting each answer to a request it was sent."""
+
+    async def send(self, item: Any) -> None:
+        await self.stream.send(item)
+        message = getattr(item, "message", None)
+        if getattr(message, "method", None) is None and (request_id := getattr(message, "id", None)) is not None:
+            self.unanswered.answered(request_id)
 
 
 # -- prepared process, 4: requirements, what a server declares it needs, checked offline ---
@@ -2927,8 +3019,12 @@ def catch_started_servers(catcher: Catcher) -> None:
             return
         if stdin is None and stdout is None:
             stdin, stdout = wire.streams()
-        async with original_stdio_server(stdin, stdout) as streams:
-            yield streams
+        async with original_stdio_server(stdin, stdout) as (read_stream, write_stream):
+            if not isinstance(wire, Wire):
+                yield read_stream, write_stream
+                return
+            unanswered = Unanswered(wire.grace)
+            yield ReadUntilAnswered(read_stream, unanswered), WriteNotingAnswers(write_stream, unanswered)
 
     async def run(self, read_stream, write_stream, initialization_options, *args, **options):
         if read_stream not in placeholders:
@@ -4012,7 +4108,7 @@ class Traced:
 
 async def serve_stdio(server: Any, settings: Settings, wire: Wire) -> None:
     """Serve over the wire that take_wire() kept: every stdio_server() mcprun drives reads and writes it."""
-    token = _driving.set(wire)
+    token = _driving.set(dataclasses.replace(wire, grace=settings.graceful_timeout))
     try:
         kind = server_kind(server)
         if kind == "fastmcp":

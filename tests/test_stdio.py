@@ -47,6 +47,48 @@ def test_end_of_input_exits_cleanly(token):
     assert result.stdout == ""
 
 
+def written_at_once(command: list[str], messages: list, token: str, timeout: float = 60) -> tuple:
+    """Write every message, close stdin at once, as a pipe or a script does; return (answers by id, stderr, code)."""
+    result = subprocess.run(command, input="".join(json.dumps(m) + "\n" for m in messages), capture_output=True,
+                            text=True, cwd=SERVERS, env=child_env(token), timeout=timeout)
+    answers = {m["id"]: m for m in map(json.loads, result.stdout.splitlines()) if "id" in m}
+    return answers, result.stderr, result.returncode
+
+
+@pytest.mark.parametrize("spec", ["production_server.py", "slow_sdk_server.py"])
+def test_requests_written_before_stdin_closes_are_answered(token, spec):
+    # the SDK cancels whatever is in flight at the end of its input: the answers were lost
+    answers, stderr, code = written_at_once([*mcprun_command(), spec], [
+        INITIALIZE, INITIALIZED, tools_call(2, "slow", {"seconds": 1.5}),
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}], token)
+    assert code == 0, stderr
+    assert sorted(answers) == [1, 2, 3]
+    assert "slept 1.5" in answers[2]["result"]["content"][0]["text"]
+    assert "slow" in [tool["name"] for tool in answers[3]["result"]["tools"]]
+    assert "unanswered" not in stderr
+
+
+def test_a_request_unanswered_after_the_grace_is_cancelled_with_one_warning(token):
+    answers, stderr, code = written_at_once([*mcprun_command(), "production_server.py", "--graceful-timeout", "1"], [
+        INITIALIZE, INITIALIZED, tools_call(2, "hang", {}), tools_call(3, "echo", {"text": "quick"})], token)
+    assert code == 0, stderr
+    assert sorted(answers) == [1, 2, 3]
+    assert answers[3]["result"]["content"][0]["text"].startswith("quick")
+    assert answers[2]["error"]["message"] == "Connection closed"  # the SDK's answer to what it cancels at the end
+    assert "mcprun: warning: stdin closed with 1 request(s) unanswered after 1 s (--graceful-timeout): cancelled" \
+        in stderr.splitlines()
+
+
+def test_a_request_the_client_cancelled_needs_no_answer_at_the_end(token):
+    # with a 300 s grace, the end would wait past the test's timeout if the cancelled call were still awaited
+    answers, stderr, code = written_at_once(
+        [*mcprun_command(), "production_server.py", "--graceful-timeout", "300"],
+        [INITIALIZE, INITIALIZED, tools_call(2, "hang", {}),
+         {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}}], token, timeout=60)
+    assert code == 0, stderr
+    assert 1 in answers and "unanswered" not in stderr
+
+
 def test_banner_goes_to_stderr_and_no_banner_removes_it(token):
     command = [*mcprun_command(), "fastmcp_server.py"]
     shown = stdio_exchange(command, [INITIALIZE], token, cwd=SERVERS)
