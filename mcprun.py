@@ -895,7 +895,8 @@ how SPEC is found, in this order:
                    without .py is run as a script: pip's DIR/bin/NAME runs its console script
   module[:obj]     an import string, when the module is found (current folder, --pythonpath)
   NAME             a console script of a package in a --pythonpath folder (or the only one of
-                   the package called NAME); an unknown name lists the console scripts there
+                   the package called NAME), before a folder called NAME here; an unknown name
+                   lists the console scripts there
   code that starts its own server (a console script, -m, --script, main() calling mcp.run()) is
   caught where it starts and served on the transport, address and gateway mcprun is given
 
@@ -1885,11 +1886,16 @@ def resolve_target(settings: Settings) -> Target:
     if not colon:
         file_part, object_part = spec, None
     looks_like_file = file_part.endswith(".py") or os.sep in file_part or "/" in file_part
-    if looks_like_file or Path(file_part).exists():
+    # a bare name that is also a folder here ('mcprun vendor NAME -o NAME', then 'mcprun NAME --pythonpath NAME'):
+    # a console script of that name comes first
+    bare_folder = not looks_like_file and object_part is None and Path(file_part).is_dir()
+    if looks_like_file or Path(file_part).exists() and not bare_folder:
         return _file_target(file_part, object_part, origin=None)
     scripts = console_scripts(settings.pythonpath)
     if object_part is None and (script := next((s for s in scripts if s.name == spec), None)):
         return _entry_point_target(script, spec)  # as uvx NAME runs it, even where a module has that name too
+    if bare_folder:
+        return _file_target(file_part, None, origin=None)  # says it is a folder
     if _is_dotted_name(file_part) and object_part is not None:
         if not _is_dotted_name(object_part):
             raise UsageError(f"{object_part!r} in {spec!r} is not a Python name; use module:object")

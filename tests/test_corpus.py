@@ -226,6 +226,17 @@ def test_pips_own_script_and_the_scripts_function_name_it_too(token, time_server
         assert report["path"].startswith("mcp 2.x MCPServer, started by console script mcp-server-time "), report
 
 
+def test_a_name_that_is_also_a_folder_here_runs_its_console_script(token, time_server, tmp_path):
+    # 'mcprun vendor mcp-server-time -o mcp-server-time', then from that folder's parent: the folder was taken
+    # for the server and refused ("is a folder; give the server file inside it")
+    (tmp_path / "mcp-server-time").symlink_to(time_server.deps, target_is_directory=True)
+    result = subprocess.run(["unshare", "--net", *mcprun_command(), "check", "mcp-server-time", "--pythonpath",
+                             "mcp-server-time", "--json"], cwd=tmp_path, env=child_env(token), capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert sorted(tool["name"] for tool in json.loads(result.stdout)["tools"]) == NATIVE["mcp-server-time"]["tools"]
+
+
 def test_print_config_says_how_a_name_is_served(token, time_server):
     result = run_cli(token, "mcp-server-time", "--pythonpath", str(time_server.deps), "--print-config")
     assert result.returncode == 0, result.stderr
