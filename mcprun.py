@@ -119,6 +119,7 @@ BUNDLED_PACKAGES = ("fastmcp", "mcp", "mcp_types", "pydantic", "starlette", "uvi
 BUNDLE_ROOTS = ("fastmcp", "httpx", "prometheus-client")  # what mcprun carries (packaging/requirements.in), with all they need
 DEFAULT_MANYLINUX = "manylinux_2_28"  # RHEL 8's glibc, and every manylinux tag below it (2_17 = manylinux2014 ...)
 DEFAULT_RESOLVE_TIMEOUT = 300.0  # seconds pip gets for each resolution of what vendor installs
+MAX_SOURCE_BUILDS = 10  # releases with no wheel (source only) that vendor builds into pure-Python wheels
 
 
 # -- errors and log lines: one line on stderr for each -----------------------
@@ -6174,7 +6175,7 @@ def vendor_requirements(settings: Settings) -> list:
         if item.endswith(".txt"):
             found += read_requirements_file(Path(item), item)
             continue
-        if item.endswith((".py", ".json")) or "/" in item or Path(item).exists():
+        if item.endswith((".py", ".json")) or "/" in item or Path(item).is_file():  # a folder NAME: a package
             config = settings.config if item == settings.spec else (
                 load_server_config(Path(item)) if item.endswith(".json") and not _is_mcp_config(Path(item)) else None)
             item_settings = dataclasses.replace(settings, spec=item, config=config, with_packages=())
@@ -6246,6 +6247,7 @@ def _conflict(said: str) -> str:
         if found := re.fullmatch(r"The user requested \(constraint\) (\S+)==(\S+)", cause):
             cause = f"the bundle has {found[1]} {found[2]}, which a --pythonpath folder cannot replace"
         causes.append(cause.replace("The user requested ", "you asked for "))
+    causes.sort(key=lambda cause: not cause.startswith("the bundle has "))  # what cannot move, named first
     return "; ".join(causes[:4]) + (f" (and {len(causes) - 4} more)" if len(causes) > 4 else "")
 
 
@@ -6297,26 +6299,54 @@ def run_pip(pip: list[str], *args: str, timeout: float | None = None, environmen
     return result
 
 
-def resolve_with_pip(pip: list, options: list, requirements: list, scratch: str, timeout: float,
-                     environment: dict) -> list:
-    """Run a pip resolution (install --dry-run --report), with environment added to its own and bounded by
-    timeout; return the report's install list."""
-    report = Path(scratch, "report.json")
-    report.unlink(missing_ok=True)
+def build_pure_wheel(pip: list, requirement: str, built: Path, timeout: float) -> bool:
+    """Build a wheel of a release that the index has as source only, here on the connected machine, into built;
+    tell whether one was built. Kept only if pure Python (py3-none-any), which runs on any target; else
+    Failure, since a wheel with machine code built here fits this machine, not the target."""
+    before = set(built.glob("*.whl"))
     try:
-        result = run_pip(pip, *options, "--report", str(report), *map(str, requirements), timeout=timeout,
-                         environment=environment, check=False)
-    except subprocess.TimeoutExpired as exc:
-        said = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
-        raise Failure(f"pip did not resolve {' '.join(map(str, requirements))} within {timeout:g} s "
-                      f"({_slow_part(said)}); or give it longer with --resolve-timeout SECONDS") from None
-    if result.returncode != 0:
+        result = run_pip(pip, "wheel", "--no-deps", "--use-pep517", "--quiet", "--wheel-dir", str(built),
+                         requirement, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return False
+    made = set(built.glob("*.whl")) - before
+    if result.returncode != 0 or not made:
+        return False
+    if not all(path.name.endswith("-none-any.whl") for path in made):
+        for path in made:
+            path.unlink()
+        raise Failure(f"{requirement} has no wheel on the index, and its source release builds machine code: build "
+                      "its wheel on a machine like the target, put it in a folder and name that folder in "
+                      "PIP_FIND_LINKS")
+    return True
+
+
+def resolve_with_pip(pip: list, options: list, requirements: list, scratch: str, timeout: float,
+                     environment: dict, built: Path | None = None) -> list:
+    """Run a pip resolution (install --dry-run --report), with environment added to its own and bounded by
+    timeout; return the report's install list. With built (a folder of wheels pip also looks in), a release
+    the index has as source only is built into it (build_pure_wheel) and the resolution runs again."""
+    report = Path(scratch, "report.json")
+    for _ in range(MAX_SOURCE_BUILDS + 1):
+        report.unlink(missing_ok=True)
+        where = ["--find-links", str(built)] if built else []
+        try:
+            result = run_pip(pip, *options, *where, "--report", str(report), *map(str, requirements),
+                             timeout=timeout, environment=environment, check=False)
+        except subprocess.TimeoutExpired as exc:
+            said = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+            raise Failure(f"pip did not resolve {' '.join(map(str, requirements))} within {timeout:g} s "
+                          f"({_slow_part(said)}); or give it longer with --resolve-timeout SECONDS") from None
+        if result.returncode == 0:
+            return json.loads(report.read_text())["install"]
         said = result.stdout + result.stderr
-        conflict = _conflict(said)
-        if conflict:
-            raise Failure(f"cannot vendor {' '.join(map(str, requirements))}: {conflict}")
-        raise Failure(f"pip install failed: {last_error(said)}")
-    return json.loads(report.read_text())["install"]
+        source_only = re.search(r"No matching distribution found for (\S+)", said)
+        if not (built and source_only and build_pure_wheel(pip, source_only[1], built, timeout)):
+            break
+    conflict = _conflict(said)
+    if conflict:
+        raise Failure(f"cannot vendor {' '.join(map(str, requirements))}: {conflict}")
+    raise Failure(f"pip install failed: {last_error(said)}")
 
 
 def _what_fits(pip: list, resolve: list, constraints: Path, wanted: list, pinned: list, scratch: str, timeout: float,
@@ -6346,24 +6376,30 @@ def install_with_pip(wanted: list, folder: Path, python_version: str, tags: list
     beside = {"MCPRUN_BUNDLE": json.dumps({"versions": bundle, "extras": bundled_extras(), "mapped": mapped})}
     with tempfile.TemporaryDirectory(prefix="mcprun-vendor-") as scratch:
         constraints = bundle_constraints(scratch, bundle)
+        built = Path(scratch, "built")  # wheels built here of releases the index has as source only
+        built.mkdir()
         resolve = ["install", "--dry-run", "--ignore-installed", "--target", str(Path(scratch, "unused")), *target]
         unpinned = [requirement for requirement in wanted if _pinned(requirement, None) is None]
-        newest = resolve_with_pip(pip, [*resolve, "--no-deps"], unpinned, scratch, timeout, beside) if unpinned else []
+        newest = resolve_with_pip(pip, [*resolve, "--no-deps"], unpinned, scratch, timeout, beside,
+                                  built) if unpinned else []
         pinned = [_pinned(requirement, newest) or requirement for requirement in wanted]
         try:
             resolved = resolve_with_pip(pip, [*resolve, "--constraint", str(constraints)], pinned, scratch, timeout,
-                                        beside)
+                                        beside, built)
         except Error as exc:
             raise type(exc)(f"{exc}{_what_fits(pip, resolve, constraints, wanted, pinned, scratch, timeout, beside)}"
                             ) from None
         resolved = [item for item in resolved if canonicalize_name(item["metadata"]["name"]) not in bundle]
         wheels = Path(scratch, "wheels")
         pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in resolved]
-        run_pip(pip, "download", "--no-deps", "--quiet", "--dest", str(wheels), *target, *pins)
+        run_pip(pip, "download", "--no-deps", "--quiet", "--dest", str(wheels), "--find-links", str(built), *target,
+                *pins)
         run_pip(pip, "install", "--no-deps", "--no-index", "--quiet", "--upgrade", "--find-links", str(wheels),
                 "--target", str(folder), *target, *pins)
         found = {canonicalize_name(path.name.split("-")[0]): (path.name, hashlib.sha256(path.read_bytes()).hexdigest())
                  for path in wheels.glob("*.whl")}
+        for item in resolved:
+            item["mcprun_built"] = Path(built, found.get(canonicalize_name(item["metadata"]["name"]), ("?",))[0]).is_file()
         return resolved, {item["metadata"]["name"]: found.get(canonicalize_name(item["metadata"]["name"]), ("?", "?"))
                           for item in resolved}
 
@@ -6399,11 +6435,17 @@ def vendor(settings: Settings, output: str, python_version: str | None, platform
         raise Failure(f"cannot vendor {', '.join(conflicts)}: a --pythonpath folder never replaces bundled "
                       "packages")
     folder = Path(output)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     resolved, wheels = [], {}
     if wanted:
-        resolved, wheels = install_with_pip(wanted, folder, python_version, platform_ladder(platform_tag), bundle,
-                                            mapped, resolve_timeout or DEFAULT_RESOLVE_TIMEOUT)
+        try:
+            resolved, wheels = install_with_pip(wanted, folder, python_version, platform_ladder(platform_tag),
+                                                bundle, mapped, resolve_timeout or DEFAULT_RESOLVE_TIMEOUT)
+        except BaseException:
+            if made:  # no empty or half-filled folder left behind
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
     served += served_requirements(resolved, bundle, mapped)
     lines = [f"# made by mcprun {__version__} vendor: packages for --pythonpath, beside the bundle",
              f"python {python_version}", f"platform {platform_tag}"]
@@ -6418,6 +6460,9 @@ def vendor(settings: Settings, output: str, python_version: str | None, platform
         what += f" and {len(others)} package{'s' if len(others) > 1 else ''} {'they' if len(named) > 1 else 'it'} " \
                 f"need{'' if len(named) > 1 else 's'} ({shown})"
     mappings = f"; served by mcprun's mappings, not vendored: {', '.join(dict.fromkeys(served))}" if served else ""
+    sourced = [f"{item['metadata']['name']} {item['metadata']['version']}" for item in resolved if item.get("mcprun_built")]
+    if sourced:
+        mappings += f"; built here from source releases (pure Python): {', '.join(sourced)}"
     info(f"vendored {what} into {folder} for CPython {python_version} on {platform_tag}{mappings}")
     return EXIT_OK
 
@@ -6454,7 +6499,7 @@ def pack(settings: Settings, output: str, python_version: str | None, platform_t
     if not output:
         raise UsageError("mcprun pack needs -o FILE, the zipapp to write")
     spec = settings.spec or ""
-    named = not settings.config and not (spec.endswith(".py") or "/" in spec or ":" in spec or Path(spec).exists())
+    named = not settings.config and not (spec.endswith(".py") or "/" in spec or ":" in spec or Path(spec).is_file())
     root = None
     if not named:
         target = resolve_target(settings)

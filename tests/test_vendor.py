@@ -70,6 +70,33 @@ def make_wheel(folder: Path, name: str, version: str, requires: tuple = ()) -> N
         wheel.writestr(f"{dist}.dist-info/RECORD", "")
 
 
+def make_sdist(folder: Path, name: str, version: str, tag: str = "py3-none-any") -> None:
+    """Write a source release of name==version (no wheel), whose build (an in-tree backend, nothing to fetch)
+    makes a wheel tagged tag: py3-none-any for pure Python, a CPython one for machine code."""
+    import io
+    import tarfile
+
+    dist = f"{name.replace('-', '_')}-{version}"
+    backend = f"""import zipfile
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    name = "{dist}-{tag}.whl"
+    with zipfile.ZipFile(wheel_directory + "/" + name, "w") as wheel:
+        wheel.writestr("{name.replace('-', '_')}.py", "BUILT = True\\n")
+        wheel.writestr("{dist}.dist-info/METADATA", "Metadata-Version: 2.1\\nName: {name}\\nVersion: {version}\\n")
+        wheel.writestr("{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: {tag}\\n")
+        wheel.writestr("{dist}.dist-info/RECORD", "")
+    return name
+"""
+    files = {"pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+             "backend.py": backend, "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"}
+    with tarfile.open(folder / f"{dist}.tar.gz", "w:gz") as sdist:
+        for file, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{dist}/{file}")
+            info.size = len(data)
+            sdist.addfile(info, io.BytesIO(data))
+
+
 def local_index(token: str, folder: Path) -> dict:
     """The environment of a user whose pip takes packages from folder only."""
     return vendor_env(token, PIP_FIND_LINKS=str(folder), PIP_NO_INDEX="1")
@@ -231,9 +258,39 @@ def test_a_real_conflict_names_both_sides_and_the_release_that_fits(token, tmp_p
     result = run_cli(token, "vendor", "picky-server", "-o", "deps", cwd=tmp_path, env=local_index(token, index),
                      timeout=300)
     line = error_line(result, 1)
-    assert re.fullmatch(r"mcprun: error: cannot vendor picky-server==2\.0: picky-models 1\.0 depends on pydantic<2\.12; "
-                        r"the bundle has pydantic 2\.\d+\.\d+, which a --pythonpath folder cannot replace; an older "
+    assert re.fullmatch(r"mcprun: error: cannot vendor picky-server==2\.0: the bundle has pydantic 2\.\d+\.\d+, which a "
+                        r"--pythonpath folder cannot replace; picky-models 1\.0 depends on pydantic<2\.12; an older "
                         r"release would fit: vendor 'picky-server==1\.0'", line), line
+
+
+def test_a_dependency_released_as_source_only_is_built_into_a_pure_wheel(token, tmp_path):
+    # pandoc (mcp-pandoc's), docopt, sgmllib3k (feedparser's): no wheel on PyPI, and pip's --platform takes wheels only
+    index = tmp_path / "index"
+    index.mkdir()
+    make_wheel(index, "source-server", "1.0", ("source-lib>=1",))
+    make_sdist(index, "source-lib", "1.2")
+    (tmp_path / "source-server").mkdir()  # a folder called as the package (an earlier vendor's) is no server spec
+    result = run_cli(token, "vendor", "source-server", "-o", "deps", cwd=tmp_path, env=local_index(token, index),
+                     timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.rstrip().endswith("; built here from source releases (pure Python): source-lib 1.2"), \
+        result.stderr
+    assert (tmp_path / "deps" / "source_lib.py").read_text() == "BUILT = True\n"
+    assert re.search(r"^source-lib 1\.2 sha256=[0-9a-f]{64} source_lib-1\.2-py3-none-any\.whl$",
+                     (tmp_path / "deps" / "MANIFEST").read_text(), re.M)
+
+
+def test_a_source_release_with_machine_code_is_refused_with_what_to_do(token, tmp_path):
+    index = tmp_path / "index"
+    index.mkdir()
+    make_wheel(index, "compiled-server", "1.0", ("compiled-lib>=1",))
+    make_sdist(index, "compiled-lib", "1.0", tag="cp311-cp311-linux_x86_64")
+    result = run_cli(token, "vendor", "compiled-server", "-o", "deps", cwd=tmp_path, env=local_index(token, index),
+                     timeout=300)
+    assert error_line(result, 1) == (
+        "mcprun: error: compiled-lib>=1 has no wheel on the index, and its source release builds machine code: build "
+        "its wheel on a machine like the target, put it in a folder and name that folder in PIP_FIND_LINKS")
+    assert not (tmp_path / "deps").exists()  # a failed vendor leaves no folder behind
 
 
 def test_a_requirement_the_bundle_does_not_meet_is_refused(token, tmp_path):
