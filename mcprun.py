@@ -6299,6 +6299,20 @@ def run_pip(pip: list[str], *args: str, timeout: float | None = None, environmen
     return result
 
 
+def _python_needed(said: str) -> str:
+    """Return the Requires-Python of the newest release pip skipped for the target's Python, or ''."""
+    from packaging.version import InvalidVersion, Version
+
+    ignored = re.search(r"Ignored the following versions that require a different python version: (.*)", said)
+    needs = {}
+    for version, python in re.findall(r"(\S+) Requires-Python (\S+?)(?:;|$)", ignored[1] if ignored else ""):
+        try:
+            needs[Version(version)] = python
+        except InvalidVersion:
+            pass
+    return needs[max(needs)] if needs else ""
+
+
 def build_pure_wheel(pip: list, requirement: str, built: Path, timeout: float) -> bool:
     """Build a wheel of a release that the index has as source only, here on the connected machine, into built;
     tell whether one was built. Kept only if pure Python (py3-none-any), which runs on any target; else
@@ -6341,6 +6355,10 @@ def resolve_with_pip(pip: list, options: list, requirements: list, scratch: str,
             return json.loads(report.read_text())["install"]
         said = result.stdout + result.stderr
         source_only = re.search(r"No matching distribution found for (\S+)", said)
+        if source_only and (python := _python_needed(said)):
+            raise Failure(f"{source_only[1]} has no release for CPython {options[options.index('--python-version') + 1]}"
+                          f": its newest needs Python {python}; vendor for a Python that fits with --python-version "
+                          "X.Y, and run mcprun.pyz with that Python (the zipapp runs on CPython 3.11 to 3.13)")
         if not (built and source_only and build_pure_wheel(pip, source_only[1], built, timeout)):
             break
     conflict = _conflict(said)

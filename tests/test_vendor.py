@@ -293,6 +293,17 @@ def test_a_source_release_with_machine_code_is_refused_with_what_to_do(token, tm
     assert not (tmp_path / "deps").exists()  # a failed vendor leaves no folder behind
 
 
+def test_a_package_only_for_newer_pythons_says_which_python_it_needs(token, tmp_path):
+    # basic-memory (PyPI) has only releases for Python >= 3.12: pip said "No matching distribution found"
+    result = run_cli(token, "vendor", "basic-memory", "--python-version", "3.11", "-o", "deps", cwd=tmp_path,
+                     env=vendor_env(token), timeout=300)
+    line = error_line(result, 1)
+    assert re.fullmatch(r"mcprun: error: basic-memory has no release for CPython 3\.11: its newest needs Python >=3\.1\d"
+                        r"\S*; vendor for a Python that fits with --python-version X\.Y, and run mcprun\.pyz with that "
+                        r"Python \(the zipapp runs on CPython 3\.11 to 3\.13\)", line), line
+    assert not (tmp_path / "deps").exists()
+
+
 def test_a_requirement_the_bundle_does_not_meet_is_refused(token, tmp_path):
     (tmp_path / "old.py").write_text('# /// script\n# dependencies = ["pydantic<2"]\n# ///\n')
     result = run_cli(token, "vendor", "old.py", "-o", "deps", cwd=tmp_path, env=vendor_env(token))
