@@ -2150,7 +2150,34 @@ def fastmcp3_members(server_class: type) -> dict:
         say("FastMCP.as_proxy(backend)", "fastmcp.server.create_proxy(backend)")
         return create_proxy(backend, **settings)
 
-    members = {"__init__": __init__, "mount": mount}
+    def switchable(kind: str, components: set) -> Any:
+        """tool(), resource() and prompt() took enabled= in fastmcp 2.x: enabled=False is server.disable()."""
+        modern = getattr(server_class, kind)
+
+        def register(self, *args, **options):
+            if "enabled" not in options:
+                return modern(self, *args, **options)
+            enabled = options.pop("enabled")
+            say(f"{kind}(enabled=...)", f"{kind}() then, for enabled=False, server.disable(names=...)")
+            made = modern(self, *args, **options)
+            if enabled is not False:
+                return made
+
+            def switched_off(result: Any, fn: Any) -> Any:
+                uri = options.get("uri") or (args[0] if args and isinstance(args[0], str) else None)
+                name = uri if kind == "resource" else options.get("name") or getattr(fn, "__name__", None)
+                self.disable(names={name}, components=components)
+                return result
+
+            if args and callable(args[0]):  # called with the function: registered now
+                return switched_off(made, args[0])
+            return lambda fn: switched_off(made(fn), fn)  # a decorator
+
+        return functools.wraps(modern)(register)
+
+    members = {"__init__": __init__, "mount": mount, "tool": switchable("tool", {"tool"}),
+               "resource": switchable("resource", {"resource", "template"}),
+               "prompt": switchable("prompt", {"prompt"})}
     if not hasattr(server_class, "import_server"):
         members["import_server"] = import_server
     if not hasattr(server_class, "as_proxy"):

@@ -249,13 +249,16 @@ def test_fastmcp3_style_file(token, transport):
         celsius = await client.call_tool("units_celsius", {"fahrenheit": 212})
         kinds = await client.call_tool("kinds", {})
         sampled = await client.call_tool("summarize", {"text": "x"}, raise_on_error=False)
-        return [tools, text(forecast), text(celsius), text(kinds), sampled.is_error, text(sampled)]
+        switched = [[prompt.name for prompt in await client.list_prompts()],
+                    [str(resource.uri) for resource in await client.list_resources()]]
+        return [tools, text(forecast), text(celsius), text(kinds), sampled.is_error, text(sampled), switched]
 
     with target(token, transport, "fastmcp3_style.py") as where:
         results = run_async(session_results(where, steps))
-    assert results[:5] == [["kinds", "summarize", "units_celsius", "weather_forecast"], "sunny in Oslo", "100.0",
-                           "fastmcp.tools.base", True]
+    assert results[:5] == [["kinds", "summarize", "switched_on", "units_celsius", "weather_forecast"],
+                           "sunny in Oslo", "100.0", "fastmcp.tools.base", True]
     assert "ctx.sample() was removed in fastmcp 4 and mcprun cannot map it: call an LLM" in results[5]
+    assert results[6] == [[], []]  # enabled=False (fastmcp 2.x): registered, not listed
 
 
 def test_fastmcp3_constructor_port_is_adopted_and_each_mapping_said_once(token):
@@ -263,7 +266,10 @@ def test_fastmcp3_constructor_port_is_adopted_and_each_mapping_said_once(token):
     with started(token, "fastmcp3_style.py", "-t", "http", cwd=COMPAT, env=child_env(token, OLD_PORT=str(port))) as server:
         assert server.url == f"http://127.0.0.1:{port}/mcp"
     warnings = [line for line in server.lines if line.startswith("mcprun: warning:")]
-    assert len(warnings) == len(set(warnings)) == 7, warnings  # module, 4 constructor arguments, mount, import
+    assert len(warnings) == len(set(warnings)) == 10, warnings  # module, 4 constructor arguments, mount, import,
+    # and enabled= in tool(), prompt() and resource()
+    assert "mcprun: warning: tool(enabled=...) is fastmcp 2.x/3.x API, mapped by mcprun: tool() then, for " \
+           "enabled=False, server.disable(names=...)\n" in warnings
     assert any("fastmcp.tools.tool is fastmcp 2.x/3.x: mapped onto fastmcp.tools.base" in line for line in warnings)
     assert any("mount(prefix, server) is fastmcp 2.x/3.x API" in line for line in warnings)
 

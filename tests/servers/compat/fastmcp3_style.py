@@ -41,3 +41,23 @@ def hidden() -> str:
 @mcp.tool(tags={"public"})
 async def summarize(text: str, ctx: Context) -> str:
     return await ctx.sample(f"Summarize: {text}")
+
+
+@mcp.tool(tags={"public"}, enabled=False)  # fastmcp 2.x: registered, not listed
+def switched_off() -> str:
+    return "should not be listed"
+
+
+@mcp.tool(enabled=True, tags={"public"})
+def switched_on() -> str:
+    return "on"
+
+
+@mcp.prompt(enabled=False)
+def silent_prompt() -> str:
+    return "should not be listed"
+
+
+@mcp.resource("memo://off", enabled=False)
+def silent_resource() -> str:
+    return "should not be listed"
