@@ -73,6 +73,7 @@ DEFAULT_HEALTH_PATH = "/healthz"
 DEFAULT_READY_PATH = "/readyz"
 DEFAULT_GRACEFUL_TIMEOUT = 10.0  # seconds in-flight requests get to finish after SIGTERM, or stdio's end of input
 DRAIN_LINGER = 0.5  # seconds a drain keeps idle connections open after a call ends, for the client's follow-up
+FIRST_REQUEST_WAIT = 2.0  # seconds a drain waits for the first request of a connection taken just before it
 STREAM_AFTER = 2.0  # seconds a streamable HTTP answer may wait to be plain JSON before it becomes an event stream
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # bytes in one HTTP request body
 DEFAULT_MAX_CONNECTIONS = 1000  # HTTP connections open at once, per process
@@ -501,6 +502,7 @@ TIMED_OUT = closing_response("408 Request Timeout", "request read timeout")
 
 
 CLIENT_CERTIFICATE = "mcprun.client_certificate"  # scope["state"] key: the subject of a mutual-TLS client
+FIRST_ON_CONNECTION = "mcprun.first_on_connection"  # scope["state"] key: True for a connection's first request
 
 
 def certificate_name(peer: dict) -> str:
@@ -536,6 +538,7 @@ def guarded_protocol(cap: int, read_timeout: float) -> type:
                                   "progress: new ones get 503; raise --max-connections (and the open files limit)")
                 return
             super().connection_made(transport)
+            self.app_state = {**self.app_state, FIRST_ON_CONNECTION: True}
             if peer := transport.get_extra_info("peercert"):  # mutual TLS: its requests' scope["state"] names it
                 self.app_state = {**self.app_state, CLIENT_CERTIFICATE: certificate_name(peer)}
             self.wait_for_request()
@@ -554,6 +557,8 @@ def guarded_protocol(cap: int, read_timeout: float) -> type:
 
         def on_response_complete(self):
             super().on_response_complete()
+            if self.app_state.get(FIRST_ON_CONNECTION):
+                self.app_state = {**self.app_state, FIRST_ON_CONNECTION: False}
             self.wait_for_request()
 
         def wait_for_request(self):
@@ -584,6 +589,10 @@ def guarded_protocol(cap: int, read_timeout: float) -> type:
         def waiting(self) -> bool:
             return (self.conn.their_state is h11.IDLE and not self.transport.is_closing()
                     and (self.cycle is None or self.cycle.response_complete))
+
+        def unstarted(self) -> bool:
+            """True while the connection has not yet sent (all the headers of) its first request."""
+            return self.cycle is None and not self.transport.is_closing()
 
         def close_longest_waiting(self) -> bool:
             waiting = [c for c in self.connections if isinstance(c, GuardedProtocol) and c.waiting()]
@@ -4993,9 +5002,10 @@ class Calls:
     async def __call__(self, scope, receive, send):
         import anyio
 
+        state = scope.get("state") or {}
+        first = state.get(FIRST_ON_CONNECTION, False)  # in a drain: its connection was taken before the drain
         flight = Flight(stream=scope["method"] == "GET", session=request_session(scope, self.sse),
-                        cancel=anyio.CancelScope(), late=self.stopping,
-                        caller=(scope.get("state") or {}).get(CLIENT_CERTIFICATE, ""))
+                        cancel=anyio.CancelScope(), late=self.stopping, caller=state.get(CLIENT_CERTIFICATE, ""))
         scope[FLIGHT] = flight
         send = self.watched(flight, send)
         self.flights.add(flight)
@@ -5003,7 +5013,7 @@ class Calls:
             METRICS.streams.inc()
         try:
             with flight.cancel:
-                if flight.late and not RETIRING.is_set() and scope["method"] == "POST" and not self.sse:
+                if flight.late and not first and not RETIRING.is_set() and scope["method"] == "POST" and not self.sse:
                     receive = await self.refuse_new_work(receive, send)
                     if receive is None:
                         return
@@ -5150,16 +5160,19 @@ class Calls:
         """Return True while a call is in flight: a POST, or an SSE response still owed."""
         return any(not flight.stream for flight in self.flights) or any(self.pending.values())
 
-    async def drain(self, timeout: float, forced: Any) -> None:
+    async def drain(self, timeout: float, forced: Any, unstarted: Any) -> None:
         """Stop taking streams and new calls, let calls finish for up to timeout seconds, then end what is left.
 
         A request that begins in the drain is answered with 'Connection: close', so that the client
         opens its next one elsewhere; a new call in it (anything but FOLLOW_UPS, notifications and
         replies) gets 503 and a JSON-RPC error, unless the process is RETIRING (a worker replaced:
-        the others serve the socket on), which serves it. Connections stay open until no call has
-        ended for DRAIN_LINGER seconds: clients follow a call at once on the same connection (MCP
-        SDKs list the tools to check a call's result), and that request would otherwise meet a
-        closed connection and a closed port.
+        the others serve the socket on), which serves it, or it is the first request on its
+        connection: that connection was taken before the port closed, and its client (a balancer
+        that connects for each request) had no other place to send it. unstarted() tells whether
+        such a connection has yet to send its request: the drain waits for it FIRST_REQUEST_WAIT
+        seconds. Connections stay open until no call has ended for DRAIN_LINGER seconds: clients
+        follow a call at once on the same connection (MCP SDKs list the tools to check a call's
+        result), and that request would otherwise meet a closed connection and a closed port.
         """
         import anyio
 
@@ -5167,11 +5180,13 @@ class Calls:
         if METRICS:
             METRICS.drains.inc()
             METRICS.draining.inc()
-        deadline = anyio.current_time() + timeout
+        began = anyio.current_time()
+        deadline = began + timeout
         for flight in list(self.flights):
             if flight.stream and not self.sse:  # streamable HTTP's listening stream carries no call results
                 flight.cancel.cancel()
-        while ((self.busy() or anyio.current_time() < self.last_call_ended + DRAIN_LINGER)
+        while ((self.busy() or anyio.current_time() < self.last_call_ended + DRAIN_LINGER
+                or (anyio.current_time() < began + FIRST_REQUEST_WAIT and unstarted()))
                and not forced() and anyio.current_time() < deadline):
             await anyio.sleep(0.05)
         self.stopped = True
@@ -5273,8 +5288,8 @@ class Gateway:
 
         await self.server_app(scope, receive, send_and_note)
 
-    async def drain(self, timeout: float, forced: Any) -> None:
-        await self.calls.drain(timeout, forced)
+    async def drain(self, timeout: float, forced: Any, unstarted: Any) -> None:
+        await self.calls.drain(timeout, forced, unstarted)
 
 
 def raise_descriptor_limit() -> int:
@@ -5421,11 +5436,8 @@ async def serve_http(server: Any, settings: Settings, target: Target, upstreams:
             for listener in uvicorn_listeners(self):  # stop accepting first
                 listener.close()
             sd_notify("STOPPING=1")
-            for _ in range(10):  # a connection accepted a moment ago: let its request arrive, to be answered
-                if not any(getattr(c, "cycle", False) is None for c in uvicorn_connections(self)):
-                    break
-                await anyio.sleep(0.01)
-            await gateway.drain(settings.graceful_timeout, lambda: uvicorn_forced(self))
+            await gateway.drain(settings.graceful_timeout, lambda: uvicorn_forced(self),
+                                lambda: any(c.unstarted() for c in uvicorn_connections(self)))
             end_sse_streams()  # any event stream the drain did not see
             self.config.timeout_graceful_shutdown = 1  # only idle connections are left to close
             await super().shutdown(sockets)

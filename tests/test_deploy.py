@@ -722,6 +722,21 @@ class Balancer:
         self.process.wait(10)
         self.log.stop()
 
+    def down(self, index: int) -> bool:
+        """True once the balancer has left replica index out, as its log says."""
+        raise NotImplementedError
+
+    def wait_down(self, index: int, load=None) -> None:
+        """Until the balancer has left the replica out; at once, with its error, if the calls of load (a
+        Future) have stopped meanwhile."""
+        name = Path(self.process.args[0]).name
+        try:
+            wait_for(lambda: self.down(index) or (load is not None and load.done()), timeout=30)
+        except AssertionError:
+            raise AssertionError(f"{name} did not leave replica {index + 1} out; its log:\n{self.log.stderr}")
+        if load is not None and load.done():
+            raise AssertionError(f"a call through {name} failed: {load.exception()!r}; its log:\n{self.log.stderr}")
+
 
 class HAProxy(Balancer):
     """haproxy running packaging/deploy/haproxy/haproxy.cfg (servers mcprun1, mcprun2, mcprun3)."""
@@ -738,12 +753,9 @@ class HAProxy(Balancer):
         """(server, status) of each request haproxy passed on, as it logged them."""
         return [(match["server"], int(match["status"])) for line in self.log.lines if (match := SERVED.search(line))]
 
-    def wait_down(self, index: int) -> None:
-        """Until haproxy's health check has taken the replica out."""
-        try:
-            wait_for(lambda: f"Server mcprun/mcprun{index + 1} is DOWN" in self.log.stderr, timeout=30)
-        except AssertionError:
-            raise AssertionError(f"haproxy did not take replica {index + 1} out; its log:\n{self.log.stderr}")
+    def down(self, index: int) -> bool:
+        """True once haproxy's health check has taken the replica out."""
+        return f"Server mcprun/mcprun{index + 1} is DOWN" in self.log.stderr
 
 
 class Nginx(Balancer):
@@ -765,14 +777,10 @@ class Nginx(Balancer):
         assert checked.returncode == 0, checked.stderr
         super().__init__(command, env, port)
 
-    def wait_down(self, index: int) -> None:
-        """Until nginx has found the replica refusing connections and left it out."""
+    def down(self, index: int) -> bool:
+        """True once nginx has found the replica refusing connections and left it out."""
         upstream = f'upstream: "http://{self.addresses[index]}/'
-        try:
-            wait_for(lambda: any("upstream server temporarily disabled" in line and upstream in line
-                                 for line in self.log.lines), timeout=30)
-        except AssertionError:
-            raise AssertionError(f"nginx did not leave replica {index + 1} out; its log:\n{self.log.stderr}")
+        return any("upstream server temporarily disabled" in line and upstream in line for line in self.log.lines)
 
 
 @contextlib.contextmanager
@@ -830,7 +838,7 @@ def test_stateless_replicas_behind_a_balancer_one_draining_one_killed(token, tmp
             draining.process.send_signal(signal.SIGTERM)
             wait_for(lambda: keep_alive.get(f"{root_of(draining.url)}/readyz").status_code == 503, timeout=5)
             assert keep_alive.get(f"{root_of(draining.url)}/readyz").json() == {"status": "stopping"}
-        balancer.wait_down(0)
+        balancer.wait_down(0, load)
         assert in_flight.result(30) == "slept 3"
         assert draining.process.wait(30) == 0, draining.stderr
         since = len(answers)

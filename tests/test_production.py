@@ -313,6 +313,66 @@ def test_a_request_right_after_a_call_ends_in_the_drain_is_answered_on_its_conne
         assert server.process.wait(15) == 0, server.stderr
 
 
+def accepted_by(pid: int, client: socket.socket) -> bool:
+    """True once the process pid has accept()ed the server end of client's loopback TCP connection: the kernel
+    shows an inode for a connection only once a process holds it (0 while it waits in the listen queue)."""
+    host, port = client.getsockname()
+    mine = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == mine and fields[9] != "0":
+            inode = fields[9]
+            return any(os.readlink(fd) == f"socket:[{inode}]" for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
+
+
+def test_a_connection_taken_before_the_drain_has_its_first_request_served(token, tmp_path):
+    # A balancer that opens a connection for each request (nginx without keepalive) connects, then sends; once,
+    # a SIGTERM between the two refused the request with 503, and nginx, which never resends a POST it has sent,
+    # failed the client's call: a request on a connection taken before the drain had no way to go elsewhere.
+    marks = tmp_path / "marks"
+    env = child_env(token, PRODUCTION_MARKS=str(marks))
+    with serving(token, PRODUCTION, "--stateless", cwd=SERVERS, env=env) as server:
+        thread, outcome = start_in_thread(call, server.url, "slow", {"seconds": 3, "mark": True})  # the drain lasts
+        wait_for(lambda: marks.exists() and "slow-started" in marks.read_text())
+        address = ("127.0.0.1", port_of(server.url))
+        with socket.create_connection(address, timeout=15) as fresh, \
+                socket.create_connection(address, timeout=15) as kept:
+            wait_for(lambda: accepted_by(server.process.pid, fresh) and accepted_by(server.process.pid, kept))
+            post = (f"POST /mcp HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\nContent-Type: application/json\r\n"
+                    "Accept: application/json, text/event-stream\r\nContent-Length: {length}\r\n\r\n{body}")
+            body = json.dumps(tools_call(1, "echo", {"text": "first"}))
+            kept.sendall(post.format(length=len(body), body=body).encode())  # a request before the drain
+            before = b""
+            while b"first#0" not in before and (chunk := kept.recv(65536)):
+                before += chunk
+            assert b"first#0" in before, before
+            server.process.send_signal(signal.SIGTERM)
+
+            def refused() -> bool:
+                try:
+                    socket.create_connection(address, timeout=5).close()
+                except ConnectionRefusedError:
+                    return True
+                return False
+
+            wait_for(refused, timeout=10, what="the port to close")
+            time.sleep(0.3)  # a slow balancer: its request comes after the drain has begun
+            fresh.sendall(post.format(length=len(body), body=body).encode())
+            kept.sendall(post.format(length=len(body), body=body).encode())
+            answers = [b"", b""]
+            for index, connection in enumerate((fresh, kept)):
+                while chunk := connection.recv(65536):
+                    answers[index] += chunk
+        first, again = (answer.decode() for answer in answers)
+        assert first.startswith("HTTP/1.1 200") and "first#0" in first, first
+        assert "\r\nconnection: close\r\n" in first.lower()  # and it is the last one on that connection
+        assert again.startswith("HTTP/1.1 503"), again  # a new call on a connection that had one: go elsewhere
+        thread.join(15)
+        assert text_of(outcome["result"]) == "slept 3"
+        assert server.process.wait(15) == 0, server.stderr
+
+
 @BOTH
 def test_sigterm_ends_a_hanging_call_with_a_clean_error_after_the_grace_period(token, transport):
     with serving(token, PRODUCTION, "--graceful-timeout", "1", transport=transport, cwd=SERVERS) as server:
