@@ -6516,11 +6516,10 @@ def vendor(settings: Settings, output: str, python_version: str | None, platform
     if named and others:
         what += f" and {len(others)} package{'s' if len(others) > 1 else ''} {'they' if len(named) > 1 else 'it'} " \
                 f"need{'' if len(named) > 1 else 's'} ({shown})"
-    mappings = f"; served by mcprun's mappings, not vendored: {', '.join(dict.fromkeys(served))}" if served else ""
     sourced = [f"{item['metadata']['name']} {item['metadata']['version']}" for item in resolved if item.get("mcprun_built")]
-    if sourced:
-        mappings += f"; built here from source releases (pure Python): {', '.join(sourced)}"
-    info(f"vendored {what} into {folder} for CPython {python_version} on {platform_tag}{mappings}")
+    notes = (f"; served by mcprun's mappings, not vendored: {', '.join(dict.fromkeys(served))}" if served else "") + (
+        f"; built here from source releases (pure Python): {', '.join(sourced)}" if sourced else "")
+    info(f"vendored {what} into {folder} for CPython {python_version} on {platform_tag}{notes}")
     return EXIT_OK
 
 
