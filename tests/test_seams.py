@@ -29,7 +29,7 @@ def test_every_seam_is_named_in_the_seams_section():
     outside = source[:start] + source[end:]
     for private in ("_accept_connection", "server_state", "force_exit", "AppStatus", "_types_namespace",
                     "_mcp_server", "_lowlevel_server", "_post_message_app", "max_body_size", "_bootstrap",
-                    "_PYI_", "LD_LIBRARY_PATH_ORIG", "h11_impl", "pip._internal", "getattr(sys, \"frozen\"",
+                    "_PYI_", "LD_LIBRARY_PATH_ORIG", "h11_impl", "httptools_impl", "pip._internal", "getattr(sys, \"frozen\"",
                     "_run_sse_writer"):
         assert private in source[start:end], private
         assert private not in outside, f"{private} used outside the seams section"
@@ -67,8 +67,17 @@ def test_asyncio_accepts_one_connection_per_wake_up():
     assert seen and set(seen) == {1}, seen
 
 
-def test_uvicorn_server_parts():
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_uvicorn_server_parts(parser, monkeypatch):
+    """uvicorn's server and each HTTP/1.1 protocol mcprun builds on (h11's where httptools is not installed:
+    mcprun.py from source in an environment of its own), with the guards on: the cap, the read deadline."""
     import uvicorn
+
+    if parser == "h11":
+        monkeypatch.setitem(sys.modules, "httptools", None)  # uvicorn's httptools protocol cannot import
+        monkeypatch.delitem(sys.modules, "uvicorn.protocols.http.httptools_impl", raising=False)
+    protocol = mcprun.guarded_protocol(2, 0.5)
+    assert protocol.__mro__[2].__module__ == f"uvicorn.protocols.http.{parser}_impl", protocol.__mro__
 
     async def app(scope, receive, send):
         if scope["type"] == "http":
@@ -78,7 +87,7 @@ def test_uvicorn_server_parts():
     async def main():
         sock = mcprun.bind_socket("127.0.0.1", 0)
         server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off",
-                                               http=mcprun.guarded_protocol(1, 5.0)))
+                                               http=protocol))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         with anyio.fail_after(TIMEOUT):
             while not server.started:
@@ -89,15 +98,24 @@ def test_uvicorn_server_parts():
         with anyio.fail_after(TIMEOUT):
             while not mcprun.uvicorn_connections(server):
                 await asyncio.sleep(0.01)
-        # the guarded protocol's cap of 1: a second connection closes the idle first one, and is served
-        second = socket.create_connection(sock.getsockname())
-        second.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        # headers that stop coming: 408 once the read deadline (0.5 s) has passed, and the connection closed
+        first.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
         first.settimeout(TIMEOUT)
+        assert (await asyncio.to_thread(first.recv, 100)).startswith(b"HTTP/1.1 408")
+        # the guarded protocol's cap of 2: a third connection closes the idle one that waited longest, and is served
+        second, third = (socket.create_connection(sock.getsockname()) for _ in range(2))
         second.settimeout(TIMEOUT)
-        assert await asyncio.to_thread(first.recv, 100) == b""
-        assert (await asyncio.to_thread(second.recv, 100)).startswith(b"HTTP/1.1 204")
-        first.close()
-        second.close()
+        third.settimeout(TIMEOUT)
+        with anyio.fail_after(TIMEOUT):
+            while len(mcprun.uvicorn_connections(server)) < 2:
+                await asyncio.sleep(0.01)
+        fourth = socket.create_connection(sock.getsockname())
+        fourth.settimeout(TIMEOUT)
+        fourth.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert await asyncio.to_thread(second.recv, 100) == b""
+        assert (await asyncio.to_thread(fourth.recv, 100)).startswith(b"HTTP/1.1 204")
+        for client in (first, second, third, fourth):
+            client.close()
         server.should_exit = True
         with anyio.fail_after(TIMEOUT):
             await task
