@@ -499,6 +499,8 @@ def closing_response(status: str, message: str) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 FULL = closing_response("503 Service Unavailable", "too many connections")
 TIMED_OUT = closing_response("408 Request Timeout", "request read timeout")
+HEADERS_TOO_LARGE = closing_response("431 Request Header Fields Too Large", "request headers over 16 KiB")
+HEADER_LIMIT = 16 * 1024  # bytes of a request's line and headers: h11's own limit, which httptools does not have
 
 
 CLIENT_CERTIFICATE = "mcprun.client_certificate"  # scope["state"] key: the subject of a mutual-TLS client
@@ -567,6 +569,7 @@ def guarded_protocol(cap: int, read_timeout: float) -> type:
     one has a request in progress, is answered 503 and closed, its descriptor freed at once.
     A request's headers must arrive within read_timeout seconds (0: no limit) of the connection or of
     the previous response, and its body may not pause for longer; else the connection is closed.
+    Headers past HEADER_LIMIT get 431 and a closed connection (h11's parser answers 400 itself).
     reading() says what of the next request has arrived: nothing, headers (some), body, or done
     (all of it: the app has the request).
     """
@@ -574,6 +577,7 @@ def guarded_protocol(cap: int, read_timeout: float) -> type:
         refused = False
         waiting_since = float("inf")  # loop time since the connection has waited for a request
         deadline = None
+        header_bytes = 0  # received while the request's headers are incomplete
 
         def connection_made(self, transport):
             if len(self.connections) >= cap and not self.close_longest_waiting():
@@ -598,7 +602,12 @@ def guarded_protocol(cap: int, read_timeout: float) -> type:
 
         def data_received(self, data):
             super().data_received(data)
-            if self.reading() == "body":
+            reading = self.reading()
+            self.header_bytes = self.header_bytes + len(data) if reading == "headers" else 0
+            if self.header_bytes > HEADER_LIMIT and not self.transport.is_closing():
+                self.transport.write(HEADERS_TOO_LARGE)  # httptools would hold any length of them
+                return self.transport.close()
+            if reading == "body":
                 self.arm()  # the body moves: so does its deadline
 
         def on_response_complete(self):

@@ -825,6 +825,22 @@ def test_a_request_that_stops_arriving_is_ended_by_the_read_timeout(token):
     assert "Traceback" not in server.stderr
 
 
+def test_headers_past_16_kib_are_refused_and_not_held(token):
+    # once (uvicorn's httptools protocol, which sets no limit of its own), a 13 MB header was taken in and held
+    with serving(token, PRODUCTION, cwd=SERVERS) as server:
+        with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=10) as connection:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nx-big: ")
+            with contextlib.suppress(OSError):  # the server closes the connection while it is sent
+                for _ in range(64):
+                    connection.sendall(b"a" * 16384)
+            answer = connection.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 431 ") and b"request headers over 16 KiB" in answer, answer
+        with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=10) as connection:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nx-fits: " + b"a" * 15000 + b"\r\n\r\n")
+            assert connection.recv(1000).startswith(b"HTTP/1.1 200 ")  # under the limit: served
+    assert "Traceback" not in server.stderr
+
+
 def initialize_from(url: str, address: str) -> httpx.Response:
     with httpx.Client(timeout=10, transport=httpx.HTTPTransport(local_address=address)) as http:
         return http.post(url, json=INITIALIZE, headers=STREAM_HEADERS)

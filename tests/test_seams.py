@@ -5,6 +5,7 @@ An upgrade that moves one of them fails here, by the seam's name, rather than si
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -102,6 +103,14 @@ def test_uvicorn_server_parts(parser, monkeypatch):
         first.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
         first.settimeout(TIMEOUT)
         assert (await asyncio.to_thread(first.recv, 100)).startswith(b"HTTP/1.1 408")
+        # headers past 16 KiB: refused and closed (h11's parser says 400 itself, before mcprun's 431)
+        large = socket.create_connection(sock.getsockname())
+        large.settimeout(TIMEOUT)
+        with contextlib.suppress(OSError):
+            large.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 40000)
+        assert (await asyncio.to_thread(large.recv, 100)).startswith(
+            b"HTTP/1.1 400" if parser == "h11" else b"HTTP/1.1 431"), parser
+        large.close()
         # the guarded protocol's cap of 2: a third connection closes the idle one that waited longest, and is served
         second, third = (socket.create_connection(sock.getsockname()) for _ in range(2))
         second.settimeout(TIMEOUT)
