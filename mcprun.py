@@ -499,8 +499,9 @@ def closing_response(status: str, message: str) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 FULL = closing_response("503 Service Unavailable", "too many connections")
 TIMED_OUT = closing_response("408 Request Timeout", "request read timeout")
-HEADERS_TOO_LARGE = closing_response("431 Request Header Fields Too Large", "request headers over 16 KiB")
 HEADER_LIMIT = 16 * 1024  # bytes of a request's line and headers: h11's own limit, which httptools does not have
+HEADERS_TOO_LARGE = closing_response("431 Request Header Fields Too Large",
+                                     f"request headers over {HEADER_LIMIT // 1024} KiB")
 
 
 CLIENT_CERTIFICATE = "mcprun.client_certificate"  # scope["state"] key: the subject of a mutual-TLS client

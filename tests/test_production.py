@@ -316,8 +316,7 @@ def test_a_request_right_after_a_call_ends_in_the_drain_is_answered_on_its_conne
 def accepted_by(pid: int, client: socket.socket) -> bool:
     """True once the process pid has accept()ed the server end of client's loopback TCP connection: the kernel
     shows an inode for a connection only once a process holds it (0 while it waits in the listen queue)."""
-    host, port = client.getsockname()
-    mine = f"0100007F:{port:04X}"
+    mine = f"0100007F:{client.getsockname()[1]:04X}"
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[2] == mine and fields[9] != "0":

@@ -111,7 +111,7 @@ def test_uvicorn_server_parts(parser, monkeypatch):
         assert (await asyncio.to_thread(large.recv, 100)).startswith(
             b"HTTP/1.1 400" if parser == "h11" else b"HTTP/1.1 431"), parser
         large.close()
-        # the guarded protocol's cap of 2: a third connection closes the idle one that waited longest, and is served
+        # the guarded protocol's cap of 2: one more connection closes the idle one that waited longest, and is served
         second, third = (socket.create_connection(sock.getsockname()) for _ in range(2))
         second.settimeout(TIMEOUT)
         third.settimeout(TIMEOUT)
