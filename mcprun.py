@@ -430,7 +430,7 @@ def answer_json_unless_streamed(wait: float) -> None:
     event-stream branch hands the response it makes a partial of the transport's _run_sse_writer, (request id,
     event writer, the request's message stream, priming event). Its module's EventSourceResponse becomes a
     subclass that reads that stream's first message before it commits to either. Anything else (GET streams,
-    replays, an event store's ids) goes as before."""
+    replays, an event store's ids) goes as before; sse-starlette's response is set up only for what streams."""
     import anyio
     import mcp.server.streamable_http as streamable
     from mcp_types import JSONRPCError, JSONRPCResponse
@@ -464,11 +464,14 @@ def answer_json_unless_streamed(wait: float) -> None:
     class JsonUnlessStreamed(EventStream):
         mcprun_lazy = True
 
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs  # sse-starlette's own set-up waits for stream()
+
         async def __call__(self, scope, receive, send):
-            sender = self.data_sender_callable
+            sender = self.kwargs.get("data_sender_callable")
             if not (isinstance(sender, functools.partial) and getattr(sender.func, "__name__", "") == "_run_sse_writer"
                     and len(sender.args) == 4 and sender.args[3] is None):
-                return await super().__call__(scope, receive, send)
+                return await self.stream(scope, receive, send)
             request_id, events, messages, priming = sender.args
             first = None
             with anyio.move_on_after(wait):
@@ -479,15 +482,19 @@ def answer_json_unless_streamed(wait: float) -> None:
             ahead = Ahead(first, messages)
             if first is None or first.event_id is not None or not isinstance(first.message,
                                                                              JSONRPCResponse | JSONRPCError):
-                self.data_sender_callable = functools.partial(sender.func, request_id, events, ahead, priming)
-                return await super().__call__(scope, receive, send)
+                self.kwargs["data_sender_callable"] = functools.partial(sender.func, request_id, events, ahead, priming)
+                return await self.stream(scope, receive, send)
             framed, frames = anyio.create_memory_object_stream(1)
             await sender.func(request_id, framed, ahead, priming)  # the SDK's own serialising and clean-up
             with frames:
                 body = frames.receive_nowait()["data"]
-            session = self.headers.get("mcp-session-id")
+            session = (self.kwargs.get("headers") or {}).get("mcp-session-id")
             await Response(body, media_type="application/json",
                            headers={"mcp-session-id": session} if session else None)(scope, receive, send)
+
+        async def stream(self, scope, receive, send):
+            super().__init__(*self.args, **self.kwargs)
+            await super().__call__(scope, receive, send)
 
     streamable.EventSourceResponse = JsonUnlessStreamed
 
@@ -4931,6 +4938,8 @@ class AccessLog:
                 self.write(scope, flight, began)
 
     def write(self, scope: dict, flight: Flight, began: float) -> None:
+        if not self.log.isEnabledFor(logging.INFO):  # --log-level WARNING or above
+            return
         client = scope.get("client")
         path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]  # as sent: %0a stays %0a
         fields = {

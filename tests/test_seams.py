@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -280,6 +281,10 @@ def test_event_stream_answer_waits_for_its_first_message():
                                        "priming_event"]
     assert "partial(\n                        self._run_sse_writer" in inspect.getsource(
         streamable.StreamableHTTPServerTransport._handle_post_request)
+    # The subclass sets itself up as sse-starlette's response only when it streams: the SDK makes each one
+    # with keywords and then only calls it.
+    source = inspect.getsource(streamable)
+    assert source.count("response = EventSourceResponse(\n") == 3 and not re.search(r"\bresponse\.\w", source)
     before = streamable.EventSourceResponse
     try:
         mcprun.answer_json_unless_streamed(1.0)
