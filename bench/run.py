@@ -11,11 +11,12 @@ A runner is NAME=COMMAND: a command line in which {server} (the spec, a file pat
 {server_file} (the same file) name bench/servers/bench_server.py. It serves stdio as given; for
 HTTP the harness appends "--transport http --port PORT" with a free port it picked, and polls
 that port until initialize succeeds. Every phase runs the runners interleaved (A, B, C, A, B, C,
-...), so load on a shared machine hits each alike; the report gives medians and the ratio to the
-baseline runner. Stdlib only, and the client side is raw JSON-RPC: no mcprun, no SDK.
+...), so load on a shared machine hits each alike (HTTP with 1 client: every server up at once, taking
+turns in short blocks); the report gives medians and the ratio to the baseline runner. Stdlib only, and the client side is raw JSON-RPC: no mcprun, no SDK.
 """
 
 import argparse
+import contextlib
 import datetime
 import http.client
 import json
@@ -45,9 +46,9 @@ LIST_REPEATS = 5  # tools/list after the first, per start: their median is the l
 # quick: < 3 minutes on 2 idle cores with five runners; full: enough runs for steadier medians.
 # The stdio and http sessions' own starts add one warm and one http start sample per round.
 PROFILES = {
-    "quick": {"warm": 2, "cold": 1, "http_start": 0, "rounds": 1, "calls": 300, "http_calls": 200,
+    "quick": {"warm": 2, "cold": 1, "http_start": 0, "rounds": 1, "calls": 300, "http_blocks": 4, "block_calls": 50,
               "clients": 8, "client_calls": 40, "payload_calls": 8, "scale": 1},
-    "full": {"warm": 8, "cold": 5, "http_start": 4, "rounds": 3, "calls": 2000, "http_calls": 1000,
+    "full": {"warm": 8, "cold": 5, "http_start": 4, "rounds": 3, "calls": 2000, "http_blocks": 15, "block_calls": 200,
              "clients": 8, "client_calls": 200, "payload_calls": 40, "scale": 5},
 }
 
@@ -452,21 +453,17 @@ def _time_payloads(client, size: int, count: int) -> list[float]:
 
 
 def http_session(runner: Runner, profile: dict, timeout: float) -> dict:
-    """One HTTP server: its start, latency and calls/s with 1 client, then N concurrent clients; CPU, peak RSS."""
+    """One HTTP server: its start, 1 MB results, then N concurrent clients; CPU, peak RSS."""
     port = free_port()
     with Served(runner, 10, http_port=port) as served:
         client, start_s = wait_http(served, port, timeout)
         try:
             for _ in range(20):
                 _echo(client)
-            cpu = served.tree.cpu_seconds()
-            latencies, elapsed = _time_calls(lambda: _echo(client), profile["http_calls"])
-            cpu = served.tree.cpu_seconds() - cpu
             payload_ms = _time_payloads(client, PAYLOADS["1 MB"], profile["payload_calls"])
         finally:
             client.close()
-        result = {"start_s": start_s, "latency_ms": latencies, "calls_per_s": len(latencies) / elapsed,
-                  "cpu_s_per_1000": cpu / len(latencies) * 1000, "payload_ms": payload_ms}
+        result = {"start_s": start_s, "payload_ms": payload_ms}
         clients = [HttpClient(port, timeout) for _ in range(profile["clients"])]
         samples = [[] for _ in clients]
         errors = []
@@ -506,6 +503,37 @@ def http_session(runner: Runner, profile: dict, timeout: float) -> dict:
         return result
 
 
+def http_one_client(runners: list[Runner], profile: dict, timeout: float) -> dict:
+    """Every runner's HTTP server up at once, one client each, taking turns: in each of http_blocks rounds
+    each runner answers block_calls calls (a different runner first each round). Per runner: calls/s and
+    CPU per call of each block, and every call's latency. Servers up side by side meet the machine's changes
+    of speed alike; one after the other, seconds apart, they did not (the 1-client row moved +-15 %)."""
+    with contextlib.ExitStack() as stack:
+        up = {}
+        for runner in runners:
+            port = free_port()
+            served = stack.enter_context(Served(runner, 10, http_port=port))
+            client, _ = wait_http(served, port, timeout)
+            stack.callback(client.close)
+            for _ in range(50):
+                _echo(client)
+            up[runner.name] = served, client
+        results = {name: {"latency_ms": [], "calls_per_s": [], "cpu_s_per_1000": []} for name in up}
+        names = list(up)
+        for block in range(profile["http_blocks"]):
+            for name in names[block % len(names):] + names[:block % len(names)]:
+                served, client = up[name]
+                client.connection.close()  # idle while the others ran: servers close such connections
+                _echo(client)  # on a new one, not timed
+                cpu = served.tree.cpu_seconds()
+                latencies, elapsed = _time_calls(lambda: _echo(client), profile["block_calls"])
+                cpu = served.tree.cpu_seconds() - cpu
+                results[name]["latency_ms"] += latencies
+                results[name]["calls_per_s"].append(len(latencies) / elapsed)
+                results[name]["cpu_s_per_1000"].append(cpu / len(latencies) * 1000)
+        return results
+
+
 def cold_start(runner: Runner, timeout: float) -> dict:
     """Start over stdio with runner.cold_var pointing at a fresh empty folder: the first run after install."""
     folder = tempfile.mkdtemp(prefix="mcprun-bench-cold-")
@@ -536,6 +564,7 @@ def summarize(runners: list[Runner], raw: dict) -> dict:
         r = raw[runner.name]
         stdio = r.get("stdio_session", [])
         http = r.get("http_session", [])
+        one = r.get("http_one_client", {"latency_ms": [], "calls_per_s": [], "cpu_s_per_1000": []})
         pooled = lambda runs, key: [v for run in runs for v in run[key]]  # noqa: E731
         warm = r.get("warm", []) + [s["start"] for s in stdio]  # a session's start is a warm start too
         row = {
@@ -545,16 +574,16 @@ def summarize(runners: list[Runner], raw: dict) -> dict:
             "stdio call p50 (ms)": percentile(pooled(stdio, "latency_ms"), 0.5),
             "stdio call p99 (ms)": percentile(pooled(stdio, "latency_ms"), 0.99),
             "stdio calls/s": median([s["calls_per_s"] for s in stdio]),
-            "http 1 client p50 (ms)": percentile(pooled(http, "latency_ms"), 0.5),
-            "http 1 client p99 (ms)": percentile(pooled(http, "latency_ms"), 0.99),
-            "http 1 client calls/s": median([s["calls_per_s"] for s in http]),
+            "http 1 client p50 (ms)": percentile(one["latency_ms"], 0.5),
+            "http 1 client p99 (ms)": percentile(one["latency_ms"], 0.99),
+            "http 1 client calls/s": median(one["calls_per_s"]),
             "http 8 clients p50 (ms)": percentile(pooled(http, "concurrent_latency_ms"), 0.5),
             "http 8 clients p99 (ms)": percentile(pooled(http, "concurrent_latency_ms"), 0.99),
             "http 8 clients calls/s": median([s["concurrent_calls_per_s"] for s in http]),
             "peak RSS, stdio (MB)": median([s["rss_mb"] for s in stdio]),
             "peak RSS, http 8 clients (MB)": median([s["rss_mb"] for s in http]),
             "CPU s / 1000 calls, stdio": median([s["cpu_s_per_1000"] for s in stdio]),
-            "CPU s / 1000 calls, http": median([s["cpu_s_per_1000"] for s in http]),
+            "CPU s / 1000 calls, http": median(one["cpu_s_per_1000"]),
         }
         for count in TOOL_COUNTS[1:]:
             row[f"stdio start, {count} tools (s)"] = median([s["start_s"] for s in r.get(f"tools_{count}", [])])
@@ -742,9 +771,18 @@ def main(argv=None) -> int:
         for _ in range(profile["rounds"]):
             progress(f"stdio session: {profile['calls']} calls, payloads {', '.join(PAYLOADS)}")
             interleave("stdio_session", 1, lambda r: stdio_session(r, profile, args.timeout))
-            progress(f"http session: {profile['http_calls']} calls, then {profile['clients']} clients × "
+            progress(f"http session: {profile['payload_calls']} 1 MB results, then {profile['clients']} clients × "
                      f"{profile['client_calls']} calls")
             interleave("http_session", 1, lambda r: http_session(r, profile, args.timeout), only=lambda r: True)
+        progress(f"http, 1 client each, every server up: {profile['http_blocks']} rounds of "
+                 f"{profile['block_calls']} calls, the runners in turn")
+        try:
+            for name, result in http_one_client([r for r in runners if r.name not in broken], profile,
+                                                args.timeout).items():
+                raw[name]["http_one_client"] = result
+        except (BenchError, OSError, http.client.HTTPException, ValueError, LookupError, TypeError) as error:
+            errors.append(f"http_one_client: {error}")
+            progress(f"error: http_one_client: {error}")
     if "scaling" in phases:
         for count in TOOL_COUNTS[1:]:
             progress(f"stdio start with {count} tools: {profile['scale']} runs each")
@@ -767,7 +805,7 @@ def main(argv=None) -> int:
             f"{profile['cold'] * ('cold' in phases)} cold starts",
             f"{profile['http_start'] * ('http-start' in phases) + sessions} http starts"]
     if sessions:
-        done += [f"{sessions}×{profile['calls']} stdio calls", f"{sessions}×{profile['http_calls']} http calls",
+        done += [f"{sessions}×{profile['calls']} stdio calls", f"{profile['http_blocks']}×{profile['block_calls']} http calls (1 client)",
                  f"{sessions}×{profile['clients']} clients × {profile['client_calls']} calls",
                  f"{sessions}×{profile['payload_calls']} calls per payload size"]
     if "scaling" in phases:
