@@ -2476,6 +2476,14 @@ def adopt_server_settings(settings: Settings, server: Any) -> Settings:
 MANIFEST = "MANIFEST"
 
 
+def platform_machine(tag: str) -> str:
+    """Return the machine a wheel platform tag is for: aarch64 for manylinux_2_28_aarch64, musllinux_1_2_aarch64
+    or linux_aarch64; this machine for any; a tag of another system, whole."""
+    found = re.fullmatch(r"(?:manylinux_\d+_\d+|manylinux2014|manylinux2010|manylinux1|musllinux_\d+_\d+|linux)_(\w+)",
+                         tag)
+    return found[1] if found else platform.machine() if tag == "any" else tag
+
+
 def check_vendored_for_here(folder: str) -> None:
     """Refuse a vendored folder made for another Python or machine (its MANIFEST says which)."""
     try:
@@ -2488,7 +2496,7 @@ def check_vendored_for_here(folder: str) -> None:
         raise Failure(f"--pythonpath {_short_path(folder)} was vendored for Python {said['python']}, but mcprun runs "
                       f"{running}: vendor again with 'mcprun vendor ... --python-version {running}'")
     machine = platform.machine()
-    if "platform" in said and not said["platform"].endswith(("_" + machine, "any")):
+    if platform_machine(said.get("platform", "any")) != machine:
         raise Failure(f"--pythonpath {_short_path(folder)} was vendored for {said['platform']}, but this machine is "
                       f"{machine}: vendor again with 'mcprun vendor ... --platform {DEFAULT_MANYLINUX}_{machine}'")
 
@@ -6637,8 +6645,7 @@ def pack(settings: Settings, output: str, python_version: str | None, platform_t
                              "pack a folder that holds both")
         spec = str(entry.relative_to(root)) + (f":{target.object_name}" if target.object_name and not settings.config
                                                else "")
-    ladder = platform_ladder(platform_tag or default_platform())  # its last rung is linux_MACHINE
-    base = find_zipapp(ladder[-1].removeprefix("linux_") if ladder[-1].startswith("linux_") else platform.machine())
+    base = find_zipapp(platform_machine(platform_tag or default_platform()))
     output_path = Path(output).resolve()
     with tempfile.TemporaryDirectory(prefix="mcprun-pack-") as scratch:
         deps = Path(scratch, "deps")
