@@ -6605,13 +6605,19 @@ PACK_FOLDER = "mcprun_pack/"  # inside the zipapp: pack.json, server/ (the serve
 PACK_SKIPPED = {"__pycache__", ".git", ".venv", "venv", ".mypy_cache", ".pytest_cache", "node_modules"}
 
 
+def artifact_name(machine: str) -> str:
+    """Return the name of the artifacts built for machine: mcprun (x86_64), mcprun-aarch64, ...
+    (packaging/pyz_main.py's artifact(), which runs before this module can be imported, says the same)."""
+    return "mcprun" if machine == "x86_64" else f"mcprun-{machine}"
+
+
 def find_zipapp(machine: str) -> Path:
     """Return the zipapp a pack for machine builds on: this one if it is that machine's, else mcprun.pyz
     (x86_64) or mcprun-MACHINE.pyz named by MCPRUN_PYZ, beside this mcprun or in its dist/ folder."""
     program = this_program()
     if program.kind == "zipapp" and machine == platform.machine():
         return program.path
-    name = "mcprun.pyz" if machine == "x86_64" else f"mcprun-{machine}.pyz"
+    name = artifact_name(machine) + ".pyz"
     here = program.path.resolve().parent  # the binary's own folder, not its unpacked copy
     for candidate in (os.environ.get("MCPRUN_PYZ"), here / name, here / "dist" / name):
         if candidate and Path(candidate).is_file():

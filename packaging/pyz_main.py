@@ -52,7 +52,8 @@ def carried_builds(names):
 
 
 def artifact(machine):
-    """Return the name of the artifacts built for machine: mcprun (x86_64), mcprun-aarch64, ..."""
+    """Return the name of the artifacts built for machine: mcprun (x86_64), mcprun-aarch64, ...
+    (mcprun.artifact_name, which this bootstrap cannot import, says the same)."""
     return "mcprun" if machine == "x86_64" else "mcprun-" + machine
 
 

@@ -3,6 +3,7 @@
 Built by ./build; these tests skip (saying so) when dist/ has not been built.
 """
 
+import ast
 import hashlib
 import json
 import os
@@ -114,6 +115,19 @@ def test_artifacts_rebuild_byte_identical(tmp_path):
     reference = DIST if same_inputs else build(tmp_path / "reference")
     for artifact in artifacts:
         assert sha256(rebuilt / artifact) == sha256(reference / artifact), artifact
+
+
+def test_the_zipapp_bootstrap_names_the_artifacts_as_mcprun_does():
+    """packaging/pyz_main.py runs before mcprun can be imported, so it has its own copy of the naming rule."""
+    tree = ast.parse((ROOT / "packaging" / "pyz_main.py").read_text())
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "artifact")
+    namespace: dict = {}
+    exec(compile(ast.Module([function], []), "pyz_main.py", "exec"), namespace)
+    sys.path.insert(0, str(ROOT))
+    import mcprun
+
+    for machine in ("x86_64", "aarch64", "riscv64"):
+        assert namespace["artifact"](machine) == mcprun.artifact_name(machine)
 
 
 @needs_pyz
