@@ -2476,12 +2476,17 @@ def adopt_server_settings(settings: Settings, server: Any) -> Settings:
 MANIFEST = "MANIFEST"
 
 
+# A Linux wheel platform tag: [1] its family (manylinux_2_28, manylinux2014, musllinux_1_2, linux), [2] [3] a
+# manylinux_X_Y's glibc version, [4] a musllinux_1_Y's minor, [5] the machine.
+LINUX_PLATFORM = re.compile(r"(manylinux_(\d+)_(\d+)|manylinux2014|manylinux2010|manylinux1|musllinux_1_(\d+)|linux)"
+                            r"_(\w+)")
+
+
 def platform_machine(tag: str) -> str:
     """Return the machine a wheel platform tag is for: aarch64 for manylinux_2_28_aarch64, musllinux_1_2_aarch64
     or linux_aarch64; this machine for any; a tag of another system, whole."""
-    found = re.fullmatch(r"(?:manylinux_\d+_\d+|manylinux2014|manylinux2010|manylinux1|musllinux_\d+_\d+|linux)_(\w+)",
-                         tag)
-    return found[1] if found else platform.machine() if tag == "any" else tag
+    found = LINUX_PLATFORM.fullmatch(tag)
+    return found[5] if found else platform.machine() if tag == "any" else tag
 
 
 def check_vendored_for_here(folder: str) -> None:
@@ -6267,9 +6272,8 @@ def platform_ladder(tag: str) -> list[str]:
     """Return every platform tag a machine of tag takes wheels for: manylinux_2_28_x86_64 takes
     manylinux_2_28 down to manylinux_2_17 (manylinux2014) and manylinux1, and linux_x86_64."""
     legacy = {"manylinux2014": (2, 17), "manylinux2010": (2, 12), "manylinux1": (2, 5)}
-    found = re.fullmatch(r"(manylinux_(\d+)_(\d+)|manylinux2014|manylinux2010|manylinux1|musllinux_1_(\d+))_(\w+)",
-                         tag)
-    if not found:
+    found = LINUX_PLATFORM.fullmatch(tag)
+    if not found or found[1] == "linux":
         return [tag]
     arch = found[5]
     if found[4] is not None:  # musllinux_1_2 takes musllinux_1_1 too

@@ -12,7 +12,8 @@ A runner is NAME=COMMAND: a command line in which {server} (the spec, a file pat
 HTTP the harness appends "--transport http --port PORT" with a free port it picked, and polls
 that port until initialize succeeds. Every phase runs the runners interleaved (A, B, C, A, B, C,
 ...), so load on a shared machine hits each alike (HTTP with 1 client: every server up at once, taking
-turns in short blocks); the report gives medians and the ratio to the baseline runner. Stdlib only, and the client side is raw JSON-RPC: no mcprun, no SDK.
+turns in short blocks); the report gives medians and the ratio to the baseline runner. Stdlib only, and
+the client side is raw JSON-RPC: no mcprun, no SDK.
 """
 
 import argparse
@@ -805,7 +806,8 @@ def main(argv=None) -> int:
             f"{profile['cold'] * ('cold' in phases)} cold starts",
             f"{profile['http_start'] * ('http-start' in phases) + sessions} http starts"]
     if sessions:
-        done += [f"{sessions}×{profile['calls']} stdio calls", f"{profile['http_blocks']}×{profile['block_calls']} http calls (1 client)",
+        done += [f"{sessions}×{profile['calls']} stdio calls",
+                 f"{profile['http_blocks']}×{profile['block_calls']} http calls (1 client)",
                  f"{sessions}×{profile['clients']} clients × {profile['client_calls']} calls",
                  f"{sessions}×{profile['payload_calls']} calls per payload size"]
     if "scaling" in phases:
