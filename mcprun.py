@@ -344,6 +344,18 @@ def import_key_value_unclawed() -> None:
         beartype.claw.beartype_this_package = claw
 
 
+def build_wire_models_when_used() -> None:
+    """Have pydantic build the SDK's wire models (mcp_types._v*: ~300 models, the exact shape of each message in
+    each protocol era, that check every request's shape) at their first use instead of at import (its
+    defer_build, read from the base as each class is made): a session speaks one era and a few methods, and the
+    rest cost each start ~100 ms. They accept and refuse what they did. Before the bundled stack is imported."""
+    try:
+        from mcp_types._wire_base import WireModel
+    except ImportError:  # an SDK without the eras' wire models
+        return
+    WireModel.model_config["defer_build"] = True
+
+
 def rebuild_model(model: Any, namespace: dict) -> None:
     """Resolve a pydantic model's postponed annotations in namespace (pydantic's _types_namespace)."""
     model.model_rebuild(_types_namespace=namespace)
@@ -2590,6 +2602,7 @@ def prepare_process(settings: Settings, target: Target) -> Prepared:
                 raise UsageError(f"{settings.config.file}: 'deployment.cwd' {str(cwd)!r}: {exc.strerror}") from None
     # Import the bundled stack first, so a user's mcp.py or fastmcp.py can't shadow it.
     try:
+        build_wire_models_when_used()
         import fastmcp  # noqa: F401
         import mcp.server.mcpserver  # noqa: F401
     except ImportError as exc:

@@ -32,7 +32,7 @@ def test_every_seam_is_named_in_the_seams_section():
     for private in ("_accept_connection", "server_state", "force_exit", "AppStatus", "_types_namespace",
                     "_mcp_server", "_lowlevel_server", "_post_message_app", "max_body_size", "_bootstrap",
                     "_PYI_", "LD_LIBRARY_PATH_ORIG", "h11_impl", "httptools_impl", "pip._internal", "getattr(sys, \"frozen\"",
-                    "_run_sse_writer"):
+                    "_run_sse_writer", "_wire_base"):
         assert private in source[start:end], private
         assert private not in outside, f"{private} used outside the seams section"
 
@@ -265,6 +265,38 @@ def test_key_value_imported_without_its_claw(how):
         assert seen["loader"] == "_frozen_importlib_external", seen  # SourceFileLoader, from the .pyc
     else:  # the claw is still there to skip: its own loader rewrites the modules
         assert seen["loader"].startswith("beartype"), seen
+
+
+WIRE_CHECK = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import mcprun
+mcprun.build_wire_models_when_used()
+import fastmcp, mcp.server.mcpserver, pydantic
+import mcp_types._v2025_11_25 as v2025, mcp_types._v2026_07_28 as v2026
+from mcp_types import methods
+models = [model for era in (v2025, v2026) for model in vars(era).values()
+          if isinstance(model, type) and issubclass(model, pydantic.BaseModel) and model.__module__ == era.__name__]
+built_at_import = sum(model.__pydantic_complete__ for model in models)
+methods.validate_client_request("tools/call", "2025-11-25", {"name": "echo", "arguments": {"text": "x"}})
+try:
+    methods.validate_client_request("tools/call", "2025-11-25", {"arguments": {}})
+    refused = False
+except pydantic.ValidationError:
+    refused = True
+print(json.dumps({"models": len(models), "built_at_import": built_at_import, "refused": refused,
+                  "built_when_used": v2025.CallToolRequest.__pydantic_complete__}))
+"""
+
+
+def test_wire_models_are_built_when_first_used():
+    """The SDK's per-era wire models, deferred before the stack is imported, are built by the first message
+    that needs one, and check it as before (a tools/call without its name is refused)."""
+    done = subprocess.run([sys.executable, "-c", WIRE_CHECK, str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["models"] > 250 and seen["built_at_import"] == 0, seen
+    assert seen["built_when_used"] and seen["refused"], seen
 
 
 def test_event_stream_answer_waits_for_its_first_message():
