@@ -367,13 +367,15 @@ def lowlevel_server_of(server: Any, kind: str) -> Any:
     return getattr(server, attribute) if attribute else server
 
 
-def set_inner_limits(app: Any, max_body: int, max_sessions: int) -> int:
-    """Give the SDK's own body limit (4 MiB inside fastmcp's apps) the --max-body value, and its
-    session manager's cap (10,000) --max-sessions; return how many limits were set.
+def set_inner_limits(app: Any, max_sessions: int) -> int:
+    """Take out the SDK's own body limit (4 MiB inside fastmcp's apps), and give its session manager's cap
+    (10,000) --max-sessions; return how many limits were set.
 
-    The SDK's RequestBodyLimitMiddleware and session manager read their limits per request; fastmcp
-    creates them without a way to pass these. Found through the app's routes once its lifespan has
-    started: a route's app or endpoint, its session_manager, and their asgi_app or _post_message_app.
+    The gateway's limit, the same RequestBodyLimitMiddleware with --max-body, reads every request first, so
+    the inner one would only buffer each body again (~1-2 % of a call). The SDK's session manager reads its
+    cap per request; fastmcp creates both without a way to pass these. Found through the app's routes once its
+    lifespan has started: a route's app or endpoint, its session_manager, and their asgi_app or
+    _post_message_app.
     """
     found = 0
     for route in getattr(app, "routes", ()):
@@ -386,7 +388,8 @@ def set_inner_limits(app: Any, max_body: int, max_sessions: int) -> int:
                 for name in ("asgi_app", "_post_message_app"):
                     limiter = getattr(holder, name, None)
                     if hasattr(limiter, "max_body_size"):
-                        limiter.max_body_size, found = max_body, found + 1
+                        setattr(holder, name, limiter.app)
+                        found += 1
     return found
 
 
@@ -5376,7 +5379,7 @@ class Gateway:
         async def send_and_note(message):
             await send(message)
             if message["type"] == "lifespan.startup.complete":
-                set_inner_limits(self.server_app, self.settings.max_body, self.settings.max_sessions)
+                set_inner_limits(self.server_app, self.settings.max_sessions)
                 self.ready = True
                 self.on_ready()
 
