@@ -5320,7 +5320,8 @@ class Gateway:
     BearerAuth does), no ResourceMetadata without --auth-jwks, no AccessLog with --no-access-log, no Traced
     without an OTLP endpoint, no Sessions with --stateless, no CORS without --cors-origin, no BearerAuth
     without a token or --auth-jwks, no RateLimit without --rate-limit. The lifespan goes straight to the
-    server's app; once it has started, the app's inner limits are set and the server is announced.
+    server's app; once it has started, the app's session cap is set, its own body limit taken out (this one
+    reads every request first) and the server is announced.
     """
 
     def __init__(self, app: Any, settings: Settings, tokens: dict, on_ready: Any,
