@@ -369,7 +369,7 @@ def lowlevel_server_of(server: Any, kind: str) -> Any:
 
 def set_inner_limits(app: Any, max_sessions: int) -> int:
     """Take out the SDK's own body limit (4 MiB inside fastmcp's apps), and give its session manager's cap
-    (10,000) --max-sessions; return how many limits were set.
+    (10,000) --max-sessions; return how many of these it found.
 
     The gateway's limit, the same RequestBodyLimitMiddleware with --max-body, reads every request first, so
     the inner one would only buffer each body again (~1-2 % of a call). The SDK's session manager reads its
