@@ -372,7 +372,7 @@ def set_inner_limits(app: Any, max_sessions: int) -> int:
     (10,000) --max-sessions; return how many of these it found.
 
     The gateway's limit, the same RequestBodyLimitMiddleware with --max-body, reads every request first, so
-    the inner one would only buffer each body again (~1-2 % of a call). The SDK's session manager reads its
+    the inner one would only buffer each body again. The SDK's session manager reads its
     cap per request; fastmcp creates both without a way to pass these. Found through the app's routes once its
     lifespan has started: a route's app or endpoint, its session_manager, and their asgi_app or
     _post_message_app.
